@@ -228,3 +228,19 @@ def test_smollm2_patching_own_and_corrupted_activations(smollm2, hf_smollm2):
     assert same[-1] and not same.all()
     np.testing.assert_allclose(np.asarray(logits)[0, same], ref_corrupt[0, same], atol=1e-3)
     assert not np.allclose(np.asarray(logits)[0, -1], ref_clean[0, -1], atol=1e-2)
+
+
+def test_layer_range_and_unembed_match_hf(tiny, tokens):
+    from jsae.models import layer_range, unembed
+    from jsae.models.errors import ModelError
+
+    model, hf = tiny
+    ref = hf_run(hf, tokens)
+    L = model.cfg.n_layers
+    _, cache = forward(layer_range(model, 0, 1), tokens, hooks=capture("resid_post"), logits=False)
+    np.testing.assert_allclose(cache["resid_post"][0], ref["hidden"][1], rtol=1e-4, atol=1e-4)
+    _, full = forward(model, tokens, hooks=capture("resid_post"), logits=False)
+    np.testing.assert_allclose(unembed(model, full["resid_post"][L - 1]), ref["logits"], rtol=1e-4, atol=1e-4)
+    assert layer_range(model, 1).cfg.n_layers == L - 1
+    with pytest.raises(ModelError, match="out of range"):
+        layer_range(model, 0, L + 1)

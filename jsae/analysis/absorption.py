@@ -230,24 +230,13 @@ def aggregate(letters: list[LetterAbsorption], min_probe_f1: float = 0.6) -> dic
 # --- the pipeline on a language model --------------------------------------------------------------
 
 
-def truncated_model(model, layer: int):
-    """The model's first ``layer + 1`` blocks (enough for resid_post of ``layer``; no unembedding used)."""
-    import dataclasses
-
-    n = model.cfg.n_layers
-    if not 0 <= layer < n:
-        raise ValueError(f"layer {layer} is out of range; the model has layers 0..{n - 1}")
-    blocks = jax.tree.map(lambda a: a[: layer + 1], model.blocks)
-    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, n_layers=layer + 1), blocks=blocks)
-
-
 def residual_at_positions(
     model, tokens: Int[Array, "B T"], positions: Int[Array, " B"], layer: int, *, batch_size: int = 32,
 ) -> np.ndarray:
     """resid_post of ``layer`` at one position per row, [B, D], running only the first layer+1 blocks."""
-    from jsae.models import capture, forward
+    from jsae.models import capture, forward, layer_range
 
-    short = truncated_model(model, layer)
+    short = layer_range(model, 0, layer + 1)
     spec = capture("resid_post", reduce="last")
     out = []
     B = tokens.shape[0]

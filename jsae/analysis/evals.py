@@ -25,7 +25,6 @@ and shared by all SAEs; only the layers from the hook on run once per SAE, vmapp
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from jsae.models import HookSpec, Transformer, forward
+from jsae.models import HookSpec, Transformer, forward, layer_range
 from jsae.models.hooks import Apply, capture
 from jsae.sae.base import SAE
 from jsae.sae.stack import concat
@@ -152,13 +151,6 @@ def density_histogram(
 
 # ---------------------------------------------------------------------------------------------------
 # spliced cross-entropy / KL
-
-
-def tail_model(model: Transformer, start: int) -> Transformer:
-    """The same model with only layers ``start..L-1`` (their weights shared, not copied)."""
-    blocks = jax.tree.map(lambda a: a[start:], model.blocks)
-    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, n_layers=model.cfg.n_layers - start),
-                               blocks=blocks)
 
 
 def sae_input(x: Array, head: Array | None) -> Array:
@@ -332,7 +324,7 @@ def spliced_losses(
     T = tokens.shape[1]
     chunk = int(max(1, min(n, max_logits_bytes // (b * T * cfg.vocab_size * 4 * 2))))
     groups = {s: np.flatnonzero(np.asarray(layers) == s) for s in sorted(set(layers))}
-    tails = {s: tail_model(model, s) for s in groups}
+    tails = {s: layer_range(model, s) for s in groups}
     sums = {k: np.zeros(n) for k in ("ce_sae", "kl_sae", "ce_ablated", "kl_ablated")}
     ce_clean, count = 0.0, 0.0
     for i in range(0, tokens.shape[0], b):

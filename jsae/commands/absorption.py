@@ -82,11 +82,10 @@ def text_windows(tokenizer, text: str, ctx: int, max_tokens: int) -> np.ndarray:
 def training_activations(model, tokenizer, layer: int, *, max_tokens: int, ctx: int = 128,
                          batch_size: int = 16) -> np.ndarray:
     """resid_post of ``layer`` at every token but the first of each window, ``[n_tokens, d_model]``."""
-    from jsae.analysis.absorption import truncated_model
-    from jsae.models import capture, forward
+    from jsae.models import capture, forward, layer_range
 
     windows = text_windows(tokenizer, stdlib_text(), ctx, max_tokens)
-    short = truncated_model(model, layer)
+    short = layer_range(model, 0, layer + 1)
     spec = capture("resid_post")
     out = []
     for s in range(0, len(windows), batch_size):

@@ -34,12 +34,12 @@ from .hooks import (
 )
 from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
 from .tokenizer import Tokenizer, pad_sequences
-from .transformer import Blocks, Transformer, forward, to_penzai_named
+from .transformer import Blocks, Transformer, forward, layer_range, to_penzai_named, unembed
 
 __all__ = [
     "Add", "Apply", "Blocks", "Edit", "HookError", "HookSpec", "ModelConfig", "ModelError", "ModelFileError",
     "POINTS", "Replace", "SequenceTooLongError", "TokenOutOfRangeError", "Tokenizer", "Transformer",
     "UnknownModelError", "UnsupportedArchitectureError", "add", "available", "cache_dir", "capture", "edit",
-    "forward", "harvest", "head_mask", "head_means", "hooks", "load", "load_gguf", "load_hf_dir", "mean_ablate",
-    "pad_sequences", "patch", "smollm2_gguf_path", "to_penzai_named", "zero_ablate",
+    "forward", "harvest", "head_mask", "head_means", "hooks", "layer_range", "load", "load_gguf", "load_hf_dir",
+    "mean_ablate", "pad_sequences", "patch", "smollm2_gguf_path", "to_penzai_named", "unembed", "zero_ablate",
 ]

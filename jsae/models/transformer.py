@@ -182,8 +182,29 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
     x, cache = jax.lax.scan(body, x, (model.blocks, layers, sliced), unroll=SCAN_UNROLL)
     if not logits:
         return None, cache
-    x = _norm(cfg, x, model.ln_f_w, model.ln_f_b)
-    return x @ model.unembed_matrix(), cache
+    return unembed(model, x), cache
+
+
+def unembed(model: Transformer, resid: Float[Array, "... D"]) -> Float[Array, "... V"]:
+    """Logits from the last layer's residual stream: final norm, then the unembedding."""
+    return _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b) @ model.unembed_matrix()
+
+
+def layer_range(model: Transformer, start: int = 0, stop: int | None = None) -> Transformer:
+    """The same model with only layers ``start..stop-1`` (weights shared, not copied).
+
+    ``layer_range(model, 0, l + 1)`` stops after layer ``l`` (cheap harvests of early layers);
+    ``layer_range(model, l)`` is the tail that continues from the residual entering layer ``l``.
+    Hook layer indices of the result count from ``start``.
+    """
+    n = model.cfg.n_layers
+    stop = n if stop is None else stop
+    if not 0 <= start < stop <= n:
+        raise ModelError(f"layers {start}..{stop - 1} are out of range; the model has layers 0..{n - 1}")
+    import dataclasses
+
+    blocks = jax.tree.map(lambda a: a[start:stop], model.blocks)
+    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, n_layers=stop - start), blocks=blocks)
 
 
 def check_tokens(cfg: ModelConfig, tokens) -> None:

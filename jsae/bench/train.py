@@ -1,0 +1,168 @@
+"""Benchmark: one vmapped program training N SAEs vs a Python loop of jitted single-SAE steps vs PyTorch.
+
+    jsae bench train                             # all cases, about 3 minutes on 2 CPU cores
+    python experiments/bench_train.py            # the same, writing results/bench_train.json
+    python experiments/bench_train.py --quick    # fewer steps
+
+Writes results/bench_train.json. Throughput is SAE-steps/s (one optimizer step of one SAE on a batch of
+B tokens); SAE-tokens/s = SAE-steps/s * B. Achieved GFLOP/s counts the dense matmuls of a ReLU SAE step:
+forward 4*B*d*m (encoder + decoder), backward 6*B*d*m (dW_dec, dF, dW_enc; no gradient w.r.t. the input),
+so FLOP per SAE-step = 10*B*d*m. The float32 matmul peak is measured in the same run (a 2048^3 jnp.dot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jsae.sae import index, relu, stack
+from jsae.train import TrainConfig, train
+from jsae.train.step import init_state, sae_step
+
+CASES = [
+    {"name": "per-head tiny", "n_saes": 144, "d_in": 64, "d_sae": 256, "batch": 64},
+    {"name": "wide batch", "n_saes": 24, "d_in": 64, "d_sae": 512, "batch": 1024},
+    {"name": "thousands", "n_saes": 1152, "d_in": 64, "d_sae": 256, "batch": 64},
+]
+
+
+def flops_per_sae_step(d: int, m: int, b: int) -> float:
+    return 10.0 * b * d * m
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_vmapped(sae, data, cfg: TrainConfig) -> float:
+    """SAE-steps/s of jsae.train.train (compile excluded: the second of two identical calls is timed)."""
+    train(sae, data, cfg, progress=False)
+    result = train(sae, data, cfg, progress=False)
+    return sae.W_enc.shape[0] * cfg.steps / result.seconds
+
+
+def bench_loop(sae, data, cfg: TrainConfig, n_saes_timed: int) -> float:
+    """SAE-steps/s of a Python loop over SAEs, each step the same jitted single-SAE step."""
+    n = sae.W_enc.shape[0]
+    state = init_state(sae, cfg, jnp.full((n,), 1e-3), jnp.ones((n,)))
+    hp = {"lr": jnp.asarray(1e-3), "sparsity_coef": jnp.asarray(0.1), "aux_coef": jnp.asarray(1 / 32)}
+    step = jax.jit(sae_step, static_argnums=6, donate_argnums=(0, 1, 2))
+    singles = [jax.tree.map(lambda a: a[i], (state.sae, state.opt_state, state.tokens_since_fired))
+               for i in range(n_saes_timed)]
+    b, steps = cfg.batch_size, cfg.steps
+    batches = [jnp.asarray(data[i % data.shape[0], :b]) for i in range(n_saes_timed)]
+    s, o, t, _ = step(*singles[0], batches[0], hp, jnp.asarray(0), cfg)  # compile
+    jax.block_until_ready(s)
+    singles[0] = (s, o, t)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        for i in range(n_saes_timed):
+            s, o, t, _ = step(*singles[i], batches[i], hp, jnp.asarray(k), cfg)
+            singles[i] = (s, o, t)
+    jax.block_until_ready(singles)
+    return n_saes_timed * steps / (time.perf_counter() - t0)
+
+
+def bench_torch(d: int, m: int, b: int, n_saes_timed: int, steps: int) -> float | None:
+    """SAE-steps/s of a plain PyTorch eager loop (Adam), one SAE after another; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    params = []
+    for _ in range(n_saes_timed):
+        W_enc = torch.randn(d, m) * 0.1
+        ps = [W_enc.clone().requires_grad_(), torch.zeros(m, requires_grad=True),
+              W_enc.T.clone().requires_grad_(), torch.zeros(d, requires_grad=True)]
+        params.append((ps, torch.optim.Adam(ps, lr=1e-3)))
+    x = torch.randn(b, d)
+
+    def one(ps, opt):
+        W_enc, b_enc, W_dec, b_dec = ps
+        f = torch.relu((x - b_dec) @ W_enc + b_enc)
+        x_hat = f @ W_dec + b_dec
+        loss = ((x_hat - x) ** 2).sum(-1).mean() + 0.1 * (f @ W_dec.norm(dim=-1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for ps, opt in params[:2]:
+        one(ps, opt)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for ps, opt in params:
+            one(ps, opt)
+    return n_saes_timed * steps / (time.perf_counter() - t0)
+
+
+def run_case(case: dict, steps: int, peak: float) -> dict:
+    n, d, m, b = case["n_saes"], case["d_in"], case["d_sae"], case["batch"]
+    tokens = max(4 * b, 1024)
+    data = np.random.default_rng(0).normal(size=(n, tokens, d)).astype(np.float32)
+    sae = stack(relu.init, jax.random.split(jax.random.key(0), n), d, m)
+    cfg = TrainConfig(steps=steps, batch_size=b, lr=1e-3, sparsity_coef=0.1, chunk_steps=steps)
+    vmapped = bench_vmapped(sae, data, cfg)
+    loop_n = min(n, 24)
+    loop_steps = max(steps // 10, 5)
+    loop = bench_loop(sae, data, TrainConfig(steps=loop_steps, batch_size=b), loop_n)
+    torch_rate = bench_torch(d, m, b, min(n, 12), max(steps // 20, 5))
+    gflops = vmapped * flops_per_sae_step(d, m, b) / 1e9
+    return {**case, "steps": steps, "vmapped_sae_steps_per_s": vmapped, "loop_sae_steps_per_s": loop,
+            "torch_sae_steps_per_s": torch_rate, "vmapped_sae_tokens_per_s": vmapped * b,
+            "vmapped_gflops": gflops, "fraction_of_matmul_peak": gflops / peak,
+            "speedup_vs_loop": vmapped / loop, "speedup_vs_torch": (vmapped / torch_rate) if torch_rate else None}
+
+
+def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_train.json") -> None:
+    ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    ap.add_argument("--out", default=out, help="JSON file to write (default: "
+                    + (out or "bench_train.json in a new run directory under --runs") + ")")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    peak = matmul_peak_gflops()
+    print(f"float32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
+    steps = {True: 20, False: 200}[args.quick]
+    cases = []
+    for case in CASES:
+        r = run_case(case, steps if case["n_saes"] < 1000 else max(steps // 4, 10), peak)
+        cases.append(r)
+        torch_txt = f"{r['torch_sae_steps_per_s']:,.0f}" if r["torch_sae_steps_per_s"] else "n/a"
+        print(f"{r['name']:>14} N={r['n_saes']:5d} d={r['d_in']} m={r['d_sae']} B={r['batch']:5d} | "
+              f"vmapped {r['vmapped_sae_steps_per_s']:9,.0f} SAE-steps/s ({r['vmapped_gflops']:.1f} GFLOP/s, "
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak) | loop {r['loop_sae_steps_per_s']:8,.0f} | "
+              f"torch {torch_txt} | x{r['speedup_vs_loop']:.1f} vs loop")
+    out = {"machine": f"{os.cpu_count()} CPU cores, {jax.devices()[0].platform}", "jax": jax.__version__,
+           "flops_per_sae_step": "10 * batch * d_in * d_sae", "matmul_peak_gflops": peak, "cases": cases}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
