@@ -7,6 +7,9 @@ circuit). Tasks: IOI and greater-than.
 Settings: 200 clean + 200 corrupted prompts for discovery (positives = clean prompts the model gets
 right); activation patching of every head on 12 other prompts (a different seed); reference circuit =
 the 27 heads (10%) of largest |normalised patching effect|; attribution patching on 32 prompts.
+Speed at equal prompt counts: sae_per_head_paired is also run (harvest + train + score) on the 12
+reference prompts themselves and timed against activation patching of every head on those prompts
+(key "speed_at_equal_prompts" per task).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def main() -> None:
     for name, gen in (("ioi", ioi), ("greater_than", greater_than)):
         print(f"{name}:")
         task, reference_task = gen(tok, N_PROMPTS, seed=0), gen(tok, N_REFERENCE, seed=1)
-        res = compare_methods(model, tok, task, reference_task, methods=DISCOVERY_METHODS, key=jax.random.key(0))
+        res = compare_methods(model, tok, task, reference_task, methods=DISCOVERY_METHODS, key=jax.random.key(0),
+                              equal_prompts_method="sae_per_head_paired")
         details[name] = res.pop("_details")
         results[name] = res
         for method, m in res["methods"].items():

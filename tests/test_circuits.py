@@ -86,6 +86,72 @@ def test_planted_heads_rank_first(method):
     assert C.roc_auc(found.scores, ref) >= 0.95
 
 
+def _planted_paired(seed, H=12, n_pairs=60, d=16, planted=(2, 7, 9)):
+    """Pairs of prompts (positive row i, negative row n_pairs + i) that agree on every head except the
+    planted ones, where the positive shows one of 4 signal directions instead of the background."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((H, n_pairs, d))
+    signal = np.zeros((H, n_pairs, d))
+    for h in range(H):
+        background = rng.normal(size=(3, d))
+        directions = 3 * rng.normal(size=(4, d))
+        base[h] = background[rng.integers(3, size=n_pairs)]
+        signal[h] = directions[rng.integers(4, size=n_pairs)] if h in planted else base[h]
+    acts = np.concatenate([signal, base], axis=1) + 0.05 * rng.normal(size=(H, 2 * n_pairs, d))
+    positive = np.arange(2 * n_pairs) < n_pairs
+    ref = np.zeros(H, bool)
+    ref[list(planted)] = True
+    return acts.astype(np.float32), positive, n_pairs + np.arange(n_pairs), ref
+
+
+@pytest.mark.parametrize("method", ["sae_shared_paired", "sae_per_head_paired"])
+def test_paired_methods_rank_planted_heads_first(method):
+    acts, positive, pair, ref = _planted_paired(0)
+    cfg = C.SAECodeConfig(d_sae=32, per_head_d_sae=16, l1=0.001, epochs=300, n_train=40)
+    found = C.sae_code_scores(jax.random.key(0), acts, positive, method, cfg, pair=pair)
+    assert C.roc_auc(found.scores, ref) >= 0.95
+    with pytest.raises(ValueError, match="needs pair"):
+        C.sae_code_scores(jax.random.key(0), acts, positive, method, cfg)
+
+
+def test_standardise_heads_matches_loop():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(3, 9, 4)) * np.array([1.0, 100.0, 0.01])[:, None, None] + 50.0
+    acts[2] = 7.0  # a head that never varies
+    rows = np.array([1, 4, 5, 8])
+    got = C.standardise_heads(acts, rows)
+    for h in range(2):
+        mu = acts[h, rows].mean(axis=0)
+        spread = np.mean([np.linalg.norm(acts[h, r] - mu) for r in rows])
+        np.testing.assert_allclose(got[h], (acts[h] - mu) * 2.0 / spread, rtol=1e-4, atol=1e-5)  # sqrt(4) = 2
+    np.testing.assert_array_equal(got[2], 0.0)
+
+
+def test_per_head_saes_reconstruct_offset_heads():
+    """Head outputs averaged over positions are a large per-head offset plus small prompt-to-prompt
+    variation, with norms differing 100x between heads: the per-head SAEs (as trained for
+    ``sae_per_head``) must still reconstruct their training rows (explained variance computed here in
+    numpy from the returned weights) with a few active latents."""
+    rng = np.random.default_rng(1)
+    H, n, d = 6, 10, 32
+    scale = np.array([0.01, 0.1, 1.0, 3.0, 10.0, 30.0])[:, None, None]
+    offset = 20 * rng.normal(size=(H, 1, d))
+    variation = rng.normal(size=(H, 3, d))[:, rng.integers(3, size=n)] + 0.1 * rng.normal(size=(H, n, d))
+    acts = (scale * (offset + variation)).astype(np.float32)
+    rows = np.arange(n)
+    cfg = C.SAECodeConfig()
+    standard = C.standardise_heads(acts, rows)
+    result = C._train_saes(jax.random.key(0), standard, H, cfg.per_head_l1 * d, cfg, cfg.per_head_d_sae)
+    s = jax.tree.map(np.asarray, result.sae)
+    for h in range(H):
+        x = standard[h]
+        f = np.maximum((x - s.b_dec[h]) @ s.W_enc[h] + s.b_enc[h], 0)
+        x_hat = f @ s.W_dec[h] + s.b_dec[h]
+        ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+        assert ev > 0.5, (h, ev)
+        assert 0.5 <= (f > 0).sum(-1).mean() <= 8, h
+
+
 # ---------------------------------------------------------------------------------------------------
 # Patching baselines on a tiny random Llama, against one-head-at-a-time loops
 
@@ -169,3 +235,6 @@ def test_harvest_task_matches_models_harvest(smollm2):
     assert got.acts.shape == (270, right + 6, 576) and (~got.positive).sum() == 6
     oracle = harvest(model, task.clean + task.corrupted, tokenizer=tok, point="result", positions="mean", progress=False)
     np.testing.assert_allclose(got.acts[:, right:], oracle[:, 6:], rtol=1e-3, atol=1e-4)
+    clean_index = got.pair - right  # the clean prompt of each positive row, and its own corruption
+    np.testing.assert_allclose(got.acts[:, :right], oracle[:, clean_index], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got.acts[:, got.pair], oracle[:, 6 + clean_index], rtol=1e-3, atol=1e-4)

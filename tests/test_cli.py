@@ -45,3 +45,13 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no activation file" in err and "numpy.save" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["circuits", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["circuits", "--prompts", "0"], "--prompts must be >= 1"),
+])
+def test_circuits_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err

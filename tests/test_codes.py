@@ -79,3 +79,22 @@ def test_discretise_is_argmax_of_encoding():
     W, b, bd = np.asarray(per_head.W_enc), np.asarray(per_head.b_enc), np.asarray(per_head.b_dec)
     expected = np.stack([np.argmax(np.maximum((acts[h] - bd[h]) @ W[h] + b[h], 0), -1) for h in range(3)], 1)
     np.testing.assert_array_equal(np.asarray(K.discretise(per_head, acts, per_head=True)), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_paired_code_changes_match_loop(seed):
+    rng = np.random.default_rng(seed)
+    codes, _ = _random_codes(rng, n=30, H=6, C=3)
+    clean = rng.permutation(30)[:10]
+    corrupted = rng.permutation(30)[:10]
+    got = np.asarray(K.paired_code_changes(codes, clean, corrupted))
+    expected = [sum(codes[c, h] != codes[q, h] for c, q in zip(clean, corrupted)) / 10 for h in range(6)]
+    np.testing.assert_allclose(got, expected)
+
+
+def test_paired_code_changes_errors():
+    codes = np.zeros((4, 2), int)
+    with pytest.raises(ValueError, match="same length"):
+        K.paired_code_changes(codes, np.array([0, 1]), np.array([2]))
+    with pytest.raises(ValueError, match="non-empty"):
+        K.paired_code_changes(codes, np.array([], int), np.array([], int))

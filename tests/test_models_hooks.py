@@ -241,6 +241,9 @@ def test_layer_range_and_unembed_match_hf(tiny, tokens):
     np.testing.assert_allclose(cache["resid_post"][0], ref["hidden"][1], rtol=1e-4, atol=1e-4)
     _, full = forward(model, tokens, hooks=capture("resid_post"), logits=False)
     np.testing.assert_allclose(unembed(model, full["resid_post"][L - 1]), ref["logits"], rtol=1e-4, atol=1e-4)
+    lengths = np.array([tokens.shape[1], 4])  # causal: logits at position 3 ignore the tokens after it
+    last, _ = forward(model, tokens, lengths=lengths, logits="last")
+    np.testing.assert_allclose(last, ref["logits"][np.arange(2), lengths - 1], rtol=1e-4, atol=1e-4)
     assert layer_range(model, 1).cfg.n_layers == L - 1
     with pytest.raises(ModelError, match="out of range"):
         layer_range(model, 0, L + 1)

@@ -25,7 +25,6 @@ from jaxtyping import Array, Float
 
 from jsae.analysis import codes as codes_mod
 from jsae.models import HookSpec, Replace, forward
-from jsae.models.transformer import _norm  # the model's own final norm, for last-position logits
 from jsae.sae.registry import init_stack
 from jsae.tasks.base import Task, predicts_correctly, task_metric
 from jsae.train import TrainConfig, train
@@ -173,12 +172,6 @@ def _pad_length(tokenizer, prompts: list[str], multiple: int = 8) -> int:
     return -(-longest // multiple) * multiple
 
 
-def final_logits(model, resid: Float[Array, "B D"]) -> Float[Array, "B V"]:
-    """Logits from the last layer's residual stream (final norm + unembedding)."""
-    x = _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b)
-    return x @ model.unembed_matrix()
-
-
 @dataclass
 class TaskActivations:
     """Per-head activations of a task's prompts, labelled positive/negative.
@@ -186,6 +179,8 @@ class TaskActivations:
     acts: ``[H, n, d]`` (rows: the clean prompts the model gets right, then every corrupted prompt).
     positive: ``[n]`` bool. accuracy: fraction of clean prompts the model gets right.
     clean_metric: ``[n_clean]`` task metric on the clean prompts. seconds: wall time of the forwards.
+    pair: ``[n_pos]`` for each positive row ``i`` (rows ``0 .. n_pos-1``), the row of its own corrupted
+      prompt, so ``(i, pair[i])`` is a clean/corrupted pair (used by the ``*_paired`` scores).
     """
 
     acts: np.ndarray
@@ -193,6 +188,7 @@ class TaskActivations:
     accuracy: float
     clean_metric: np.ndarray
     seconds: float
+    pair: np.ndarray | None = None
 
 
 def harvest_task(model, tokenizer, task: Task, *, point: str = "result", positions: str = "mean",
@@ -217,8 +213,8 @@ def harvest_task(model, tokenizer, task: Task, *, point: str = "result", positio
         if rows < batch_size:  # pad the last batch so every batch has one compiled shape
             tok = np.concatenate([tok, np.repeat(tok[:1], batch_size - rows, 0)])
             lens = np.concatenate([lens, np.repeat(lens[:1], batch_size - rows)])
-        logits, cache = forward(model, tok, hooks=spec, lengths=lens)
-        logits_last.append(np.asarray(logits[np.arange(batch_size), lens - 1])[:rows])
+        logits, cache = forward(model, tok, hooks=spec, lengths=lens, logits="last")
+        logits_last.append(np.asarray(logits)[:rows])
         acts.append(np.asarray(cache[point])[:, :rows])  # [L, b, H, d]
         if progress:
             print(f"  harvest {min(i + batch_size, n)}/{n} prompts", end="\r", flush=True)
@@ -229,9 +225,11 @@ def harvest_task(model, tokenizer, task: Task, *, point: str = "result", positio
     n_clean = len(task)
     correct = predicts_correctly(logits_last[:n_clean], task.correct)
     metric = np.asarray(task_metric(jnp.asarray(logits_last[:n_clean]), task.correct, task.incorrect, task.metric))
-    keep = np.concatenate([np.flatnonzero(correct), n_clean + np.arange(n_clean)])
-    positive = np.concatenate([np.ones(correct.sum(), bool), np.zeros(n_clean, bool)])
-    return TaskActivations(acts[:, keep], positive, float(correct.mean()), metric, time.perf_counter() - t0)
+    right = np.flatnonzero(correct)
+    keep = np.concatenate([right, n_clean + np.arange(n_clean)])
+    positive = np.concatenate([np.ones(len(right), bool), np.zeros(n_clean, bool)])
+    pair = len(right) + right  # the corrupted row of each kept clean prompt
+    return TaskActivations(acts[:, keep], positive, float(correct.mean()), metric, time.perf_counter() - t0, pair)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,9 +258,7 @@ def _patching_inputs(model, tokenizer, task: Task):
 def _last_metric(model, tokens, lengths, correct, incorrect, metric: str, edits) -> Float[Array, ""]:
     """Mean task metric with ``edits`` applied, from the last-position residual (no full-vocabulary
     logits at every position)."""
-    spec = HookSpec(capture=("resid_post",), reduce="last", edits=edits)
-    _, cache = forward(model, tokens, hooks=spec, lengths=lengths, logits=False)
-    logits = final_logits(model, cache["resid_post"][-1])
+    logits, _ = forward(model, tokens, hooks=HookSpec(edits=edits), lengths=lengths, logits="last")
     return task_metric(logits, correct, incorrect, metric).mean()
 
 
@@ -340,7 +336,8 @@ def random_scores(key, n_heads_total: int) -> HeadScores:
 # ---------------------------------------------------------------------------------------------------
 # Discrete SAE codes
 
-SAE_METHODS = ("sae_shared", "sae_per_head", "sae_ensemble", "sae_edges")
+SAE_METHODS = ("sae_shared", "sae_per_head", "sae_ensemble", "sae_edges", "sae_shared_paired", "sae_per_head_paired")
+PAIRED_METHODS = ("sae_shared_paired", "sae_per_head_paired")
 
 
 @dataclass(frozen=True)
@@ -356,15 +353,21 @@ class SAECodeConfig:
       negative (10). ensemble_l1 / ensemble_seeds: the ensemble's grid (member 0 is the paper's SAE).
     node_score: "raw", "softmax" or "normalised" (see :func:`jsae.analysis.codes.node_scores`).
     per_head_d_sae: latents of each per-head SAE (jsae addition; 10 training rows per head do not need
-      200 latents, and 270 x 576 x 200 parameters make Adam memory-bound). Per-head SAEs train on
-      activations scaled to mean norm sqrt(d) (the scale is folded back), so one lambda suits heads whose
-      output norms differ by 100x.
+      200 latents, and 270 x 576 x 200 parameters make Adam memory-bound).
+    per_head_l1: lambda of the per-head SAEs (0.01). Each head's activations are first standardised
+      (:func:`standardise_heads`: minus the mean of its training rows, scaled to mean norm sqrt(d)), so
+      one lambda suits heads whose output norms differ by 100x and the SAE spends its latents on how
+      prompts differ, not on the head's constant offset. (Without centring, a position-averaged head
+      output is mostly that offset: with Adam at lr 1e-3 the zero-initialised b_dec cannot reach it in
+      500 steps, every latent dies and explained variance is far below 0. On SmolLM2 IOI/greater-than
+      lambda 0.01 gives EV ~0.88 and L0 ~2.4 with 16 latents; 0.03 gives L0 ~1 and EV ~0.47.)
     normalise_heads: scale each head's activations to unit mean norm before the shared SAE (jsae
       addition; off = the paper).
     """
 
     d_sae: int = 200
     per_head_d_sae: int = 16
+    per_head_l1: float = 0.01
     normalise_heads: bool = False
     l1: float = 0.02
     epochs: int = 500
@@ -389,6 +392,17 @@ def _training_rows(key, positive: np.ndarray, n_train: int) -> np.ndarray:
     return rows[np.asarray(jax.random.permutation(k3, len(rows)))]
 
 
+def standardise_heads(acts: Float[np.ndarray, "H n d"], rows: np.ndarray) -> Float[np.ndarray, "H n d"]:
+    """Per head ``h``: ``(acts[h] - mu_h) * s_h`` with ``mu_h`` the mean of ``acts[h, rows]`` and ``s_h``
+    such that the centred training rows have mean norm ``sqrt(d)`` (a head that never varies stays 0)."""
+    acts = np.asarray(acts, np.float32)
+    mu = acts[:, rows].mean(axis=1, keepdims=True)
+    centred = acts - mu
+    spread = np.linalg.norm(centred[:, rows], axis=-1).mean(axis=1)
+    scale = np.where(spread > 0, np.sqrt(acts.shape[-1]) / np.maximum(spread, 1e-30), 0.0)
+    return (centred * scale[:, None, None]).astype(np.float32)
+
+
 def _train_saes(key, data, n_saes: int, sparsity, cfg: SAECodeConfig, d_sae: int, normalise: bool = False):
     d_in = data.shape[-1]
     rows = data.shape[-2]
@@ -399,17 +413,24 @@ def _train_saes(key, data, n_saes: int, sparsity, cfg: SAECodeConfig, d_sae: int
 
 
 def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
-                    cfg: SAECodeConfig = SAECodeConfig()) -> HeadScores:
+                    cfg: SAECodeConfig = SAECodeConfig(), pair: np.ndarray | None = None) -> HeadScores:
     """Head scores from discrete SAE codes.
 
     acts: ``[H, n, d]`` per-head activations of all prompts; positive: ``[n]`` bool.
     method: ``"sae_shared"`` (one SAE for every head, the paper), ``"sae_per_head"`` (one SAE per head,
       all trained at once), ``"sae_ensemble"`` (shared SAEs over seeds x L1 values, mean of each
       member's scores normalised to max 1), ``"sae_edges"`` (shared SAE, heads ranked by their mean
-      normalised edge score over all partners, see :func:`jsae.analysis.codes.heads_from_edges`).
+      normalised edge score over all partners, see :func:`jsae.analysis.codes.heads_from_edges`);
+      ``"sae_shared_paired"`` / ``"sae_per_head_paired"`` (jsae additions: the same SAEs, heads scored by
+      the fraction of clean/corrupted prompt pairs whose code changes,
+      :func:`jsae.analysis.codes.paired_code_changes`; need ``pair``).
+    pair: ``[n_pos]`` the corrupted row of each positive row (:attr:`TaskActivations.pair`).
     """
     if method not in SAE_METHODS:
         raise ValueError(f"unknown SAE method {method!r}; choose one of {', '.join(SAE_METHODS)}")
+    if method in PAIRED_METHODS and (pair is None or len(pair) != int(np.sum(positive))):
+        raise ValueError(f"method {method!r} needs pair: the corrupted row of each of the {int(np.sum(positive))} "
+                         "positive rows (TaskActivations.pair from harvest_task)")
     t0 = time.perf_counter()
     H, n, d = acts.shape
     if cfg.normalise_heads:
@@ -418,10 +439,14 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
     rows = _training_rows(k_rows, positive, cfg.n_train)
     train_acts = acts[:, rows]  # [H, n_train, d]
     details: dict = {"n_train": len(rows)}
-    if method == "sae_per_head":
-        result = _train_saes(k_sae, train_acts, H, cfg.l1 * d, cfg, cfg.per_head_d_sae, normalise=True)
-        codes = codes_mod.discretise(result.sae, acts, per_head=True)
-        scores = codes_mod.node_scores(codes, positive, cfg.per_head_d_sae, cfg.node_score)
+    if method in ("sae_per_head", "sae_per_head_paired"):
+        standard = standardise_heads(acts, rows)
+        result = _train_saes(k_sae, standard[:, rows], H, cfg.per_head_l1 * d, cfg, cfg.per_head_d_sae)
+        codes = codes_mod.discretise(result.sae, standard, per_head=True)
+        if method == "sae_per_head_paired":
+            scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
+        else:
+            scores = codes_mod.node_scores(codes, positive, cfg.per_head_d_sae, cfg.node_score)
     else:
         shared = train_acts.reshape(H * len(rows), d)
         if method == "sae_ensemble":
@@ -443,6 +468,8 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
             details["ensemble_l1"] = l1s
         elif method == "sae_shared":
             scores = codes_mod.node_scores(codes, positive, cfg.d_sae, cfg.node_score)
+        elif method == "sae_shared_paired":
+            scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
     details.update({k: float(np.mean(v)) for k, v in result.metrics.items() if k in ("l0", "explained_variance", "dead_fraction")})
     details["train_seconds"] = result.seconds
     return HeadScores(method, np.asarray(scores, np.float64), time.perf_counter() - t0, details)
@@ -473,7 +500,7 @@ def discover(model, tokenizer, task: Task, method: str = "sae_shared", *, key=No
     if activations is None:
         activations = harvest_task(model, tokenizer, task, point=point, positions=positions)
         harvest_seconds = activations.seconds
-    found = sae_code_scores(key, activations.acts, activations.positive, method, sae_config)
+    found = sae_code_scores(key, activations.acts, activations.positive, method, sae_config, activations.pair)
     found.details.update({"harvest_seconds": harvest_seconds, "model_accuracy": activations.accuracy,
                           "n_pos": int(activations.positive.sum()), "n_neg": int((~activations.positive).sum())})
     found.seconds += harvest_seconds
@@ -499,12 +526,15 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
                     key=None, sae_config: SAECodeConfig = SAECodeConfig(), reference_k: int | None = None,
                     reference_heads: np.ndarray | None = None, reference_name: str = "activation_patching",
                     attribution_prompts: int = 32, point: str = "result", positions: str = "mean",
-                    log=print) -> dict:
+                    equal_prompts_method: str | None = None, log=print) -> dict:
     """Run ``methods`` on ``task`` and grade each against a reference circuit.
 
     The reference is ``reference_heads`` (a bool mask ``[H]``, e.g. a published circuit, named
     ``reference_name``) or, when None, the ``reference_k`` heads (default 10% of all heads) of largest
     ``|effect|`` under activation patching on ``reference_task``.
+    equal_prompts_method: an SAE method to also run (harvest + train + score) on ``reference_task``'s own
+    prompts, timed against activation patching of every head on those same prompts; reported under
+    ``"speed_at_equal_prompts"`` (with its AUC against the reference).
     Returns ``{"task", "n_pos", "n_neg", "model_accuracy", "methods": {name: {"auc", "seconds",
     "top_heads", "scores"}}, "reference"}`` plus, under ``"_details"``, each method's full
     :func:`evaluate` output and settings.
@@ -557,6 +587,16 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
                                 "scores": {names[i]: float(f.scores[i]) for i in range(H)}}
         details["evaluation"][name] = ev
         details["method_details"][name] = f.details
+    if equal_prompts_method is not None and "activation_patching" in found:
+        same = discover(model, tokenizer, reference_task, equal_prompts_method, key=key, sae_config=sae_config,
+                        point=point, positions=positions)
+        ap_seconds = found["activation_patching"].seconds
+        out["speed_at_equal_prompts"] = {
+            "n_prompts": len(reference_task), "method": equal_prompts_method, "sae_seconds": same.seconds,
+            "activation_patching_seconds": ap_seconds, "speedup": ap_seconds / same.seconds,
+            "sae_auc": roc_auc(same.scores, mask), "sae_harvest_seconds": same.details["harvest_seconds"]}
+        log(f"  equal prompts ({len(reference_task)} clean + corrupted): {equal_prompts_method} {same.seconds:.1f} s "
+            f"vs activation patching {ap_seconds:.1f} s ({ap_seconds / same.seconds:.1f}x)")
     out["_details"] = details
     return out
 

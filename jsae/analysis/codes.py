@@ -115,5 +115,23 @@ def heads_from_edges(edges: Float[Array, "H H"]) -> Float[Array, " H"]:
     return jnp.sum(off_diagonal, axis=1) / max(H - 1, 1)
 
 
+def paired_code_changes(codes: Int[Array, "n H"], clean_rows: Int[Array, " m"],
+                        corrupted_rows: Int[Array, " m"]) -> Float[Array, " H"]:
+    """Per head: the fraction of (clean, corrupted) prompt pairs whose codes differ.
+
+    ``clean_rows[i]`` and ``corrupted_rows[i]`` index the two prompts of pair ``i`` (a positive prompt and
+    its own corruption, e.g. the same IOI sentence with the first-clause names replaced). Activation
+    patching replaces a head's clean output by its corrupted one; a head whose discrete code never changes
+    between the two has (to the SAE's resolution) nothing to patch, so this is the code-level analogue of
+    the per-pair activation difference that patching acts on (jsae addition, not in O'Neill & Bui).
+    """
+    codes = jnp.asarray(codes)
+    clean_rows, corrupted_rows = jnp.asarray(clean_rows), jnp.asarray(corrupted_rows)
+    if clean_rows.shape != corrupted_rows.shape or clean_rows.ndim != 1 or clean_rows.size == 0:
+        raise ValueError(f"clean_rows {tuple(clean_rows.shape)} and corrupted_rows {tuple(corrupted_rows.shape)} "
+                         "must be two non-empty index vectors of the same length (one entry per prompt pair)")
+    return jnp.mean((codes[clean_rows] != codes[corrupted_rows]).astype(jnp.float32), axis=0)
+
+
 def as_numpy(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))

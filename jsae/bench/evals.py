@@ -36,6 +36,7 @@ import numpy as np
 
 from jsae.analysis.evals import spliced_losses
 from jsae.commands.eval import SAMPLE_TEXT
+from jsae.plots import grouped_bars
 from jsae.models import edit, forward, load
 from jsae.sae import index
 from jsae.sae.registry import init_stack
@@ -135,6 +136,9 @@ def run(args: argparse.Namespace) -> None:
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(summary, indent=2))
+    grouped_bars(out_path.with_suffix(".png"), list(results), {"seconds per SAE": [r["seconds_per_sae"] for r in
+                 results.values()]}, ylabel="seconds per SAE (lower is better)",
+                 title=f"spliced CE of {N_SAES} SAEs on SmolLM2")
     print(f"speed-up of the vectorised path: {summary['speedup_vectorised_vs_one_at_a_time']:.2f}x vs one at a time, "
           f"{summary['speedup_vectorised_vs_full_forward_loop']:.2f}x vs a loop of full forwards; "
           f"max |CE difference| {summary['max_abs_ce_difference']:.2e}; wrote {out_path}")

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jsae.models import forward, harvest, load
+from jsae.plots import grouped_bars
 
 NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Emma", "David"]
 PLACES = ["store", "park", "school", "office", "beach", "museum", "garden", "station"]
@@ -137,6 +138,10 @@ def run(args: argparse.Namespace) -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
+    grouped_bars(Path(args.out).with_suffix(".png"), ["forward", "harvest (per-head result)"],
+                 {"jsae": [res["jsae_tokens_per_s"], res["harvest_tokens_per_s"]],
+                  "transformers (torch)": [res["torch_tokens_per_s"], None]},
+                 ylabel="tokens/s (higher is better)", title="SmolLM2-135M on this CPU")
     print(json.dumps({k: res[k] for k in ("jsae_tokens_per_s", "torch_tokens_per_s", "harvest_tokens_per_s",
                                           "jsae_over_torch")}, indent=2))
 

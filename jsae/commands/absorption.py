@@ -169,15 +169,10 @@ def evaluate_sae(sae, data, model, layer: int, answer_ids, *, max_k: int = 10, t
 
 def plot_results(results: list[dict], run: Path) -> list[Path]:
     """absorption vs L0 (coloured by width) and per-letter absorption fraction, as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from jsae.plots import figure, save
     from jsae.tasks.first_letter import LETTERS
 
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = figure(13, 4, ncols=3)
     widths = sorted({r["width"] for r in results})
     for metric, ax in zip(("absorption_fraction", "full_absorption", "paper_absorption_rate"), axes):
         for w in widths:
@@ -189,12 +184,9 @@ def plot_results(results: list[dict], run: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("feature absorption vs sparsity and width")
-    fig.tight_layout()
-    paths.append(run / "absorption_vs_l0.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [save(fig, run / "absorption_vs_l0.png", dpi=110)]
 
-    fig, ax = plt.subplots(figsize=(12, 4))
+    fig, ax = figure(12, 4)
     bw = 0.8 / max(1, len(results))
     for i, r in enumerate(results):
         vals = [row["absorption_fraction"] for row in r["per_letter"]]
@@ -203,10 +195,7 @@ def plot_results(results: list[dict], run: Path) -> list[Path]:
     ax.set_ylabel("absorption fraction (SAEBench)")
     ax.set_title("absorption per first letter (letters with probe F1 < threshold are blank)")
     ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    paths.append(run / "absorption_per_letter.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, run / "absorption_per_letter.png", dpi=110))
     return paths
 
 

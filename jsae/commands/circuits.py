@@ -10,7 +10,7 @@ import jax
 from jsae.rundir import new_run_dir, write_json
 
 TASK_NAMES = ("ioi", "greater_than", "docstring")
-DEFAULT_METHODS = ("sae_shared", "sae_ensemble", "attribution_patching", "random")
+DEFAULT_METHODS = ("sae_shared", "sae_per_head_paired", "attribution_patching", "random")
 
 
 def register(sub) -> None:
@@ -40,6 +40,8 @@ def register(sub) -> None:
                    help="the paper's L1 coefficient lambda (default: 0.02; 0.05 for docstring)")
     p.add_argument("--d-sae", type=int, default=200, help="latents of the shared SAE (default: %(default)s)")
     p.add_argument("--per-head-d-sae", type=int, default=16, help="latents of each per-head SAE (default: %(default)s)")
+    p.add_argument("--per-head-l1", type=float, default=0.01,
+                   help="lambda of the per-head SAEs (on per-head standardised activations) (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=500, help="full-batch Adam steps (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=10, help="training prompts, half positive (default: %(default)s)")
     p.add_argument("--point", default="result", choices=("result", "z"),
@@ -80,8 +82,10 @@ def run(args) -> None:
     if tok is None:
         raise ValueError(f"model {args.model!r} has no tokenizer; circuit tasks need one (tokenizer.json)")
     l1 = args.l1 if args.l1 is not None else (0.05 if task_name == "docstring" else 0.02)
+    if args.per_head_l1 < 0:
+        raise ValueError(f"--per-head-l1 must be >= 0, got {args.per_head_l1}")
     sae_cfg = SAECodeConfig(d_sae=args.d_sae, per_head_d_sae=args.per_head_d_sae, l1=l1, epochs=args.epochs,
-                            n_train=args.n_train)
+                            n_train=args.n_train, per_head_l1=args.per_head_l1)
     gen = TASKS[task_name]
     task = gen(tok, args.prompts, seed=args.seed)
     reference_task = gen(tok, args.reference_prompts, seed=args.seed + 1)

@@ -62,17 +62,12 @@ def metric_table(metrics: dict[str, np.ndarray], extra: dict[str, np.ndarray] | 
 
 
 def plot_l0_vs_ev(metrics: dict[str, np.ndarray], path, title: str) -> None:
-    import matplotlib
+    from jsae.plots import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = figure(5, 4)
     ax.scatter(metrics["l0"], metrics["explained_variance"], s=12, alpha=0.7)
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("explained variance")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -84,15 +84,11 @@ def _tokens(tok, args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _plot_density(freq: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from jsae.analysis.evals import density_histogram
+    from jsae.plots import figure, save
 
     counts, edges = density_histogram(freq)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(6, 4)
     centres = (edges[1:] + edges[:-1]) / 2
     for i, c in enumerate(counts[:8]):
         ax.step(centres, c, where="mid", label=f"SAE {i}")
@@ -100,9 +96,7 @@ def _plot_density(freq: np.ndarray, path: Path) -> None:
     ax.set_ylabel("latents")
     ax.set_title("feature density")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def run(args) -> None:

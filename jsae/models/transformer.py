@@ -182,6 +182,8 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
     x, cache = jax.lax.scan(body, x, (model.blocks, layers, sliced), unroll=SCAN_UNROLL)
     if not logits:
         return None, cache
+    if logits == "last":
+        x = x[jnp.arange(B), lengths - 1]
     return unembed(model, x), cache
 
 
@@ -233,19 +235,22 @@ def forward(
     *,
     hooks: HookSpec | None = None,
     lengths: Int[Array, "B"] | None = None,
-    logits: bool = True,
+    logits: bool | str = True,
 ) -> tuple[Float[Array, "B T V"] | None, dict[str, Array]]:
     """Run the model; returns ``(logits [B, T, V], cache)``.
 
     tokens: ``[B, T]`` int ids, right-padded (any pad id in range).
     hooks: a :class:`~jsae.models.hooks.HookSpec` (captures and edits for all layers).
     lengths: ``[B]`` number of real tokens per row (default ``T``); used by ``reduce='last'/'mean'``.
-    logits: False skips the final norm and unembedding (returns ``None`` logits; faster harvests).
+    logits: False skips the final norm and unembedding (returns ``None`` logits; faster harvests);
+      ``"last"`` returns only the logits at each row's last real position, ``[B, V]`` (next-token tasks).
     cache: ``{point: [L, B, T, ...]}`` (``[L, B, ...]`` when the spec reduces positions).
 
     Jit-compiled (one compilation per shape and static hook structure); usable inside ``jax.jit``,
     ``jax.vmap`` and ``jax.grad``.
     """
+    if logits not in (True, False, "last"):
+        raise ModelError(f"logits must be True, False or 'last', got {logits!r}")
     tokens = tokens if isinstance(tokens, jax.Array) else jnp.asarray(tokens)
     check_tokens(model.cfg, tokens)
     if lengths is None:

@@ -28,6 +28,7 @@ from jsae.sae.base import (
     SAE,
     BDecInit,
     Hyper,
+    centered_matmul,
     decoder_norms,
     init_tied_weights,
     initial_b_dec,
@@ -46,9 +47,11 @@ class GatedSAE(SAE):
         self, x: Float[Array, "... d_in"]
     ) -> tuple[Float[Array, "... d_sae"], Float[Array, "... d_sae"]]:
         """The two pre-activations (pi_gate, pi_mag)."""
+        W_mag = self.W_enc * jnp.exp(self.r_mag)
         if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc, x @ (self.W_enc * jnp.exp(self.r_mag)) + self.b_mag
+            return (centered_matmul(x, self.b_dec, self.W_enc) + self.b_enc,
+                    centered_matmul(x, self.b_dec, W_mag) + self.b_mag)
+        return x @ self.W_enc + self.b_enc, x @ W_mag + self.b_mag
 
     def activation(self, pre):
         raise TypeError("a Gated SAE's activation needs both pre-activations: use encode(x)")
