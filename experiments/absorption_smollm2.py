@@ -19,17 +19,16 @@ and results/absorption_smollm2_vs_l0.png, results/absorption_smollm2_per_letter.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "JSAE_JAX_CACHE", str(Path.home() / ".cache" / "jsae" / "jax-compilation")))
+from jsae.runtime import prepare_process  # noqa: E402
+
+prepare_process()  # one CPU device per core, persistent compilation cache
 
 from jsae.analysis.absorption import prepare_probe_data  # noqa: E402
 from jsae.commands.absorption import (  # noqa: E402

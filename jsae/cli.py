@@ -31,6 +31,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jsae.runtime import prepare_process
+
+    prepare_process()  # one CPU device per core, persistent compilation cache
     ap, modules = _parser()
     args = ap.parse_args(argv)
     try:

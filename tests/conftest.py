@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "JSAE_JAX_CACHE", str(Path.home() / ".cache" / "jsae" / "jax-compilation")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+from jsae.runtime import prepare_process
+
+prepare_process()  # as the CLI: one CPU device per core (stacks train sharded), persistent compile cache
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"

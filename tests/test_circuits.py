@@ -114,6 +114,23 @@ def test_paired_methods_rank_planted_heads_first(method):
         C.sae_code_scores(jax.random.key(0), acts, positive, method, cfg)
 
 
+def test_activation_difference_matches_loop():
+    rng = np.random.default_rng(3)
+    acts = rng.normal(size=(4, 10, 5)) * np.array([1.0, 10.0, 0.1, 1.0])[:, None, None]
+    acts[3] = 2.0  # a head that never varies scores 0
+    positive = np.arange(10) < 4
+    pair = np.array([7, 4, 9, 5])
+    got = C.activation_difference_scores(acts, positive, pair).scores
+    for h in range(3):
+        change = np.mean([np.linalg.norm(acts[h, i] - acts[h, pair[i]]) for i in range(4)])
+        centre = acts[h].mean(axis=0)
+        spread = np.mean([np.linalg.norm(acts[h, j] - centre) for j in range(10)])
+        assert got[h] == pytest.approx(change / spread, rel=1e-5)
+    assert got[3] == 0.0
+    with pytest.raises(ValueError, match="needs pair"):
+        C.activation_difference_scores(acts, positive, pair[:2])
+
+
 def test_standardise_heads_matches_loop():
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(3, 9, 4)) * np.array([1.0, 100.0, 0.01])[:, None, None] + 50.0
@@ -141,7 +158,8 @@ def test_per_head_saes_reconstruct_offset_heads():
     rows = np.arange(n)
     cfg = C.SAECodeConfig()
     standard = C.standardise_heads(acts, rows)
-    result = C._train_saes(jax.random.key(0), standard, H, cfg.per_head_l1 * d, cfg, cfg.per_head_d_sae)
+    result = C._train_saes(jax.random.key(0), standard, H, cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs,
+                           cfg.per_head_lr)
     s = jax.tree.map(np.asarray, result.sae)
     for h in range(H):
         x = standard[h]

@@ -12,12 +12,13 @@ removed from a notebook does not pass silently.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from jsae.runtime import default_cache_dir
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -42,9 +43,8 @@ def run_notebook(name: str, jupyter_path: Path, workdir: Path, monkeypatch) -> t
     """Execute ``notebooks/<name>`` in ``workdir``; returns its CHECK dict and the executed notebook."""
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
     monkeypatch.setenv("JSAE_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.environ.get(
-        "JSAE_JAX_CACHE", str(Path.home() / ".cache" / "jsae" / "jax-compilation")))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(default_cache_dir()))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         f"{name} is stored with outputs; clear them before committing (keeps diffs small)"

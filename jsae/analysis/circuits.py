@@ -361,6 +361,9 @@ class SAECodeConfig:
       output is mostly that offset: with Adam at lr 1e-3 the zero-initialised b_dec cannot reach it in
       500 steps, every latent dies and explained variance is far below 0. On SmolLM2 IOI/greater-than
       lambda 0.01 gives EV ~0.88 and L0 ~2.4 with 16 latents; 0.03 gives L0 ~1 and EV ~0.47.)
+    per_head_epochs / per_head_lr: the per-head SAEs' full-batch Adam steps (100) and rate (5e-3). On
+      SmolLM2 IOI (8 seeds each) 100 steps at 5e-3 rank heads as well as the paper's 500 at 1e-3
+      (paired-code AUC 0.858 vs 0.843) in a fifth of the training time (0.9 s vs 4.5 s for 270 SAEs).
     normalise_heads: scale each head's activations to unit mean norm before the shared SAE (jsae
       addition; off = the paper).
     """
@@ -368,6 +371,8 @@ class SAECodeConfig:
     d_sae: int = 200
     per_head_d_sae: int = 16
     per_head_l1: float = 0.01
+    per_head_epochs: int = 100
+    per_head_lr: float = 5e-3
     normalise_heads: bool = False
     l1: float = 0.02
     epochs: int = 500
@@ -403,12 +408,13 @@ def standardise_heads(acts: Float[np.ndarray, "H n d"], rows: np.ndarray) -> Flo
     return (centred * scale[:, None, None]).astype(np.float32)
 
 
-def _train_saes(key, data, n_saes: int, sparsity, cfg: SAECodeConfig, d_sae: int, normalise: bool = False):
+def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: float):
+    """``n_saes`` unit-norm ReLU SAEs trained full-batch on ``data`` (``[n, d]`` shared or ``[N, n, d]``)."""
     d_in = data.shape[-1]
     rows = data.shape[-2]
     sae = init_stack("relu", key, n_saes, d_in, d_sae, unit_norm_decoder=True)
-    tc = TrainConfig(steps=cfg.epochs, batch_size=rows, lr=cfg.lr, sparsity_coef=sparsity, grad_clip=None,
-                     chunk_steps=cfg.epochs, normalise_activations=normalise, dead_after_tokens=rows * cfg.epochs + 1)
+    tc = TrainConfig(steps=epochs, batch_size=rows, lr=lr, sparsity_coef=sparsity, grad_clip=None,
+                     chunk_steps=epochs, dead_after_tokens=rows * epochs + 1)
     return train(sae, data, tc, progress=False)
 
 
@@ -441,7 +447,8 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
     details: dict = {"n_train": len(rows)}
     if method in ("sae_per_head", "sae_per_head_paired"):
         standard = standardise_heads(acts, rows)
-        result = _train_saes(k_sae, standard[:, rows], H, cfg.per_head_l1 * d, cfg, cfg.per_head_d_sae)
+        result = _train_saes(k_sae, standard[:, rows], H, cfg.per_head_l1 * d, cfg.per_head_d_sae,
+                             cfg.per_head_epochs, cfg.per_head_lr)
         codes = codes_mod.discretise(result.sae, standard, per_head=True)
         if method == "sae_per_head_paired":
             scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
@@ -453,7 +460,7 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
             l1s = [l1 for _ in range(cfg.ensemble_seeds) for l1 in cfg.ensemble_l1]
         else:
             l1s = [cfg.l1]
-        result = _train_saes(k_sae, shared, len(l1s), [l * d for l in l1s], cfg, cfg.d_sae)
+        result = _train_saes(k_sae, shared, len(l1s), [l * d for l in l1s], cfg.d_sae, cfg.epochs, cfg.lr)
         members = []
         for i in range(len(l1s)):
             sae_i = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, result.sae)
@@ -475,7 +482,28 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
     return HeadScores(method, np.asarray(scores, np.float64), time.perf_counter() - t0, details)
 
 
-DISCOVERY_METHODS = (*SAE_METHODS, "attribution_patching", "activation_patching", "random")
+def activation_difference_scores(acts: Float[np.ndarray, "H n d"], positive: np.ndarray,
+                                 pair: np.ndarray) -> HeadScores:
+    """No SAE, no codes: per head, the mean distance between each positive prompt's activation and its
+    own corruption's, over the head's typical spread (mean distance of its activations from their mean).
+
+    A diagnostic for the SAE-code methods: it reads the same activations, so it shows how far any score
+    built only from "which heads change between clean and corrupted prompts" gets (without the
+    model's downstream computation, which the patching methods use)."""
+    t0 = time.perf_counter()
+    acts = np.asarray(acts, np.float32)
+    clean = np.flatnonzero(positive)
+    if pair is None or len(pair) != len(clean):
+        raise ValueError(f"activation_difference needs pair: the corrupted row of each of the {len(clean)} positive "
+                         "rows (TaskActivations.pair from harvest_task)")
+    change = np.linalg.norm(acts[:, clean] - acts[:, pair], axis=-1).mean(axis=1)
+    spread = np.linalg.norm(acts - acts.mean(axis=1, keepdims=True), axis=-1).mean(axis=1)
+    scores = np.where(spread > 0, change / np.maximum(spread, 1e-30), 0.0)
+    return HeadScores("activation_difference", scores.astype(np.float64), time.perf_counter() - t0)
+
+
+ACTIVATION_METHODS = (*SAE_METHODS, "activation_difference")  # scored from harvested per-head activations
+DISCOVERY_METHODS = (*ACTIVATION_METHODS, "attribution_patching", "activation_patching", "random")
 
 
 def discover(model, tokenizer, task: Task, method: str = "sae_shared", *, key=None,
@@ -500,7 +528,10 @@ def discover(model, tokenizer, task: Task, method: str = "sae_shared", *, key=No
     if activations is None:
         activations = harvest_task(model, tokenizer, task, point=point, positions=positions)
         harvest_seconds = activations.seconds
-    found = sae_code_scores(key, activations.acts, activations.positive, method, sae_config, activations.pair)
+    if method == "activation_difference":
+        found = activation_difference_scores(activations.acts, activations.positive, activations.pair)
+    else:
+        found = sae_code_scores(key, activations.acts, activations.positive, method, sae_config, activations.pair)
     found.details.update({"harvest_seconds": harvest_seconds, "model_accuracy": activations.accuracy,
                           "n_pos": int(activations.positive.sum()), "n_neg": int((~activations.positive).sum())})
     found.seconds += harvest_seconds
@@ -547,12 +578,19 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(DISCOVERY_METHODS)}")
     found: dict[str, HeadScores] = {}
+    same = None
+    if equal_prompts_method is not None:
+        if reference_task is None:
+            raise ValueError("equal_prompts_method needs the reference prompts (reference_task)")
+        # first, so that it pays for its compilations as activation patching pays for its own
+        same = discover(model, tokenizer, reference_task, equal_prompts_method, key=key, sae_config=sae_config,
+                        point=point, positions=positions)
     activations = harvest_task(model, tokenizer, task, point=point, positions=positions)
     log(f"  harvested {activations.acts.shape[1]} prompts x {H} heads in {activations.seconds:.1f} s "
         f"(model accuracy {activations.accuracy:.2f})")
     for i, method in enumerate(m for m in methods if m != "activation_patching"):
         mkey = jax.random.fold_in(key, i)
-        if method in SAE_METHODS:
+        if method in ACTIVATION_METHODS:
             found[method] = discover(model, tokenizer, task, method, key=mkey, sae_config=sae_config,
                                      activations=activations)
             found[method].seconds += activations.seconds  # discovery time includes the harvest
@@ -587,9 +625,7 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
                                 "scores": {names[i]: float(f.scores[i]) for i in range(H)}}
         details["evaluation"][name] = ev
         details["method_details"][name] = f.details
-    if equal_prompts_method is not None and "activation_patching" in found:
-        same = discover(model, tokenizer, reference_task, equal_prompts_method, key=key, sae_config=sae_config,
-                        point=point, positions=positions)
+    if same is not None and "activation_patching" in found:
         ap_seconds = found["activation_patching"].seconds
         out["speed_at_equal_prompts"] = {
             "n_prompts": len(reference_task), "method": equal_prompts_method, "sae_seconds": same.seconds,

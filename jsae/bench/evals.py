@@ -37,6 +37,7 @@ import numpy as np
 from jsae.analysis.evals import spliced_losses
 from jsae.commands.eval import SAMPLE_TEXT
 from jsae.plots import grouped_bars
+from jsae.runtime import prepare_process
 from jsae.models import edit, forward, load
 from jsae.sae import index
 from jsae.sae.registry import init_stack
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "JSAE_JAX_CACHE", str(Path.home() / ".cache" / "jsae" / "jax-compilation")))
+    prepare_process()
     model, tok, _ = load("smollm2-135m")
     stream = np.asarray(tok.encode(SAMPLE_TEXT * 4), np.int32)[: SEQUENCES * CONTEXT]
     tokens = stream.reshape(SEQUENCES, CONTEXT)

@@ -20,6 +20,7 @@ import numpy as np
 
 from jsae.models import forward, harvest, load
 from jsae.plots import grouped_bars
+from jsae.runtime import prepare_process
 
 NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Emma", "David"]
 PLACES = ["store", "park", "school", "office", "beach", "museum", "garden", "station"]
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-
+    prepare_process()  # as the CLI: one CPU device per core (the model runs on device 0), compile cache
     t0 = time.perf_counter()
     model, tok, meta = load("smollm2-135m")
     load_s = time.perf_counter() - t0

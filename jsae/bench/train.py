@@ -11,8 +11,13 @@ so FLOP per SAE-step = 10*B*d*m. The float32 matmul peak is measured in the same
 
 The honest yardstick for small SAEs is not that peak but the "matmul ceiling" of each case, also measured
 in the same run: GFLOP/s of exactly the five matmuls of a stack step (encoder, decoder, and the three
-backward products), batched over the N SAEs as the vmapped trainer computes them and nothing else. No
-trainer built from XLA dots can beat it; small per-SAE matrices (d=64) run far below the big-matmul peak.
+backward products), batched over the N SAEs as the vmapped trainer computes them, split over the same
+devices, and nothing else. No trainer built from XLA dots can beat it; small per-SAE matrices (d=64) run
+far below the big-matmul peak.
+
+On CPU the benchmark first gives JAX one device per core (``jsae.train.use_cpu_cores``, as the CLI does)
+and measures the vmapped trainer twice, on every device and on device 0 alone: XLA:CPU computes a
+stack's batched small matmuls on one thread, so one device per core is what puts every core to work.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsae.sae import index, relu, stack
-from jsae.train import TrainConfig, train
+from jsae.sae import relu, stack
+from jsae.runtime import prepare_process
+from jsae.train import TrainConfig, sae_mesh, train
+from jsae.train.sharding import AXIS
 from jsae.train.step import init_state, sae_step
 
 CASES = [
@@ -51,20 +58,23 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def step_matmuls_gflops(n: int, d: int, m: int, b: int, reps: int = 10) -> float:
-    """GFLOP/s of the five matmuls of one stack step of N ReLU SAEs (batched over N as in the trainer):
-    f = x W_enc, x_hat = f W_dec, dF = g W_dec^T, dW_dec = f^T g, dW_enc = x^T dpre (10*B*d*m per SAE)."""
+def step_matmuls_gflops(n: int, d: int, m: int, b: int, mesh, reps: int = 10) -> float:
+    """GFLOP/s of the five matmuls of one stack step of N ReLU SAEs (batched over N as in the trainer,
+    each device of ``mesh`` computing its slice): f = x W_enc, x_hat = f W_dec, dF = g W_dec^T,
+    dW_dec = f^T g, dW_enc = x^T dpre (10*B*d*m per SAE). N must divide by the device count."""
     keys = jax.random.split(jax.random.key(0), 5)
-    x, g = jax.random.normal(keys[0], (n, b, d)), jax.random.normal(keys[1], (n, b, d))
-    dpre = jax.random.normal(keys[2], (n, b, m))
-    W_enc, W_dec = jax.random.normal(keys[3], (n, d, m)), jax.random.normal(keys[4], (n, m, d))
+    spec = jax.sharding.PartitionSpec(AXIS)
+    put = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))  # noqa: E731
+    x, g = put(jax.random.normal(keys[0], (n, b, d))), put(jax.random.normal(keys[1], (n, b, d)))
+    dpre = put(jax.random.normal(keys[2], (n, b, m)))
+    W_enc, W_dec = put(jax.random.normal(keys[3], (n, d, m))), put(jax.random.normal(keys[4], (n, m, d)))
 
-    @jax.jit
-    def five(x, g, dpre, W_enc, W_dec):
+    def local(x, g, dpre, W_enc, W_dec):
         f = jnp.einsum("nbd,ndm->nbm", x, W_enc)
         return (jnp.einsum("nbm,nmd->nbd", f, W_dec), jnp.einsum("nbd,nmd->nbm", g, W_dec),
                 jnp.einsum("nbm,nbd->nmd", f, g), jnp.einsum("nbd,nbm->ndm", x, dpre))
 
+    five = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec))
     jax.block_until_ready(five(x, g, dpre, W_enc, W_dec))
     best = min(_timed(lambda: jax.block_until_ready(five(x, g, dpre, W_enc, W_dec))) for _ in range(reps))
     return n * flops_per_sae_step(d, m, b) / best / 1e9
@@ -76,10 +86,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench_vmapped(sae, data, cfg: TrainConfig) -> float:
-    """SAE-steps/s of jsae.train.train (compile excluded: the second of two identical calls is timed)."""
-    train(sae, data, cfg, progress=False)
-    result = train(sae, data, cfg, progress=False)
+def bench_vmapped(sae, data, cfg: TrainConfig, mesh) -> float:
+    """SAE-steps/s of jsae.train.train on ``mesh`` (compile excluded: the second of two identical calls
+    is timed)."""
+    train(sae, data, cfg, progress=False, mesh=mesh)
+    result = train(sae, data, cfg, progress=False, mesh=mesh)
     return sae.W_enc.shape[0] * cfg.steps / result.seconds
 
 
@@ -144,19 +155,22 @@ def run_case(case: dict, steps: int, peak: float) -> dict:
     data = np.random.default_rng(0).normal(size=(n, tokens, d)).astype(np.float32)
     sae = stack(relu.init, jax.random.split(jax.random.key(0), n), d, m)
     cfg = TrainConfig(steps=steps, batch_size=b, lr=1e-3, sparsity_coef=0.1, chunk_steps=steps)
-    vmapped = bench_vmapped(sae, data, cfg)
+    mesh = sae_mesh()
+    vmapped = bench_vmapped(sae, data, cfg, mesh)
+    one_device = bench_vmapped(sae, data, cfg, sae_mesh(jax.devices()[:1])) if mesh.devices.size > 1 else vmapped
     loop_n = min(n, 24)
     loop_steps = max(steps // 10, 5)
     loop = bench_loop(sae, data, TrainConfig(steps=loop_steps, batch_size=b), loop_n)
     torch_rate = bench_torch(d, m, b, min(n, 12), max(steps // 20, 5))
     gflops = vmapped * flops_per_sae_step(d, m, b) / 1e9
-    ceiling = step_matmuls_gflops(n, d, m, b)
-    return {**case, "steps": steps, "vmapped_sae_steps_per_s": vmapped, "loop_sae_steps_per_s": loop,
+    ceiling = step_matmuls_gflops(n, d, m, b, mesh)
+    return {**case, "steps": steps, "devices": int(mesh.devices.size), "vmapped_sae_steps_per_s": vmapped,
+            "vmapped_one_device_sae_steps_per_s": one_device, "loop_sae_steps_per_s": loop,
             "torch_sae_steps_per_s": torch_rate, "vmapped_sae_tokens_per_s": vmapped * b,
             "vmapped_gflops": gflops, "fraction_of_matmul_peak": gflops / peak,
             "step_matmuls_gflops": ceiling, "step_matmuls_fraction_of_peak": ceiling / peak,
             "fraction_of_step_matmuls": gflops / ceiling,
-            "speedup_vs_loop": vmapped / loop, "speedup_vs_torch": (vmapped / torch_rate) if torch_rate else None}
+            "speedup_vs_one_device": vmapped / one_device, "speedup_vs_loop": vmapped / loop, "speedup_vs_torch": (vmapped / torch_rate) if torch_rate else None}
 
 
 def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_train.json") -> None:
@@ -172,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    prepare_process()  # one CPU device per core (as the CLI), unless JAX is already running
+    print(f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
     peak = matmul_peak_gflops()
     print(f"float32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
     steps = {True: 20, False: 200}[args.quick]
@@ -182,12 +198,14 @@ def run(args: argparse.Namespace) -> None:
         torch_txt = f"{r['torch_sae_steps_per_s']:,.0f}" if r["torch_sae_steps_per_s"] else "n/a"
         print(f"{r['name']:>14} N={r['n_saes']:5d} d={r['d_in']} m={r['d_sae']} B={r['batch']:5d} | "
               f"vmapped {r['vmapped_sae_steps_per_s']:9,.0f} SAE-steps/s ({r['vmapped_gflops']:.1f} GFLOP/s, "
-              f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak) | loop {r['loop_sae_steps_per_s']:8,.0f} | "
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak; 1 device {r['vmapped_one_device_sae_steps_per_s']:,.0f}) | "
+              f"loop {r['loop_sae_steps_per_s']:8,.0f} | "
               f"torch {torch_txt} | x{r['speedup_vs_loop']:.1f} vs loop | its 5 matmuls alone: "
               f"{r['step_matmuls_gflops']:.1f} GFLOP/s ({100 * r['step_matmuls_fraction_of_peak']:.0f}% of peak)")
     peak_after = matmul_peak_gflops()
     print(f"float32 matmul peak again at the end: {peak_after:.1f} GFLOP/s")
-    out = {"machine": f"{os.cpu_count()} CPU cores, {jax.devices()[0].platform}", "jax": jax.__version__,
+    out = {"machine": f"{os.cpu_count()} CPU cores, {jax.devices()[0].platform}", "devices": jax.device_count(),
+           "jax": jax.__version__,
            "flops_per_sae_step": "10 * batch * d_in * d_sae", "matmul_peak_gflops": peak,
            "matmul_peak_gflops_at_end": peak_after,
            "step_matmuls": "the 5 matmuls of a stack step alone, batched over N (bounds any XLA trainer)",

@@ -10,7 +10,7 @@ import jax
 from jsae.rundir import new_run_dir, write_json
 
 TASK_NAMES = ("ioi", "greater_than", "docstring")
-DEFAULT_METHODS = ("sae_shared", "sae_per_head_paired", "attribution_patching", "random")
+DEFAULT_METHODS = ("sae_per_head_paired", "sae_shared", "attribution_patching", "random")
 
 
 def register(sub) -> None:
@@ -42,7 +42,10 @@ def register(sub) -> None:
     p.add_argument("--per-head-d-sae", type=int, default=16, help="latents of each per-head SAE (default: %(default)s)")
     p.add_argument("--per-head-l1", type=float, default=0.01,
                    help="lambda of the per-head SAEs (on per-head standardised activations) (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=500, help="full-batch Adam steps (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=500, help="full-batch Adam steps of the shared SAEs (default: %(default)s)")
+    p.add_argument("--per-head-epochs", type=int, default=100,
+                   help="full-batch Adam steps of the per-head SAEs (default: %(default)s)")
+    p.add_argument("--per-head-lr", type=float, default=5e-3, help="learning rate of the per-head SAEs (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=10, help="training prompts, half positive (default: %(default)s)")
     p.add_argument("--point", default="result", choices=("result", "z"),
                    help="per-head activation: result (after W_O) or z (before) (default: %(default)s)")
@@ -67,12 +70,12 @@ def _published(meta: dict, model, task: str):
 
 
 def run(args) -> None:
-    from jsae.analysis.circuits import SAECodeConfig, compare_methods, plot_roc
+    from jsae.analysis.circuits import ACTIVATION_METHODS, SAECodeConfig, compare_methods, plot_roc
     from jsae.models import load
     from jsae.tasks import TASKS
 
     task_name = args.task.replace("-", "_")
-    for name in ("prompts", "reference_prompts", "epochs", "n_train", "d_sae", "per_head_d_sae"):
+    for name in ("prompts", "reference_prompts", "epochs", "per_head_epochs", "n_train", "d_sae", "per_head_d_sae"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.n_train < 2:
@@ -84,8 +87,11 @@ def run(args) -> None:
     l1 = args.l1 if args.l1 is not None else (0.05 if task_name == "docstring" else 0.02)
     if args.per_head_l1 < 0:
         raise ValueError(f"--per-head-l1 must be >= 0, got {args.per_head_l1}")
+    if args.per_head_lr <= 0:
+        raise ValueError(f"--per-head-lr must be > 0, got {args.per_head_lr}")
     sae_cfg = SAECodeConfig(d_sae=args.d_sae, per_head_d_sae=args.per_head_d_sae, l1=l1, epochs=args.epochs,
-                            n_train=args.n_train, per_head_l1=args.per_head_l1)
+                            n_train=args.n_train, per_head_l1=args.per_head_l1, per_head_epochs=args.per_head_epochs,
+                            per_head_lr=args.per_head_lr)
     gen = TASKS[task_name]
     task = gen(tok, args.prompts, seed=args.seed)
     reference_task = gen(tok, args.reference_prompts, seed=args.seed + 1)
@@ -95,9 +101,13 @@ def run(args) -> None:
     cfg = model.cfg
     print(f"jsae circuits: {task_name} on {meta.get('name', args.model)} ({cfg.n_layers} layers x {cfg.n_heads} heads = "
           f"{cfg.n_layers * cfg.n_heads} heads), {len(task)} clean + {len(task)} corrupted prompts; {task.note}")
+    # time the first SAE method on the reference prompts too, against patching of every head on them
+    sae_methods = [m for m in args.methods if m in ACTIVATION_METHODS and m != "activation_difference"]
+    patching = reference_heads is None or "activation_patching" in args.methods
     res = compare_methods(model, tok, task, reference_task, methods=args.methods, key=jax.random.key(args.seed),
                           sae_config=sae_cfg, reference_k=args.reference_k, reference_heads=reference_heads,
-                          reference_name=reference_name, point=args.point, positions=args.positions)
+                          reference_name=reference_name, point=args.point, positions=args.positions,
+                          equal_prompts_method=sae_methods[0] if sae_methods and patching else None)
     details = res.pop("_details")
     print(f"model accuracy {res['model_accuracy']:.2f}: {res['n_pos']} positives, {res['n_neg']} negatives; "
           f"reference: {reference_name}, {details['reference_k']} heads")
@@ -111,13 +121,14 @@ def run(args) -> None:
         ranked = " ".join(h + ("*" if h in reference_set else "") for h in m["top_heads"][: args.top])
         print(f"  top heads, {method}: {ranked}")
     print("  (* = in the reference circuit)")
-    if "activation_patching" in res["methods"]:
-        ap = res["methods"]["activation_patching"]["seconds"]
-        for method in res["methods"]:
-            if method.startswith("sae_"):
-                print(f"  {method} ({2 * len(task)} prompts, harvest included) took "
-                      f"{res['methods'][method]['seconds']:.1f} s; activation patching of every head on "
-                      f"{args.reference_prompts} prompts took {ap:.1f} s ({ap / res['methods'][method]['seconds']:.1f}x)")
+    if "speed_at_equal_prompts" in res:
+        eq = res["speed_at_equal_prompts"]
+        print(f"speed on the same {eq['n_prompts']} clean + {eq['n_prompts']} corrupted prompts: {eq['method']} "
+              f"{eq['sae_seconds']:.1f} s (harvest + train + score; AUC {eq['sae_auc']:.3f}) vs activation patching "
+              f"of every head {eq['activation_patching_seconds']:.1f} s: {eq['speedup']:.1f}x faster")
+    for method in sae_methods:
+        print(f"  {method} on all {res['n_pos'] + res['n_neg']} discovery prompts, harvest included: "
+              f"{res['methods'][method]['seconds']:.1f} s")
     run_dir = new_run_dir(args.out, f"circuits-{task_name}")
     write_json(run_dir / "config.json", {"command": "circuits", **vars(args), "l1": l1})
     write_json(run_dir / "results.json", {**res, "details": details})

@@ -17,7 +17,7 @@ from jsae.synthetic import sparse_dictionary_data
 from jsae.train import train
 
 
-DEMO_METHODS = ("sae_per_head", "sae_shared", "attribution_patching", "random")
+DEMO_METHODS = ("sae_per_head_paired", "sae_per_head", "sae_shared", "attribution_patching", "random")
 
 
 def register(sub) -> None:

@@ -38,8 +38,8 @@ class TrainConfig:
         checkpoints) sees the loop only between chunks.
       checkpoint_every: save every this many steps (a multiple of chunk_steps; 0 = only at the end when
         a checkpoint directory is given).
-      sae_group: SAEs computed together inside a step (0 = automatic: all of them unless their
-        activations would stream through memory, see ``jsae.train.step.auto_group``). Results are the
+      sae_group: SAEs computed together inside a step (0 = automatic: as many as keep their parameters,
+        Adam moments and activations in about one core's L2 cache, see ``jsae.train.step.auto_group``). Results are the
         same for any value up to float rounding; it only changes speed.
       seed: drives the data order.
       extra_hp: further per-SAE hyperparameters passed to the architecture's loss.

@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jsae.sae.base import SAE, normalisation_scale
@@ -23,7 +24,8 @@ from jsae.sae.stack import n_saes
 from jsae.train import data as data_mod
 from jsae.train.checkpoint import Checkpointer
 from jsae.train.config import TrainConfig
-from jsae.train.sharding import pad_leading, padded_size, replicate, sae_mesh, shard_leading, take_leading
+from jsae.train.sharding import (AXIS, hint_cpu_cores, pad_leading, padded_size, replicate, sae_mesh, shard_leading,
+                                 take_leading)
 from jsae.train.step import TrainState, auto_group, init_state, run_chunk
 
 
@@ -70,19 +72,41 @@ def _input_scales(data, n: int, normalise: bool) -> np.ndarray:
 
 
 @functools.cache
-def _chunk_fns(static_cfg_json: str, group: int):
-    """Jitted chunk functions for one static configuration (per-SAE values travel as arrays)."""
-    cfg = TrainConfig.from_json(json.loads(static_cfg_json))
+def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared_data: bool):
+    """Jitted chunk functions for one static configuration (per-SAE values travel as arrays).
 
-    @functools.partial(jax.jit, static_argnames=("n_steps", "batch", "n_pad"), donate_argnums=0)
-    def from_array(state, hp, start, data, key, *, n_steps, batch, n_pad):
-        rows = data_mod.chunk_indices(key, start, n_steps, batch, data.shape[-2])
-        return run_chunk(state, hp, start, n_steps, lambda i: data_mod.gather_batch(data, rows[i], n_pad), cfg,
-                         group)
+    Each chunk is a ``shard_map`` over the mesh's ``"sae"`` axis: every device trains its own slice of
+    the stack with no communication at all (the SAEs are independent), so the per-device program is
+    exactly the single-device one on ``N / devices`` SAEs. (Under automatic partitioning the per-step
+    ``any(dead)`` of ``stack_step`` would become an all-reduce every step.)
+    """
+    cfg = TrainConfig.from_json(json.loads(static_cfg_json))
+    sae_axis, whole = P(AXIS), P()
+    data_spec = whole if shared_data else sae_axis
+    metrics_spec = P(None, AXIS)  # [n_steps, N]
+
+    @functools.partial(jax.jit, static_argnames=("n_steps", "batch"), donate_argnums=0)
+    def from_array(state, hp, start, data, key, *, n_steps, batch):
+        def local(state, hp, start, data, key):
+            rows = data_mod.chunk_indices(key, start, n_steps, batch, data.shape[-2])
+            if shared_data:
+                return run_chunk(state, hp, start, n_steps, lambda i, _, g: data_mod.gather_batch(data, rows[i], g),
+                                 cfg, group)
+            return run_chunk(state, hp, start, n_steps, lambda i, own, g: data_mod.gather_batch(own, rows[i], g),
+                             cfg, group, sae_data=data)
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, data_spec, whole),
+                             out_specs=(sae_axis, metrics_spec), check_vma=False)(state, hp, start, data, key)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def from_batches(state, hp, start, xs):
-        return run_chunk(state, hp, start, xs.shape[0], lambda i: xs[i], cfg, group)
+        def local(state, hp, start, xs):
+            # [steps, N, B, d] -> [N, steps, B, d], so each group of SAEs carries its own batches
+            return run_chunk(state, hp, start, xs.shape[0], lambda i, own, g: own[:, i], cfg, group,
+                             sae_data=xs.swapaxes(0, 1))
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, P(None, AXIS)),
+                             out_specs=(sae_axis, metrics_spec), check_vma=False)(state, hp, start, xs)
 
     return from_array, from_batches
 
@@ -139,7 +163,9 @@ def train(
         if restored is not None:
             start, state = restored
 
-    mesh = mesh or sae_mesh()
+    if mesh is None:
+        hint_cpu_cores(n)
+        mesh = sae_mesh()
     n_pad = padded_size(n, mesh)
     # a private copy: the chunks donate their input buffers, which must not be the caller's arrays
     state = shard_leading(pad_leading(jax.tree.map(jnp.array, state), n_pad), mesh)
@@ -148,9 +174,9 @@ def train(
     group = cfg.sae_group if cfg.sae_group and n_local % cfg.sae_group == 0 else None
     if cfg.sae_group and group is None:
         raise ValueError(f"sae_group={cfg.sae_group} must divide the {n_local} SAEs held per device")
-    group = group or auto_group(n_local, cfg.batch_size, sae.d_sae)
-    from_array, from_batches = _chunk_fns(_static_json(cfg), group)
+    group = group or auto_group(n_local, cfg.batch_size, sae.d_in, sae.d_sae)
     key = jax.random.key(cfg.seed)
+    from_array, from_batches = _chunk_fns(_static_json(cfg), group, mesh, is_array and data.ndim == 2)
     if is_array:
         data = shard_leading(pad_leading(data, n_pad), mesh) if data.ndim == 3 else replicate(data, mesh)
         batches = None
@@ -168,13 +194,13 @@ def train(
             t_chunk = time.perf_counter()
             if is_array:
                 state, metrics = from_array(state, hp, jnp.asarray(step, jnp.int32), data, key,
-                                            n_steps=n_steps, batch=cfg.batch_size, n_pad=n_pad)
+                                            n_steps=n_steps, batch=cfg.batch_size)
                 batch = cfg.batch_size
             else:
                 xs = data_mod.next_chunk(batches, n_steps, n, sae.d_in, step)
                 batch = xs.shape[2]
                 xs = jax.device_put(pad_leading(jnp.asarray(xs).swapaxes(0, 1), n_pad).swapaxes(0, 1),
-                                    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "sae")))
+                                    jax.sharding.NamedSharding(mesh, P(None, AXIS)))
                 state, metrics = from_batches(state, hp, jnp.asarray(step, jnp.int32), xs)
             metrics = {k: np.asarray(v)[:, :n] for k, v in metrics.items()}
             _check_finite(metrics["loss"], step)

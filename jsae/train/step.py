@@ -74,47 +74,34 @@ def sae_step(
     return sae, opt_state, since, metrics
 
 
-def in_groups(fn: Callable, group: int, *args):
-    """``jax.vmap(fn)(*args)`` over the leading SAE axis, computed ``group`` SAEs at a time.
+def auto_group(n: int, batch: int, d_in: int, d_sae: int, cache_bytes: int = 2 << 20) -> int:
+    """SAEs per group: the largest divisor of ``n`` whose working set fits in ``cache_bytes`` (about one
+    core's L2 cache), at least 1.
 
-    With ``group < N`` the stack is reshaped to [N / group, group, ...] and ``lax.map`` runs the groups
-    one after another: the per-group intermediates (e.g. [group, B, d_sae] activations) stay in the
-    CPU cache instead of streaming [N, B, d_sae] arrays through memory. Results are identical.
+    A step touches, per SAE, its float32 parameters with their gradients and two Adam moments
+    (``4 * 2 * d_in * d_sae`` values) and its ``[batch, d_sae]`` activations with their cotangents.
+    Measured on a 2-core AMD EPYC, one device per core: 1,152 SAEs (64 x 256, B = 64) run 1.24x
+    faster in groups of 4 than in groups of 96; 24 SAEs (64 x 512, B = 1024) 1.1x faster one at a
+    time than all at once.
     """
-    n = jax.tree.leaves(args)[0].shape[0]
-    if group >= n:
-        return jax.vmap(fn)(*args)
-    split = jax.tree.map(lambda a: a.reshape(n // group, group, *a.shape[1:]), args)
-    out = jax.lax.map(lambda a: jax.vmap(fn)(*a), split)
-    return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
-
-
-def auto_group(n: int, batch: int, d_sae: int, cache_bytes: int = 8 << 20, stream_bytes: int = 32 << 20) -> int:
-    """SAEs per group: all of them while the stack's [N, batch, d_sae] float32 activations stay under
-    ``stream_bytes``, else the largest divisor of n whose group activations fit in ``cache_bytes``
-    (measured on a 2-core Xeon: N=24, B=1024, d_sae=512 runs 1.3x faster in groups of 4)."""
-    if 4 * n * batch * d_sae <= stream_bytes:
-        return n
-    target = max(1, cache_bytes // (4 * batch * d_sae))
+    per_sae = 4 * (4 * 2 * d_in * d_sae + 2 * batch * (d_sae + d_in))
+    target = max(1, cache_bytes // per_sae)
     return max(g for g in range(1, n + 1) if n % g == 0 and g <= target)
 
 
 def stack_step(
     state: TrainState, x: Float[Array, "N B d_in"], hp: dict[str, Float[Array, " N"]], step, cfg: TrainConfig,
-    group: int | None = None,
 ) -> tuple[TrainState, dict[str, Float[Array, " N"]]]:
-    """``sae_step`` vmapped over the SAE axis (params, optimizer state, batch, hyperparameters),
-    ``group`` SAEs at a time (default: all at once)."""
+    """``sae_step`` vmapped over the SAE axis (params, optimizer state, batch, hyperparameters)."""
     x = x * state.input_scale[:, None, None]
-    group = group or x.shape[0]
     dead = state.tokens_since_fired >= cfg.dead_after_tokens
     per_sae = (state.sae, state.opt_state, state.tokens_since_fired, x, hp)
 
     def with_dead():
-        return in_groups(lambda s, o, t, xx, h, dd: sae_step(s, o, t, xx, h, step, cfg, dd), group, *per_sae, dead)
+        return jax.vmap(lambda s, o, t, xx, h, dd: sae_step(s, o, t, xx, h, step, cfg, dd))(*per_sae, dead)
 
     def none_dead():
-        return in_groups(lambda s, o, t, xx, h: sae_step(s, o, t, xx, h, step, cfg), group, *per_sae)
+        return jax.vmap(lambda s, o, t, xx, h: sae_step(s, o, t, xx, h, step, cfg))(*per_sae)
 
     # Dead-latent losses (AuxK) cost an extra top-k; while no latent of the stack is dead they are 0,
     # and this (unbatched) cond runs the cheaper program instead.
@@ -127,13 +114,36 @@ def run_chunk(
     hp: dict[str, Float[Array, " N"]],
     start: Int[Array, ""],
     n_steps: int,
-    batch_at: Callable[[Int[Array, ""]], Float[Array, "N B d_in"]],
+    batch_at: Callable[[Int[Array, ""], PyTree, int], Float[Array, "G B d_in"]],
     cfg: TrainConfig,
     group: int | None = None,
+    sae_data: PyTree = None,
 ) -> tuple[TrainState, dict[str, Float[Array, "n_steps N"]]]:
-    """``n_steps`` steps under ``lax.scan``; ``batch_at(i)`` gives the batch of the chunk's i-th step."""
+    """``n_steps`` steps of the stack under ``lax.scan``, ``group`` SAEs at a time (default: all).
 
-    def body(state, i):
-        return stack_step(state, batch_at(i), hp, start + i, cfg, group)
+    ``batch_at(i, data, g)`` gives the ``[g, B, d_in]`` batch of the chunk's i-th step for ``g`` SAEs
+    whose own slice of ``sae_data`` (leaves with the leading SAE axis, or None) is ``data``.
 
-    return jax.lax.scan(body, state, jnp.arange(n_steps))
+    With ``group < N`` the stack is reshaped to [N / group, group, ...] and ``lax.map`` takes the groups
+    one after another, each through all ``n_steps`` steps: a group's parameters, Adam moments and
+    activations stay in the CPU cache for the whole chunk instead of streaming the whole stack through
+    memory at every step. The SAEs are independent, so results equal the all-at-once order.
+    """
+    n = state.input_scale.shape[0]
+    group = group or n
+
+    def steps(state, hp, data):
+        g = state.input_scale.shape[0]
+
+        def body(state, i):
+            return stack_step(state, batch_at(i, data, g), hp, start + i, cfg)
+
+        return jax.lax.scan(body, state, jnp.arange(n_steps))
+
+    if group >= n:
+        return steps(state, hp, sae_data)
+    split = jax.tree.map(lambda a: a.reshape(n // group, group, *a.shape[1:]), (state, hp, sae_data))
+    state, metrics = jax.lax.map(lambda args: steps(*args), split)
+    state = jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), state)
+    metrics = jax.tree.map(lambda m: m.swapaxes(0, 1).reshape(n_steps, n), metrics)  # [groups, steps, g] -> [steps, N]
+    return state, metrics
