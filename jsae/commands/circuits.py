@@ -107,7 +107,7 @@ def run(args) -> None:
     res = compare_methods(model, tok, task, reference_task, methods=args.methods, key=jax.random.key(args.seed),
                           sae_config=sae_cfg, reference_k=args.reference_k, reference_heads=reference_heads,
                           reference_name=reference_name, point=args.point, positions=args.positions,
-                          equal_prompts_method=sae_methods[0] if sae_methods and patching else None)
+                          equal_prompts_method=sae_methods[0] if sae_methods and patching else None, progress=True)
     details = res.pop("_details")
     print(f"model accuracy {res['model_accuracy']:.2f}: {res['n_pos']} positives, {res['n_neg']} negatives; "
           f"reference: {reference_name}, {details['reference_k']} heads")
