@@ -21,7 +21,7 @@ A stack of N SAEs is the same module with a leading axis ``[N, ...]`` on every a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -42,6 +42,9 @@ class SAE(eqx.Module):
     W_dec: Float[Array, "d_sae d_in"]
     b_dec: Float[Array, " d_in"]
     apply_b_dec_to_input: bool = eqx.field(static=True)
+    # True when ``loss`` reads the ``dead`` mask (AuxK); the trainer then tracks which latents are dead
+    # inside the step, and skips that work for architectures that never look at it.
+    uses_dead_latents: ClassVar[bool] = False
 
     @property
     def d_in(self) -> int:

@@ -19,6 +19,8 @@ Decoder rows have unit norm (init and ``constrain``).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -35,6 +37,7 @@ class BatchTopKSAE(SAE):
     k: int = eqx.field(static=True)
     k_aux: int = eqx.field(static=True)
     threshold_decay: float = eqx.field(static=True)
+    uses_dead_latents: ClassVar[bool] = True  # AuxK (Matryoshka inherits it)
 
     def activation(self, pre):
         """Inference rule: a JumpReLU with the learnt global threshold (a ReLU before calibration)."""

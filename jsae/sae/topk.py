@@ -13,6 +13,8 @@ activations, ``TrainConfig(normalise_activations=True)``, to keep the paper's ba
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
@@ -24,6 +26,7 @@ from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec
 class TopKSAE(SAE):
     k: int = eqx.field(static=True)
     k_aux: int = eqx.field(static=True)
+    uses_dead_latents: ClassVar[bool] = True  # AuxK
 
     def activation(self, pre):
         return keep_top_k(pre, self.k)

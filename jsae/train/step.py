@@ -45,6 +45,37 @@ def init_state(sae: SAE, cfg: TrainConfig, lr: Float[Array, " N"], input_scale: 
     return TrainState(sae, opt_state, since, jnp.asarray(input_scale, jnp.float32))
 
 
+def sae_grads(
+    sae: SAE, x: Float[Array, "B d_in"], hp: Hyper, step: Int[Array, ""], cfg: TrainConfig,
+    dead: Bool[Array, " d_sae"] | None = None,
+) -> tuple[SAE, dict[str, Float[Array, ""]], Float[Array, "B d_sae"]]:
+    """The loss gradient of one SAE on one batch, its metrics and its latent activations ``f``.
+
+    ``dead`` is the mask of dead latents passed to the loss (None: none is dead, see ``stack_step``)."""
+    hp = {**hp, "sparsity_coef": hp["sparsity_coef"] * sparsity_multiplier(cfg, step)}
+
+    def loss_fn(s):
+        return s.loss(x, hp, dead)
+
+    (_, (metrics, f)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(sae)
+    return grads, metrics, f
+
+
+def apply_grads(
+    sae: SAE, opt_state: PyTree, tokens_since_fired: Int[Array, " d_sae"], grads: SAE,
+    metrics: dict[str, Float[Array, ""]], f: Float[Array, "B d_sae"], cfg: TrainConfig,
+) -> tuple[SAE, PyTree, Int[Array, " d_sae"], dict[str, Float[Array, ""]]]:
+    """The optimizer update of one SAE from :func:`sae_grads`, then its constraint, buffers and firing
+    statistics; adds ``dead_fraction`` to the metrics."""
+    optimizer = make_optimizer(cfg, 0.0)  # the real rate lives in opt_state
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(sae, eqx.is_inexact_array))
+    sae = eqx.apply_updates(sae, updates).constrain().update_buffers(jax.lax.stop_gradient(f))
+    fired = jnp.any(f != 0, axis=0)
+    since = jnp.where(fired, 0, jnp.minimum(tokens_since_fired + f.shape[0], jnp.iinfo(jnp.int32).max // 2))
+    metrics = {**metrics, "dead_fraction": jnp.mean(since >= cfg.dead_after_tokens)}
+    return sae, opt_state, since, metrics
+
+
 def sae_step(
     sae: SAE,
     opt_state: PyTree,
@@ -59,19 +90,8 @@ def sae_step(
     and the step's metrics (loss terms, L0, MSE, explained variance, dead fraction).
 
     ``dead`` is the mask of dead latents passed to the loss (None: none is dead, see ``stack_step``)."""
-    hp = {**hp, "sparsity_coef": hp["sparsity_coef"] * sparsity_multiplier(cfg, step)}
-
-    def loss_fn(s):
-        return s.loss(x, hp, dead)
-
-    (_, (metrics, f)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(sae)
-    optimizer = make_optimizer(cfg, 0.0)  # the real rate lives in opt_state
-    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(sae, eqx.is_inexact_array))
-    sae = eqx.apply_updates(sae, updates).constrain().update_buffers(jax.lax.stop_gradient(f))
-    fired = jnp.any(f != 0, axis=0)
-    since = jnp.where(fired, 0, jnp.minimum(tokens_since_fired + x.shape[0], jnp.iinfo(jnp.int32).max // 2))
-    metrics = {**metrics, "dead_fraction": jnp.mean(since >= cfg.dead_after_tokens)}
-    return sae, opt_state, since, metrics
+    grads, metrics, f = sae_grads(sae, x, hp, step, cfg, dead)
+    return apply_grads(sae, opt_state, tokens_since_fired, grads, metrics, f, cfg)
 
 
 def auto_group(n: int, batch: int, d_in: int, d_sae: int, cache_bytes: int = 2 << 20) -> int:
@@ -94,18 +114,19 @@ def stack_step(
 ) -> tuple[TrainState, dict[str, Float[Array, " N"]]]:
     """``sae_step`` vmapped over the SAE axis (params, optimizer state, batch, hyperparameters)."""
     x = x * state.input_scale[:, None, None]
-    dead = state.tokens_since_fired >= cfg.dead_after_tokens
-    per_sae = (state.sae, state.opt_state, state.tokens_since_fired, x, hp)
-
-    def with_dead():
-        return jax.vmap(lambda s, o, t, xx, h, dd: sae_step(s, o, t, xx, h, step, cfg, dd))(*per_sae, dead)
-
-    def none_dead():
-        return jax.vmap(lambda s, o, t, xx, h: sae_step(s, o, t, xx, h, step, cfg))(*per_sae)
-
-    # Dead-latent losses (AuxK) cost an extra top-k; while no latent of the stack is dead they are 0,
-    # and this (unbatched) cond runs the cheaper program instead.
-    sae, opt, since, metrics = jax.lax.cond(jnp.any(dead), with_dead, none_dead)
+    with_dead = jax.vmap(lambda s, xx, h, dd: sae_grads(s, xx, h, step, cfg, dd))
+    none_dead = jax.vmap(lambda s, xx, h: sae_grads(s, xx, h, step, cfg))
+    if type(state.sae).uses_dead_latents:
+        dead = state.tokens_since_fired >= cfg.dead_after_tokens
+        # Dead-latent losses (AuxK) cost an extra top-k; while no latent of the stack is dead they are 0,
+        # and this (unbatched) cond runs the cheaper program instead. Only the gradients are inside it:
+        # a cond that also carried the updated state made XLA copy every parameter at every step.
+        grads, metrics, f = jax.lax.cond(jnp.any(dead), lambda: with_dead(state.sae, x, hp, dead),
+                                         lambda: none_dead(state.sae, x, hp))
+    else:
+        grads, metrics, f = none_dead(state.sae, x, hp)
+    sae, opt, since, metrics = jax.vmap(lambda s, o, t, g, mm, ff: apply_grads(s, o, t, g, mm, ff, cfg))(
+        state.sae, state.opt_state, state.tokens_since_fired, grads, metrics, f)
     return TrainState(sae, opt, since, state.input_scale), metrics
 
 
