@@ -1,6 +1,6 @@
 """Benchmark: one vmapped program training N SAEs vs a Python loop of jitted single-SAE steps vs PyTorch.
 
-    jsae bench train                             # all cases, about 3 minutes on 2 CPU cores
+    jsae bench train                             # all cases, about 4 minutes on 2 CPU cores
     python experiments/bench_train.py            # the same, writing results/bench_train.json
     python experiments/bench_train.py --quick    # fewer steps
 
