@@ -650,13 +650,10 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
 
 def plot_roc(results: list[dict], path, title: str = "") -> None:
     """ROC curves of every method (one panel per task result from :func:`compare_methods`)."""
-    import matplotlib
+    from jsae.plots import figure, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.5), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    fig, axes = figure(5 * len(results), 4.5, ncols=len(results))
+    for ax, res in zip(np.atleast_1d(axes), results):
         names = list(next(iter(res["methods"].values()))["scores"])
         ref = np.isin(names, res["_details"]["reference_heads"])
         for method, m in res["methods"].items():
@@ -674,6 +671,4 @@ def plot_roc(results: list[dict], path, title: str = "") -> None:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
