@@ -576,7 +576,8 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
     ``|effect|`` under activation patching on ``reference_task``.
     equal_prompts_method: an SAE method to also run (harvest + train + score) on ``reference_task``'s own
     prompts, timed against activation patching of every head on those same prompts; reported under
-    ``"speed_at_equal_prompts"`` (with its AUC against the reference).
+    ``"speed_at_equal_prompts"`` (with its AUC against the reference); skipped when activation patching
+    does not run (a published reference without ``"activation_patching"`` in ``methods``).
     Returns ``{"task", "n_pos", "n_neg", "model_accuracy", "methods": {name: {"auc", "seconds",
     "top_heads", "scores"}}, "reference"}`` plus, under ``"_details"``, each method's full
     :func:`evaluate` output and settings.
@@ -589,8 +590,9 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(DISCOVERY_METHODS)}")
     found: dict[str, HeadScores] = {}
+    patching = reference_heads is None or "activation_patching" in methods
     same = None
-    if equal_prompts_method is not None:
+    if equal_prompts_method is not None and patching:
         if reference_task is None:
             raise ValueError("equal_prompts_method needs the reference prompts (reference_task)")
         # first, so that it pays for its compilations as activation patching pays for its own
@@ -610,7 +612,7 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
         else:
             found[method] = discover(model, tokenizer, task, method, key=mkey)
         log(f"  {method:<22s} {found[method].seconds:7.1f} s")
-    if reference_heads is None or "activation_patching" in methods:
+    if patching:
         if reference_task is None:
             raise ValueError("activation patching needs reference prompts (reference_task)")
         patched = activation_patching(model, tokenizer, reference_task, progress=progress)
@@ -636,7 +638,7 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
                                 "scores": {names[i]: float(f.scores[i]) for i in range(H)}}
         details["evaluation"][name] = ev
         details["method_details"][name] = f.details
-    if same is not None and "activation_patching" in found:
+    if same is not None:
         ap_seconds = found["activation_patching"].seconds
         out["speed_at_equal_prompts"] = {
             "n_prompts": len(reference_task), "method": equal_prompts_method, "sae_seconds": same.seconds,

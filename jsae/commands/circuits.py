@@ -103,11 +103,10 @@ def run(args) -> None:
           f"{cfg.n_layers * cfg.n_heads} heads), {len(task)} clean + {len(task)} corrupted prompts; {task.note}")
     # time the first SAE method on the reference prompts too, against patching of every head on them
     sae_methods = [m for m in args.methods if m in ACTIVATION_METHODS and m != "activation_difference"]
-    patching = reference_heads is None or "activation_patching" in args.methods
     res = compare_methods(model, tok, task, reference_task, methods=args.methods, key=jax.random.key(args.seed),
                           sae_config=sae_cfg, reference_k=args.reference_k, reference_heads=reference_heads,
                           reference_name=reference_name, point=args.point, positions=args.positions,
-                          equal_prompts_method=sae_methods[0] if sae_methods and patching else None, progress=True)
+                          equal_prompts_method=sae_methods[0] if sae_methods else None, progress=True)
     details = res.pop("_details")
     print(f"model accuracy {res['model_accuracy']:.2f}: {res['n_pos']} positives, {res['n_neg']} negatives; "
           f"reference: {reference_name}, {details['reference_k']} heads")

@@ -74,7 +74,7 @@ def use_cpu_cores(n: int | None = None) -> int:
 
     XLA:CPU computes the batched matmuls of a stack of small SAEs on one thread. With one device per
     core, ``train`` gives each device its own slice of the stack (a ``shard_map`` with no communication:
-    the SAEs are independent) and every core works: 1.7x on 2 cores for 144 SAEs of 64 x 256
+    the SAEs are independent) and every core works: 2.0x on 2 cores for 144 SAEs of 64 x 256
     (``experiments/bench_train.py``). Large matmuls (model forwards) still use every core from one
     device. On a GPU/TPU machine this only changes the (unused) CPU backend.
 
