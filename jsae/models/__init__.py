@@ -3,6 +3,8 @@
 >>> model, tok, meta = load("smollm2-135m")
 >>> tokens, lengths = tok.encode_batch(["When Mary and John went to the store, John gave a drink to"])
 >>> logits, cache = forward(model, tokens, hooks=capture("result"))   # cache["result"]: [L, B, T, H, D]
+>>> pz_model = to_penzai(model)          # the same model as penzai layers, with HookPoint layers
+>>> model2 = from_penzai(pz_model)       # penzai llamalike / Gemma / GPT-NeoX models -> jsae
 """
 
 from . import hooks
@@ -32,14 +34,15 @@ from .hooks import (
     patch,
     zero_ablate,
 )
+from .penzai import from_penzai, to_penzai
 from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
 from .tokenizer import Tokenizer, pad_sequences
-from .transformer import Blocks, Transformer, forward, layer_range, to_penzai_named, unembed
+from .transformer import Blocks, Transformer, forward, layer_range, unembed
 
 __all__ = [
     "Add", "Apply", "Blocks", "Edit", "HookError", "HookSpec", "ModelConfig", "ModelError", "ModelFileError",
     "POINTS", "Replace", "SequenceTooLongError", "TokenOutOfRangeError", "Tokenizer", "Transformer",
     "UnknownModelError", "UnsupportedArchitectureError", "add", "available", "cache_dir", "capture", "edit",
-    "forward", "harvest", "head_mask", "head_means", "hooks", "layer_range", "load", "load_gguf", "load_hf_dir",
-    "mean_ablate", "pad_sequences", "patch", "smollm2_gguf_path", "to_penzai_named", "unembed", "zero_ablate",
+    "forward", "from_penzai", "harvest", "head_mask", "head_means", "hooks", "layer_range", "load", "load_gguf", "load_hf_dir",
+    "mean_ablate", "pad_sequences", "patch", "smollm2_gguf_path", "to_penzai", "unembed", "zero_ablate",
 ]

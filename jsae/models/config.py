@@ -12,6 +12,11 @@ class ModelConfig:
 
     ``arch`` selects the block: ``"gpt2"`` (LayerNorm with bias, learned positions, GELU-tanh MLP,
     biased projections) or ``"llama"`` (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+
+    The optional fields below describe other families in the same two blocks (their defaults keep GPT-2
+    and Llama exactly as they are): Gemma 1/2 (GeGLU, embeddings scaled by sqrt(d_model), query scale,
+    tanh soft-caps, sliding-window layers, post-attention/-MLP norms) and GPT-NeoX (parallel attention
+    and MLP, rotary on a prefix of each head, exact GELU).
     """
 
     arch: Literal["gpt2", "llama"]
@@ -27,6 +32,15 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tied_embeddings: bool = True
     name: str = ""
+    mlp_act: Literal["silu", "gelu_tanh", "gelu", "relu"] | None = None  # None: silu (llama), gelu_tanh (gpt2)
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
+    query_scale: float | None = None  # attention score scale; None: 1 / sqrt(d_head)
+    attn_softcap: float | None = None  # scores <- c * tanh(scores / c) before masking
+    final_softcap: float | None = None  # logits <- c * tanh(logits / c)
+    attn_window: tuple[int, ...] = ()  # per-layer sliding windows, cycled over layers; 0 = global
+    post_norms: bool = False  # extra RMSNorm on the attention and MLP outputs (Gemma 2)
+    parallel_block: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
+    rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head; None: all
 
     @property
     def group_size(self) -> int:
@@ -39,4 +53,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        kw = {k: v for k, v in d.items() if k in fields}
+        if "attn_window" in kw:
+            kw["attn_window"] = tuple(kw["attn_window"])  # JSON gives a list; the config must stay hashable
+        return cls(**kw)

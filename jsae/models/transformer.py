@@ -1,12 +1,19 @@
-"""The decoder-only transformer behind GPT-2 and the Llama family, with per-head hook points.
+"""The decoder-only transformer behind GPT-2, the Llama family, Gemma and GPT-NeoX, with per-head hook points.
 
-Why pure JAX/equinox rather than penzai layers: penzai's ``pz.nn`` blocks fuse the attention output
-projection over heads and unroll the layer stack, while jsae needs (1) per-head ``result`` with heads
-as a parallel axis (W_O split per head), (2) hooks that are plain array arguments so ``vmap`` over
-patched heads and ``grad`` w.r.t. per-head deltas work, and (3) a ``lax.scan`` over stacked layer
-weights so the 30-layer SmolLM2 compiles in seconds on CPU. So parameters are an equinox pytree
-with an explicit ``[L]`` layer axis and named dimensions in their docstrings; :func:`to_penzai_named`
-exposes any activation as a penzai ``NamedArray`` for treescope inspection.
+Why an equinox core next to penzai: penzai *can* express all of this (``pz.nn.LayerStack`` runs
+stacked blocks under ``lax.scan``, and a ``Linear`` with ``parallel_axes`` keeps heads as an axis of the
+attention output: :func:`jsae.models.to_penzai` builds exactly that view, and :func:`jsae.models.from_penzai`
+reads penzai's models back). jsae's own forward stays the fast core because (1) hooks are plain array
+arguments of one jitted function (a :class:`~jsae.models.hooks.HookSpec`), so ``vmap`` over patch masks
+(activation patching of every head in one program) and ``grad`` w.r.t. per-head deltas (attribution
+patching) need no model rewriting, whereas a penzai hook is a layer inserted by tree surgery, which
+means one new model, and one new trace, per edit structure; (2) the per-head ``result`` is computed
+only when a spec asks for it (otherwise the fused ``z @ W_O``); (3) all layers are one ``lax.scan`` over
+``[L]``-stacked weights with hook values sliced per layer, and penzai's hook points carry a static
+layer index, which needs unrolled blocks; (4) measured compile time (lower + compile of one forward of
+SmolLM2-135M, batch 2 x 24 tokens, 2-core CPU shared with other jobs, so rough): jsae 0.4-2.9 s,
+penzai unrolled (``to_penzai``) 1.9-7.5 s, penzai ``LayerStack`` 4.9-6.1 s. Parameters are an equinox
+pytree with an explicit ``[L]`` layer axis and named dimensions in their docstrings.
 
 Shape letters: ``B`` batch, ``T`` positions, ``L`` layers, ``D`` d_model, ``H`` query heads, ``K``
 key/value heads, ``G = H // K``, ``dh`` d_head, ``F`` d_mlp, ``V`` vocabulary.
@@ -51,6 +58,8 @@ class Blocks(eqx.Module):
     b_in: Float[Array, "L F"] | None
     W_out: Float[Array, "L F D"]
     b_out: Float[Array, "L D"] | None
+    ln1_post_w: Float[Array, "L D"] | None = None  # norm on the attention output (cfg.post_norms)
+    ln2_post_w: Float[Array, "L D"] | None = None  # norm on the MLP output (cfg.post_norms)
 
 
 class Transformer(eqx.Module):
@@ -79,15 +88,19 @@ def _norm(cfg: ModelConfig, x: Array, w: Array, b: Array | None) -> Array:
 
 
 def _rope(cfg: ModelConfig, T: int) -> tuple[Array, Array]:
-    """cos, sin tables ``[T, dh]`` in the rotate-half layout used by HF Llama."""
-    half = cfg.d_head // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / cfg.d_head))
+    """cos, sin tables ``[T, r]`` (``r = rotary_dim or dh``) in the rotate-half layout used by HF Llama."""
+    r = cfg.rotary_dim or cfg.d_head
+    half = r // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / r))
     ang = np.arange(T, dtype=np.float64)[:, None] * inv_freq[None, :]
     ang = np.concatenate([ang, ang], axis=-1)
     return jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32)
 
 
 def _apply_rope(x: Float[Array, "B T N dh"], cos: Array, sin: Array) -> Array:
+    r = cos.shape[-1]
+    if r < x.shape[-1]:  # partial rotary: the other dims pass through
+        return jnp.concatenate([_apply_rope(x[..., :r], cos, sin), x[..., r:]], axis=-1)
     half = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
@@ -95,6 +108,18 @@ def _apply_rope(x: Float[Array, "B T N dh"], cos: Array, sin: Array) -> Array:
 
 def _gelu_tanh(x: Array) -> Array:
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+_ACTS = {"silu": jax.nn.silu, "gelu_tanh": _gelu_tanh, "relu": jax.nn.relu,
+         "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+
+
+def _act(cfg: ModelConfig, x: Array) -> Array:
+    return _ACTS[cfg.mlp_act or ("silu" if cfg.arch == "llama" else "gelu_tanh")](x)
+
+
+def _softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 def _reduce(x: Array, how: str, lengths: Int[Array, "B"], point: str) -> Array:
@@ -122,7 +147,7 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
 
     B, T, _ = x.shape
     H, K, G, dh = cfg.n_heads, cfg.n_kv_heads, cfg.group_size, cfg.d_head
-    x = hook("resid_pre", x)
+    x = x_pre = hook("resid_pre", x)
     h = _norm(cfg, x, p.ln1_w, p.ln1_b)
     q = jnp.einsum("btd,dhe->bthe", h, p.W_Q)
     k = jnp.einsum("btd,dke->btke", h, p.W_K)
@@ -131,9 +156,13 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
         q, k, v = q + p.b_Q, k + p.b_K, v + p.b_V
     if cos is not None:
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-    q = q.reshape(B, T, K, G, dh)
-    scores = jnp.einsum("bqkge,bske->bkgqs", q, k) * (1.0 / math.sqrt(dh))
+    scale = (1.0 / math.sqrt(dh)) if cfg.query_scale is None else cfg.query_scale
+    q = (q * scale).reshape(B, T, K, G, dh)
+    scores = _softcap(jnp.einsum("bqkge,bske->bkgqs", q, k), cfg.attn_softcap)
     causal = jnp.tril(jnp.ones((T, T), bool))
+    if cfg.attn_window:  # sliding-window layers: keys at most window - 1 positions back (0: global)
+        w = jnp.asarray(cfg.attn_window)[layer % len(cfg.attn_window)]
+        causal = causal & ((w == 0) | (jnp.arange(T)[:, None] - jnp.arange(T)[None, :] < w))
     scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     pattern = jax.nn.softmax(scores, axis=-1)
     if "pattern" in spec.capture or "pattern" in spec.edits:
@@ -147,17 +176,21 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
         attn = jnp.einsum("bthe,hed->btd", z, p.W_O)
     if p.b_O is not None:
         attn = attn + p.b_O
+    if p.ln1_post_w is not None:
+        attn = _norm(cfg, attn, p.ln1_post_w, None)
     attn = hook("attn_out", attn)
     x = hook("resid_mid", x + attn)
-    h = _norm(cfg, x, p.ln2_w, p.ln2_b)
+    h = _norm(cfg, x_pre if cfg.parallel_block else x, p.ln2_w, p.ln2_b)
     if cfg.arch == "llama":
-        mid = jax.nn.silu(h @ p.W_gate) * (h @ p.W_in)
+        mid = _act(cfg, h @ p.W_gate) * (h @ p.W_in)
     else:
         pre = h @ p.W_in
-        mid = _gelu_tanh(pre + p.b_in if p.b_in is not None else pre)
+        mid = _act(cfg, pre + p.b_in if p.b_in is not None else pre)
     mlp = mid @ p.W_out
     if p.b_out is not None:
         mlp = mlp + p.b_out
+    if p.ln2_post_w is not None:
+        mlp = _norm(cfg, mlp, p.ln2_post_w, None)
     mlp = hook("mlp_out", mlp)
     x = hook("resid_post", x + mlp)
     return x, captured
@@ -168,6 +201,8 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
     cfg = model.cfg
     B, T = tokens.shape
     x = model.embed[tokens]
+    if cfg.embed_scale != 1.0:
+        x = x * cfg.embed_scale
     cos = sin = None
     if model.pos_embed is not None:
         x = x + model.pos_embed[:T][None]
@@ -189,7 +224,8 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
 
 def unembed(model: Transformer, resid: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """Logits from the last layer's residual stream: final norm, then the unembedding."""
-    return _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b) @ model.unembed_matrix()
+    logits = _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b) @ model.unembed_matrix()
+    return _softcap(logits, model.cfg.final_softcap)
 
 
 def layer_range(model: Transformer, start: int = 0, stop: int | None = None) -> Transformer:
@@ -206,7 +242,10 @@ def layer_range(model: Transformer, start: int = 0, stop: int | None = None) -> 
     import dataclasses
 
     blocks = jax.tree.map(lambda a: a[start:stop], model.blocks)
-    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, n_layers=stop - start), blocks=blocks)
+    w = model.cfg.attn_window  # keep each layer's sliding window when indices restart at 0
+    w = w[start % len(w):] + w[:start % len(w)] if w else w
+    cfg = dataclasses.replace(model.cfg, n_layers=stop - start, attn_window=w)
+    return dataclasses.replace(model, cfg=cfg, blocks=blocks)
 
 
 def check_tokens(cfg: ModelConfig, tokens) -> None:
@@ -257,9 +296,3 @@ def forward(
         lengths = jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32)
     return _forward(model, tokens, as_spec(hooks), jnp.asarray(lengths, jnp.int32), logits)
 
-
-def to_penzai_named(x: Array, names: tuple[str, ...]):
-    """Wrap an activation as a penzai ``NamedArray`` (e.g. ``names=("layer", "batch", "seq", "heads", "d")``)."""
-    from penzai import pz
-
-    return pz.nx.wrap(x).tag(*names)
