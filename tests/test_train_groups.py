@@ -11,6 +11,7 @@ import pytest
 
 from jsae.sae import relu, stack, topk
 from jsae.train import TrainConfig, train
+from jsae.train.grouping import group_size, step_bytes_per_sae
 from jsae.train.step import auto_group
 
 
@@ -60,6 +61,53 @@ def test_auto_group_divides_and_fits_the_cache(n, batch, d_in, d_sae):
     assert n % g == 0 and g >= 1
     assert g == 1 or g * per_sae <= 2 << 20
     assert g == n or (next(h for h in range(g + 1, n + 1) if n % h == 0)) * per_sae > 2 << 20  # the largest such
+
+
+def _largest_fitting_divisor(n, per_sae, budget):
+    """Brute force: the largest divisor g of n with g * per_sae <= budget (1 if none fits)."""
+    fits = [g for g in range(1, n + 1) if n % g == 0 and g * per_sae <= budget]
+    return max(fits) if fits else 1
+
+
+GIB = 1 << 30
+README_CASE = dict(n=270, batch=1024, d_in=576, d_sae=2048)  # the README's example: 270 SAEs of 576 x 2048
+
+
+@pytest.mark.parametrize("free", [None, 1 * GIB, 4 * GIB, 16 * GIB, 80 * GIB, 10**6])
+def test_cpu_keeps_the_cache_rule_whatever_the_memory(free):
+    for shape in (README_CASE, dict(n=144, batch=64, d_in=64, d_sae=256)):
+        args = (shape["n"], shape["batch"], shape["d_in"], shape["d_sae"])
+        assert group_size("cpu", *args, free_bytes=free) == auto_group(*args)
+    assert auto_group(*(README_CASE[k] for k in ("n", "batch", "d_in", "d_sae"))) == 1  # CPU: one at a time
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu", "cuda", "rocm"])
+@pytest.mark.parametrize("free", [None, 2 * GIB, 8 * GIB, 16 * GIB, 32 * GIB, 140 * GIB])
+def test_accelerators_take_all_saes_unless_memory_says_split(backend, free):
+    n, b, d, m = README_CASE.values()
+    g = group_size(backend, n, b, d, m, free_bytes=free)
+    # the step's working set per SAE, counted here from its parts: grads + update + new moments (3 copies of
+    # the parameters) and activations with cotangents (4 of [B, d_sae] and 4 of [B, d_in]), float32
+    per_sae = 4 * (3 * (2 * d * m + m + d) + 4 * b * (m + d))
+    assert step_bytes_per_sae(b, d, m) == per_sae
+    if free is None or n * per_sae <= 0.8 * free:
+        assert g == n
+    else:
+        assert g == _largest_fitting_divisor(n, per_sae, 0.8 * free) < n
+    assert n % g == 0
+
+
+def test_accelerator_memory_sizes_order_the_groups():
+    n, b, d, m = README_CASE.values()
+    sizes = [group_size("tpu", n, b, d, m, free_bytes=f) for f in (10**6, 2 * GIB, 8 * GIB, 16 * GIB, 80 * GIB)]
+    assert sizes[0] == 1 and sizes[-1] == n  # nothing fits: one at a time; an 80 GiB chip: all at once
+    assert sizes == sorted(sizes) and len(set(sizes)) >= 3
+    assert group_size("gpu", 7, 8, 4, 4, free_bytes=10**9) == 7
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match=r"unknown backend 'metal'"):
+        group_size("metal", 4, 8, 4, 4)
 
 
 USE_CORES = """

@@ -10,7 +10,8 @@ architecture adds) with static configuration, and pure methods:
   the stack is dead (architectures then skip dead-latent losses such as AuxK) ->
   ``(scalar, (metrics, f))`` with ``metrics`` a dict of scalars and ``f [B, d_sae]`` the
   latent activations used in training (the trainer derives firing statistics from them).
-- ``update_buffers(f)``: non-gradient state after a step (e.g. BatchTopK's threshold EMA).
+- ``update_buffers(f)``: non-gradient state after a step (e.g. BatchTopK's threshold EMA); the
+  fields it owns are named in the class variable ``buffers``.
 - ``constrain()``: projection after an optimizer step (e.g. unit-norm decoder rows).
 - ``fold_scale(c)``: an SAE trained on ``c * x`` turned into one that reads and writes raw ``x``.
 
@@ -45,6 +46,9 @@ class SAE(eqx.Module):
     # True when ``loss`` reads the ``dead`` mask (AuxK); the trainer then tracks which latents are dead
     # inside the step, and skips that work for architectures that never look at it.
     uses_dead_latents: ClassVar[bool] = False
+    # Array fields that are buffers, set by ``update_buffers`` and not by the optimizer: the trainer
+    # zeroes their updates, so no optimizer (weight decay, say) moves them.
+    buffers: ClassVar[tuple[str, ...]] = ()
 
     @property
     def d_in(self) -> int:
@@ -57,7 +61,7 @@ class SAE(eqx.Module):
     def pre_acts(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
         if self.apply_b_dec_to_input:
             return centered_matmul(x, self.b_dec, self.W_enc) + self.b_enc
-        return x @ self.W_enc + self.b_enc
+        return matmul(x, self.W_enc) + self.b_enc
 
     def activation(self, pre: Float[Array, "... d_sae"]) -> Float[Array, "... d_sae"]:
         raise NotImplementedError
@@ -66,7 +70,7 @@ class SAE(eqx.Module):
         return self.activation(self.pre_acts(x))
 
     def decode(self, f: Float[Array, "... d_sae"]) -> Float[Array, "... d_in"]:
-        return f @ self.W_dec + self.b_dec
+        return matmul(f, self.W_dec) + self.b_dec
 
     def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_in"]:
         return self.decode(self.encode(x))
@@ -89,6 +93,41 @@ class SAE(eqx.Module):
         )
 
 
+def matmul(a: Float[Array, "... n"], W: Float[Array, "n p"]) -> Float[Array, "... p"]:
+    """``a @ W`` computed in ``W``'s dtype, accumulated and returned in at least float32.
+
+    Mixed precision is a matter of the weights' dtype: the trainer hands the loss an SAE whose weight
+    matrices are cast to the compute dtype (bfloat16, say) while the float32 originals stay the
+    optimizer's, so every product of the loss runs in bfloat16 and everything around it (biases,
+    errors, sums) in float32. With float32 weights this is the plain product."""
+    if jnp.finfo(W.dtype).bits >= 32:
+        return a @ W
+    return _low_precision_matmul(a.astype(W.dtype), W)
+
+
+@jax.custom_vjp
+def _low_precision_matmul(a: Float[Array, "... n"], W: Float[Array, "n p"]) -> Float[Array, "... p"]:
+    """``a @ W`` for low-precision ``a`` and ``W`` (same dtype), accumulated in float32; the backward
+    products take their inputs in that dtype too. (Autodiff of the plain product would pair the float32
+    cotangent with the low-precision operand, so both backward matmuls would run in float32.)"""
+    return jnp.matmul(a, W, preferred_element_type=jnp.float32)
+
+
+def _low_precision_matmul_fwd(a, W):
+    return _low_precision_matmul(a, W), (a, W)
+
+
+def _low_precision_matmul_bwd(res, g):
+    a, W = res
+    g = g.astype(W.dtype)
+    da = jnp.matmul(g, W.T, preferred_element_type=jnp.float32)
+    dW = jnp.matmul(a.reshape(-1, a.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32)
+    return da.astype(a.dtype), dW.astype(W.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+
+
 def centered_matmul(
     x: Float[Array, "... d_in"], b: Float[Array, " d_in"], W: Float[Array, "d_in d_out"]
 ) -> Float[Array, "... d_out"]:
@@ -101,10 +140,11 @@ def centered_matmul(
     one matmul fewer per training step.
     """
     b_const = jax.lax.stop_gradient(b)
-    return (x - b_const) @ W + (b_const - b) @ W
+    return matmul(x - b_const, W) + matmul(b_const - b, W)
 
 
 def decoder_norms(W_dec: Float[Array, "d_sae d_in"]) -> Float[Array, " d_sae"]:
+    W_dec = W_dec.astype(jnp.promote_types(W_dec.dtype, jnp.float32))
     return jnp.sqrt(jnp.sum(W_dec**2, axis=-1))
 
 

@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from jsae.sae.auxk import check_k, keep_top_k_flat, reconstruction_with_auxk, resolve_k_aux
+from jsae.sae import sparse as sp
+from jsae.sae.auxk import (check_k, keep_top_k_flat, reconstruction_with_auxk, resolve_k_aux,
+                           sparse_reconstruction_with_auxk, use_sparse)
 from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows
 from jsae.sae.jumprelu import JumpReLUSAE
 from jsae.sae.topk import resolve_b_dec_init
@@ -37,7 +39,9 @@ class BatchTopKSAE(SAE):
     k: int = eqx.field(static=True)
     k_aux: int = eqx.field(static=True)
     threshold_decay: float = eqx.field(static=True)
+    sparse: bool | None = eqx.field(static=True, default=None)  # training path: None = by size (use_sparse)
     uses_dead_latents: ClassVar[bool] = True  # AuxK (Matryoshka inherits it)
+    buffers: ClassVar[tuple[str, ...]] = ("threshold",)  # set by update_buffers, never by the optimizer
 
     def activation(self, pre):
         """Inference rule: a JumpReLU with the learnt global threshold (a ReLU before calibration)."""
@@ -49,6 +53,9 @@ class BatchTopKSAE(SAE):
         return keep_top_k_flat(pre, self.k * pre.shape[0])
 
     def loss(self, x: Float[Array, "B d_in"], hp: Hyper, dead: Bool[Array, " d_sae"] | None):
+        if use_sparse(self.sparse, self.d_sae, self.k, self.d_in):
+            return sparse_reconstruction_with_auxk(
+                self, x, hp, dead, lambda pre: sp.flat_topk_entries(pre, self.k * pre.shape[0]), None)
         return reconstruction_with_auxk(self, x, hp, dead, self.batch_activation)
 
     def update_buffers(self, f: Float[Array, "B d_sae"]) -> "BatchTopKSAE":
@@ -90,6 +97,7 @@ def init(
     data: Float[Array, "n d_in"] | None = None,
     b_dec_init: BDecInit | None = None,
     apply_b_dec_to_input: bool = True,
+    sparse: bool | None = None,
 ) -> BatchTopKSAE:
     """A BatchTopK SAE with unit-norm decoder rows and W_enc = W_dec^T.
 
@@ -98,12 +106,15 @@ def init(
       k_aux: latents used by AuxK (default d_in // 2, at least 1, at most d_sae).
       threshold_decay: EMA decay of the inference threshold (0 <= decay < 1).
       b_dec_init: default geometric median of ``data`` when given, else zeros.
+      sparse: train on the active entries only (True), densely (False), or by size (None, see
+        ``jsae.sae.auxk.use_sparse``).
     """
     return BatchTopKSAE(**init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init,
-                                            apply_b_dec_to_input))
+                                      apply_b_dec_to_input, sparse))
 
 
-def init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input) -> dict:
+def init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input,
+                sparse=None) -> dict:
     """The constructor arguments shared by BatchTopK and its subclasses (Matryoshka)."""
     k = check_k(k, d_sae)
     if not 0.0 <= threshold_decay < 1.0:
@@ -119,4 +130,5 @@ def init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, a
         k=k,
         k_aux=resolve_k_aux(k_aux, d_in, d_sae),
         threshold_decay=float(threshold_decay),
+        sparse=sparse,
     )

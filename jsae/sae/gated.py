@@ -29,6 +29,7 @@ from jsae.sae.base import (
     BDecInit,
     Hyper,
     centered_matmul,
+    matmul,
     decoder_norms,
     init_tied_weights,
     initial_b_dec,
@@ -47,11 +48,11 @@ class GatedSAE(SAE):
         self, x: Float[Array, "... d_in"]
     ) -> tuple[Float[Array, "... d_sae"], Float[Array, "... d_sae"]]:
         """The two pre-activations (pi_gate, pi_mag)."""
-        W_mag = self.W_enc * jnp.exp(self.r_mag)
+        W_mag = (self.W_enc * jnp.exp(self.r_mag)).astype(self.W_enc.dtype)  # the compute dtype under mixed precision
         if self.apply_b_dec_to_input:
             return (centered_matmul(x, self.b_dec, self.W_enc) + self.b_enc,
                     centered_matmul(x, self.b_dec, W_mag) + self.b_mag)
-        return x @ self.W_enc + self.b_enc, x @ W_mag + self.b_mag
+        return matmul(x, self.W_enc) + self.b_enc, matmul(x, W_mag) + self.b_mag
 
     def activation(self, pre):
         raise TypeError("a Gated SAE's activation needs both pre-activations: use encode(x)")
@@ -70,7 +71,7 @@ class GatedSAE(SAE):
         recon = squared_error(x, x_hat)
         gate = jax.nn.relu(pi_gate)
         sparsity = jnp.mean(gate @ decoder_norms(self.W_dec))
-        aux = squared_error(x, gate @ jax.lax.stop_gradient(self.W_dec) + jax.lax.stop_gradient(self.b_dec))
+        aux = squared_error(x, matmul(gate, jax.lax.stop_gradient(self.W_dec)) + jax.lax.stop_gradient(self.b_dec))
         total = recon + hp["sparsity_coef"] * sparsity + hp.get("aux_coef", 1.0) * aux
         metrics = {"loss": total, "recon": recon, "sparsity": sparsity, "aux": aux,
                    **reconstruction_metrics(x, x_hat, f)}

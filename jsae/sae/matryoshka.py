@@ -20,29 +20,43 @@ from __future__ import annotations
 import numbers
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from jsae.sae.auxk import auxk_loss
-from jsae.sae.base import BDecInit, Hyper, reconstruction_metrics, squared_error
+from jsae.sae import sparse as sp
+from jsae.sae.auxk import active_latents, auxk_loss, sparse_auxk, use_sparse
+from jsae.sae.base import BDecInit, Hyper, matmul, reconstruction_metrics, squared_error
 from jsae.sae.batchtopk import BatchTopKSAE, init_fields, to_jumprelu
 
 __all__ = ["MatryoshkaSAE", "init", "to_jumprelu"]
 
 
 class MatryoshkaSAE(BatchTopKSAE):
-    prefixes: tuple[int, ...] = eqx.field(static=True)
+    # () means (d_sae,): plain BatchTopK (a default only because BatchTopK's ``sparse`` field has one)
+    prefixes: tuple[int, ...] = eqx.field(static=True, default=())
 
     def loss(self, x: Float[Array, "B d_in"], hp: Hyper, dead: Bool[Array, " d_sae"] | None):
-        pre = self.pre_acts(x)
-        f = self.batch_activation(pre)
+        prefixes = self.prefixes or (self.d_sae,)
         metrics = {}
         x_hat, start = self.b_dec, 0
-        for m in self.prefixes:
-            x_hat = x_hat + f[:, start:m] @ self.W_dec[start:m]
-            metrics[f"recon_{m}"] = squared_error(x, x_hat)
-            start = m
-        recon = sum(metrics.values()) / len(self.prefixes)
-        aux = auxk_loss(pre, dead, self.W_dec, x - x_hat, self.k_aux)
+        if use_sparse(self.sparse, self.d_sae, self.k, self.d_in):  # the active entries only (jsae.sae.sparse)
+            a = active_latents(self, x, dead, lambda pre: sp.flat_topk_entries(pre, self.k * pre.shape[0]))
+            for m in prefixes:
+                part = jnp.where((a.cols >= start) & (a.cols < m), a.f_vals, 0.0)
+                x_hat = x_hat + sp.decode_entries(part, a.rows, a.cols, self.W_dec, a.shape[0])
+                metrics[f"recon_{m}"] = squared_error(x, x_hat)
+                start = m
+            aux = sparse_auxk(self, a, x - x_hat, dead)
+            f = sp.dense_from_entries(a.f_vals, a.rows, a.cols, a.shape)
+        else:
+            pre = self.pre_acts(x)
+            f = self.batch_activation(pre)
+            for m in prefixes:
+                x_hat = x_hat + matmul(f[:, start:m], self.W_dec[start:m])
+                metrics[f"recon_{m}"] = squared_error(x, x_hat)
+                start = m
+            aux = auxk_loss(pre, dead, self.W_dec, x - x_hat, self.k_aux)
+        recon = sum(metrics.values()) / len(prefixes)
         total = recon + hp.get("aux_coef", 1.0 / 32) * aux
         metrics = {"loss": total, "recon": recon, "aux": aux, **metrics, **reconstruction_metrics(x, x_hat, f)}
         return total, (metrics, f)
@@ -76,8 +90,9 @@ def init(
     data: Float[Array, "n d_in"] | None = None,
     b_dec_init: BDecInit | None = None,
     apply_b_dec_to_input: bool = True,
+    sparse: bool | None = None,
 ) -> MatryoshkaSAE:
     """A Matryoshka BatchTopK SAE; arguments as ``batchtopk.init`` plus the nested widths ``prefixes``."""
     prefixes = check_prefixes(prefixes, d_sae)
-    fields = init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input)
+    fields = init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input, sparse)
     return MatryoshkaSAE(**fields, prefixes=prefixes)

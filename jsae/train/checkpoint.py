@@ -51,7 +51,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state, config: TrainConfig, architecture: str, n_saes: int) -> None:
+    def save(self, step: int, state, config: TrainConfig, architecture: str, n_saes: int,
+             extra: dict | None = None) -> None:
+        """Save ``state`` at ``step``; ``extra`` (JSON) rides along in the metadata, e.g. a data position."""
         meta = {
             "format": FORMAT,
             "step": int(step),
@@ -59,6 +61,7 @@ class Checkpointer:
             "n_saes": int(n_saes),
             "leaf_shapes": _describe(state),
             "config": config.to_json(),
+            "extra": extra or {},
         }
         self._manager.save(
             int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(_leaves(state)), meta=ocp.args.JsonSave(meta))
@@ -98,8 +101,9 @@ class Checkpointer:
                     f"checkpoint {self.directory / str(step)} belongs to a different run: its {k} is "
                     f"{_short(meta.get(k))}, this run's is {_short(v)}; pass a new checkpoint directory"
                 )
-        if meta.get("config") != config.to_json():
-            theirs, ours = meta.get("config") or {}, config.to_json()
+        # fields added to TrainConfig since the checkpoint was written count as their defaults
+        theirs, ours = TrainConfig.complete_json(meta.get("config") or {}), config.to_json()
+        if theirs != ours:
             diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} was written with a different TrainConfig "

@@ -24,7 +24,9 @@ class TrainConfig:
     Attributes:
       steps: optimizer steps per SAE.
       batch_size: tokens per SAE per step.
-      lr: Adam learning rate (per SAE allowed).
+      lr: Adam learning rate (per SAE allowed). ``lr``, ``lr_warmup_steps``, ``lr_decay``,
+        ``lr_decay_start``, ``adam_*`` and ``grad_clip`` describe the default optimizer
+        (``jsae.train.make_optimizer``); a run given its own ``optimizer=`` does not read them.
       lr_warmup_steps: linear warm-up of the learning rate from 0.
       lr_decay: "constant", "linear" or "cosine" decay to 0 over the last ``1 - lr_decay_start`` of steps
         (Anthropic's April-2024 recipe: linear over the last 20%).
@@ -38,10 +40,13 @@ class TrainConfig:
         checkpoints) sees the loop only between chunks.
       checkpoint_every: save every this many steps (a multiple of chunk_steps; 0 = only at the end when
         a checkpoint directory is given).
-      sae_group: SAEs computed together inside a step (0 = automatic: as many as keep their parameters,
-        Adam moments and activations in about one core's L2 cache, see ``jsae.train.step.auto_group``). Results are the
-        same for any value up to float rounding; it only changes speed.
+      sae_group: SAEs computed together inside a step (0 = automatic, by the device's kind and memory:
+        see ``jsae.train.grouping.group_size``). Results are the same for any value up to float
+        rounding; it only changes speed and memory.
       seed: drives the data order.
+      compute_dtype: dtype of the SAE matmuls in the loss, "float32" or "bfloat16" (None: bfloat16 on
+        TPU, float32 elsewhere, resolved for the device the run trains on). Parameters and optimizer
+        state stay float32 (see ``jsae.train.precision``).
       extra_hp: further per-SAE hyperparameters passed to the architecture's loss.
     """
 
@@ -65,6 +70,7 @@ class TrainConfig:
     sae_group: int = 0
     seed: int = 0
     extra_hp: dict[str, PerSAE] = field(default_factory=dict)
+    compute_dtype: str | None = None
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "chunk_steps", "dead_after_tokens")
@@ -80,6 +86,9 @@ class TrainConfig:
                 f"TrainConfig.checkpoint_every={self.checkpoint_every} must be a multiple of "
                 f"chunk_steps={self.chunk_steps} (checkpoints are taken between chunks)"
             )
+        if self.compute_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; use 'float32', 'bfloat16' or None "
+                             "(bfloat16 on TPU, float32 elsewhere)")
         for name in ("lr_warmup_steps", "sparsity_warmup_steps", "sae_group"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -87,20 +96,7 @@ class TrainConfig:
     def per_sae(self, n: int) -> dict[str, np.ndarray]:
         """Every per-SAE hyperparameter as a float32 array [n]; wrong lengths raise one clear error."""
         values = {"lr": self.lr, "sparsity_coef": self.sparsity_coef, "aux_coef": self.aux_coef, **self.extra_hp}
-        out = {}
-        for name, v in values.items():
-            a = np.asarray(v, dtype=np.float32)
-            if a.ndim == 0:
-                a = np.full((n,), a, dtype=np.float32)
-            elif a.shape != (n,):
-                raise ValueError(
-                    f"hyperparameter {name!r} has {a.size} values but the stack holds {n} SAEs: "
-                    f"give one float or exactly {n} values"
-                )
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"hyperparameter {name!r} contains NaN or inf: {a}")
-            out[name] = a
-        return out
+        return {name: per_sae_array(name, v, n) for name, v in values.items()}
 
     def __hash__(self) -> int:  # extra_hp is a dict; hash the JSON form (used as a jit static argument)
         return hash(json.dumps(self.to_json(), sort_keys=True))
@@ -111,4 +107,30 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
+        """The config of ``to_json``; a field missing from ``d`` (a config saved before it existed) takes
+        its default."""
         return cls(**d)
+
+    @classmethod
+    def complete_json(cls, d: dict) -> dict:
+        """``d`` with every field it lacks set to its default (fields added since ``d`` was written)."""
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        return {**defaults, **d}
+
+
+def per_sae_array(name: str, v: PerSAE, n: int) -> np.ndarray:
+    """One hyperparameter (a float, or one value per SAE) as a float32 array [n]; a wrong length or a
+    NaN/inf raises one clear error."""
+    a = np.asarray(v, dtype=np.float32)
+    if a.ndim == 0:
+        a = np.full((n,), a, dtype=np.float32)
+    elif a.shape != (n,):
+        raise ValueError(
+            f"hyperparameter {name!r} has {a.size} values but the stack holds {n} SAEs: "
+            f"give one float or exactly {n} values"
+        )
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"hyperparameter {name!r} contains NaN or inf: {a}")
+    return a

@@ -7,6 +7,7 @@ iterator yields ``[N, B, d]`` or ``[B, d]`` batches.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Callable, Iterable, Iterator
 
@@ -65,7 +66,11 @@ def check_array(data, n: int, d_in: int, batch: int) -> None:
 def iterator_from(source: Batches, skip: int) -> Iterator[np.ndarray]:
     """An iterator over batches, with the first ``skip`` (already trained on) dropped.
 
-    Pass a callable returning a fresh iterable to make a resumed run see the same batches."""
+    Pass a callable returning a fresh iterable to make a resumed run see the same batches. A callable
+    that takes a ``start_step`` keyword (e.g. ``functools.partial(cache.batches, 1024, seed=0)``) is asked
+    to start there itself, so a resumed run does not read the skipped batches again."""
+    if callable(source) and "start_step" in inspect.signature(source).parameters:
+        return iter(source(start_step=skip))
     it = iter(source() if callable(source) else source)
     return itertools.islice(it, skip, None)
 

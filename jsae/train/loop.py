@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,17 +17,21 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
 from jsae.train import data as data_mod
-from jsae.train.checkpoint import Checkpointer
+from jsae.train.checkpoint import CheckpointError, Checkpointer
 from jsae.train.config import TrainConfig
+from jsae.train.grouping import free_device_bytes, group_size
+from jsae.train.optim import hyperparams_of, per_sae_hyperparams
+from jsae.train.precision import resolve_compute_dtype
 from jsae.train.sharding import (AXIS, hint_cpu_cores, pad_leading, padded_size, replicate, sae_mesh, shard_leading,
                                  take_leading)
-from jsae.train.step import TrainState, auto_group, init_state, run_chunk
+from jsae.train.step import LossFn, TrainState, init_state, run_chunk
 
 
 class TrainingDiverged(FloatingPointError):
@@ -72,8 +77,14 @@ def _input_scales(data, n: int, normalise: bool) -> np.ndarray:
 
 
 @functools.cache
-def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared_data: bool):
-    """Jitted chunk functions for one static configuration (per-SAE values travel as arrays).
+def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared_data: bool,
+               optimizer: optax.GradientTransformation | None, loss_fn: LossFn | None,
+               compute_dtype: str | None = None):
+    """Jitted chunk functions for one static configuration, optimizer and loss (per-SAE values travel
+    as arrays; the optimizer's per-SAE hyperparameters live in its state).
+
+    The matmuls run in ``compute_dtype``, else ``cfg.compute_dtype``, else the default of the mesh's
+    devices (bfloat16 on TPU, float32 elsewhere; ``jsae.train.precision``).
 
     Each chunk is a ``shard_map`` over the mesh's ``"sae"`` axis: every device trains its own slice of
     the stack with no communication at all (the SAEs are independent), so the per-device program is
@@ -84,6 +95,8 @@ def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared
     sae_axis, whole = P(AXIS), P()
     data_spec = whole if shared_data else sae_axis
     metrics_spec = P(None, AXIS)  # [n_steps, N]
+    dtype = resolve_compute_dtype(compute_dtype or cfg.compute_dtype, mesh.devices.flat[0].platform)
+    how = dict(optimizer=optimizer, loss_fn=loss_fn, compute_dtype=dtype.name)
 
     @functools.partial(jax.jit, static_argnames=("n_steps", "batch"), donate_argnums=0)
     def from_array(state, hp, start, data, key, *, n_steps, batch):
@@ -91,9 +104,9 @@ def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared
             rows = data_mod.chunk_indices(key, start, n_steps, batch, data.shape[-2])
             if shared_data:
                 return run_chunk(state, hp, start, n_steps, lambda i, _, g: data_mod.gather_batch(data, rows[i], g),
-                                 cfg, group)
+                                 cfg, group, **how)
             return run_chunk(state, hp, start, n_steps, lambda i, own, g: data_mod.gather_batch(own, rows[i], g),
-                             cfg, group, sae_data=data)
+                             cfg, group, sae_data=data, **how)
 
         return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, data_spec, whole),
                              out_specs=(sae_axis, metrics_spec), check_vma=False)(state, hp, start, data, key)
@@ -103,7 +116,7 @@ def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared
         def local(state, hp, start, xs):
             # [steps, N, B, d] -> [N, steps, B, d], so each group of SAEs carries its own batches
             return run_chunk(state, hp, start, xs.shape[0], lambda i, own, g: own[:, i], cfg, group,
-                             sae_data=xs.swapaxes(0, 1))
+                             sae_data=xs.swapaxes(0, 1), **how)
 
         return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, P(None, AXIS)),
                              out_specs=(sae_axis, metrics_spec), check_vma=False)(state, hp, start, xs)
@@ -125,6 +138,9 @@ def train(
     checkpoint_dir: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
+    optimizer: optax.GradientTransformation | None = None,
+    optimizer_hp: dict[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train a stack of N SAEs at once.
 
@@ -139,6 +155,15 @@ def train(
         uninterrupted run.
       mesh: device mesh with axis "sae" (default: all devices); the SAE axis is sharded over it.
       progress: show a progress bar (tokens/s per SAE and summed over the stack).
+      optimizer: any ``optax.GradientTransformation`` (default: Adam from ``cfg``, see
+        ``jsae.train.make_optimizer``; then ``cfg.lr`` is each SAE's learning rate). A run given its
+        own optimizer does not read ``cfg``'s optimizer fields (``lr``, ``lr_*``, ``adam_*``,
+        ``grad_clip``): its schedules and clipping belong in the chain.
+      optimizer_hp: per-SAE values of the optimizer's hyperparameters, name -> a float or N floats,
+        written into the state of every ``optax.inject_hyperparams`` part of the chain that holds
+        that name (e.g. ``{"learning_rate": [1e-3, 3e-3], "weight_decay": 1e-4}``).
+      loss_fn: ``loss_fn(sae, x, hp, dead) -> (total, (metrics, f))`` to train on instead of the
+        architecture's own loss (see ``jsae.train.step``); ``hp`` holds ``cfg``'s per-SAE values.
 
     Raises:
       ValueError: bad shapes, hyperparameter lengths or NaN/inf data, with what to do.
@@ -154,13 +179,19 @@ def train(
     scales = _input_scales(data, n, cfg.normalise_activations) if is_array else np.ones((n,), np.float32)
     if cfg.normalise_activations and not is_array:
         raise ValueError("normalise_activations needs array data; scale an iterator's batches yourself")
-    state = init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.asarray(scales))
+    if optimizer is not None and np.ndim(cfg.lr) and "learning_rate" not in (optimizer_hp or {}):
+        warnings.warn("cfg.lr holds per-SAE rates, but a run with its own optimizer does not read cfg.lr: pass "
+                      "optimizer_hp={'learning_rate': cfg.lr} (with optax.inject_hyperparams in the chain)",
+                      UserWarning, stacklevel=2)
+    opt_hp = {k: jnp.asarray(v) for k, v in per_sae_hyperparams(optimizer_hp, n).items()}
+    state = init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.asarray(scales), optimizer, opt_hp)
 
     ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
     start = 0
     if ckpt is not None:
         restored = ckpt.restore(state, cfg, type(sae).__name__, n)
         if restored is not None:
+            _check_same_hyperparams(state, restored[1], ckpt.directory)
             start, state = restored
 
     if mesh is None:
@@ -174,14 +205,18 @@ def train(
     group = cfg.sae_group if cfg.sae_group and n_local % cfg.sae_group == 0 else None
     if cfg.sae_group and group is None:
         raise ValueError(f"sae_group={cfg.sae_group} must divide the {n_local} SAEs held per device")
-    group = group or auto_group(n_local, cfg.batch_size, sae.d_in, sae.d_sae)
     key = jax.random.key(cfg.seed)
-    from_array, from_batches = _chunk_fns(_static_json(cfg), group, mesh, is_array and data.ndim == 2)
     if is_array:
         data = shard_leading(pad_leading(data, n_pad), mesh) if data.ndim == 3 else replicate(data, mesh)
         batches = None
     else:
         batches = data_mod.iterator_from(data, start)
+    if group is None:
+        device = mesh.devices.flat[0]
+        group = group_size(device.platform, n_local, cfg.batch_size, sae.d_in, sae.d_sae,
+                           free_bytes=free_device_bytes(device))
+    from_array, from_batches = _chunk_fns(_static_json(cfg), group, mesh, is_array and data.ndim == 2,
+                                          optimizer, loss_fn)
 
     history: dict[str, list] = {}
     t0 = time.perf_counter()
@@ -225,12 +260,32 @@ def train(
         if ckpt is not None:
             ckpt.close()
     seconds = time.perf_counter() - t0
+    return train_result(final, history, cfg, step, start, seconds, tokens / max(seconds, 1e-9))
+
+
+def train_result(final: TrainState, history: dict[str, list], cfg: TrainConfig, step: int, start: int,
+                 seconds: float, tokens_per_s: float) -> TrainResult:
+    """The ``TrainResult`` of a finished run: the stack with its input scale folded back (when activations
+    were normalised), the history stacked per metric and the last values."""
     trained = final.sae
     if cfg.normalise_activations:
         trained = eqx.filter_vmap(lambda s, c: s.fold_scale(c))(trained, final.input_scale)
     hist = {k: np.stack(v) for k, v in history.items()}
     last = {k: v[-1] for k, v in hist.items() if k != "step"}
-    return TrainResult(trained, last, hist, final, step, start, seconds, tokens / max(seconds, 1e-9))
+    return TrainResult(trained, last, hist, final, step, start, seconds, tokens_per_s)
+
+
+def _check_same_hyperparams(template: TrainState, restored: TrainState, where) -> None:
+    """A resumed run must use the optimizer hyperparameters its checkpoint was trained with."""
+    ours, theirs = hyperparams_of(template.opt_state), hyperparams_of(restored.opt_state)
+    diff = {k: (theirs.get(k), v) for k, v in ours.items()
+            if k not in theirs or np.shape(theirs[k]) != np.shape(v) or not np.array_equal(theirs[k], v)}
+    if diff:
+        name, (a, b) = next(iter(diff.items()))
+        raise CheckpointError(
+            f"checkpoint in {where} was trained with other optimizer hyperparameters ({name}: checkpoint "
+            f"{np.asarray(a).tolist()} vs now {np.asarray(b).tolist()}); resume with the same optimizer_hp or pass "
+            "a new checkpoint directory")
 
 
 def _check_finite(loss: np.ndarray, start: int) -> None:

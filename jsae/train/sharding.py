@@ -74,9 +74,8 @@ def use_cpu_cores(n: int | None = None) -> int:
 
     XLA:CPU computes the batched matmuls of a stack of small SAEs on one thread. With one device per
     core, ``train`` gives each device its own slice of the stack (a ``shard_map`` with no communication:
-    the SAEs are independent) and every core works: 2.0x on 2 cores for 144 SAEs of 64 x 256
-    (``experiments/bench_train.py``). Large matmuls (model forwards) still use every core from one
-    device. On a GPU/TPU machine this only changes the (unused) CPU backend.
+    the SAEs are independent) and every core works (``experiments/bench_train.py`` measures by how
+    much). Large matmuls (model forwards) still use every core from one device. On a GPU/TPU machine this only changes the (unused) CPU backend.
 
     Call it right after ``import jax``, before JAX computes anything (the CLI does). When the count was
     set already (``XLA_FLAGS=--xla_force_host_platform_device_count=...`` or ``jax_num_cpu_devices``),
