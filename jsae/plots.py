@@ -39,3 +39,32 @@ def grouped_bars(path: str | Path, groups: list[str], series: dict[str, list[flo
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path)
+
+
+def band_curves(path: str | Path, steps: np.ndarray, panels: dict[str, np.ndarray | None], *, xlabel: str = "step",
+                title: str = "") -> Path:
+    """One row of panels, one per entry of ``panels``: the mean over SAEs of a ``[n_points, N]`` history
+    against ``steps [n_points]``, with the band between the smallest and largest SAE shaded.
+
+    A ``None`` entry draws an empty panel that says the quantity was not recorded; non-finite values
+    are left out of the mean and the band.
+    """
+    steps = np.asarray(steps, float)
+    fig, axes = figure(3.6 * len(panels), 3.2, ncols=len(panels))
+    for ax, (name, values) in zip(np.atleast_1d(axes), panels.items()):
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if values is None:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+            continue
+        v = np.asarray(values, float).reshape(len(steps), -1)
+        v = np.where(np.isfinite(v), v, np.nan)
+        ok = ~np.all(np.isnan(v), axis=1)
+        lo, hi = np.nanmin(v[ok], axis=1), np.nanmax(v[ok], axis=1)
+        ax.fill_between(steps[ok], lo, hi, alpha=0.25, linewidth=0, label=f"min-max of {v.shape[1]} SAEs")
+        ax.plot(steps[ok], np.nanmean(v[ok], axis=1), marker="." if ok.sum() < 30 else None, label="mean")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,40 @@ def hf_smollm2():
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tok(tiny_llama_dir, tmp_path_factory):
+    """The tiny Llama above in a folder with a word-level tokenizer.json (98 words, [UNK] 0, EOS 99)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from jsae.commands.eval import SAMPLE_TEXT
+
+    src, hf = tiny_llama_dir
+    d = tmp_path_factory.mktemp("tiny_llama_tok")
+    for f in src.iterdir():
+        shutil.copy(f, d / f.name)
+    words, counts = np.unique(SAMPLE_TEXT.split(), return_counts=True)
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words[np.argsort(-counts, kind="stable")][:98])}}
+    vocab["<|endoftext|>"] = len(vocab)  # EOS: separates documents when text is streamed
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(d / "tokenizer.json"))
+    return d, hf
+
+
+@pytest.fixture(scope="session")
+def word_text():
+    """``word_text(path, n_words, seed=0)`` writes a text file of random words of ``tiny_llama_tok``'s vocabulary."""
+    return _word_text
+
+
+def _word_text(path, n_words: int, seed: int = 0):
+    """A text file of ``n_words`` random words of the tiny tokenizer's vocabulary (one token each)."""
+    from jsae.commands.eval import SAMPLE_TEXT
+
+    words = sorted(set(SAMPLE_TEXT.split()))[:99]
+    rng = np.random.default_rng(seed)
+    lines = [" ".join(rng.choice(words, 12)) for _ in range(n_words // 12)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -8,16 +8,18 @@ from jsae.sae.registry import ARCHITECTURES, USES_K, init_stack
 from jsae.train import TrainConfig
 
 
-def add_train_options(p, *, steps: int, d_sae: int) -> None:
-    """Options shared by the subcommands that train SAEs."""
+def add_train_options(p, *, steps: int | None, d_sae: int, k: int = 8, batch: int | None = 256) -> None:
+    """Options shared by the subcommands that train SAEs (a None default is resolved by the command)."""
     p.add_argument("--arch", default="topk", choices=ARCHITECTURES, help="SAE architecture (default: %(default)s)")
     p.add_argument("--d-sae", type=int, default=d_sae, help="latents per SAE (default: %(default)s)")
-    p.add_argument("--k", type=int, default=8, help="active latents per token for topk/batchtopk/matryoshka "
+    p.add_argument("--k", type=int, default=k, help="active latents per token for topk/batchtopk/matryoshka "
                    "(default: %(default)s)")
     p.add_argument("--sparsity", type=float, nargs="+", default=None,
                    help="L1/L0 coefficient(s) for relu/jumprelu/gated; several values sweep them, one SAE each")
-    p.add_argument("--steps", type=int, default=steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=256, help="tokens per SAE per step (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps (default: %(default)s"
+                   + ("" if steps else "; from --tokens when streaming, one epoch of a cache, 2000 for a .npy") + ")")
+    p.add_argument("--batch", type=int, default=batch, help="tokens per SAE per step (default: %(default)s"
+                   + ("" if batch else "; 1024 streaming or from a cache, 256 for a .npy") + ")")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
     p.add_argument("--out", default="runs", help="folder for run directories (default: %(default)s)")
@@ -36,7 +38,7 @@ def stack_and_config(args, key, n: int, d_in: int, sample=None):
     if len(sparsity) > 1 and n not in (1, len(sparsity)):
         raise ValueError(f"{len(sparsity)} --sparsity values for {n} SAEs: give one value or one per SAE")
     n = max(n, len(sparsity))
-    sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if args.arch in USES_K else None)
+    sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if args.arch in USES_K else None, data=sample)
     chunk = min(args.steps, 250)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
                       sparsity_coef=sparsity if len(sparsity) > 1 else sparsity[0], lr_warmup_steps=min(100, args.steps // 10),

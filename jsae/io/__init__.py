@@ -1,5 +1,7 @@
-"""Reading and writing SAEs in formats shared with the PyTorch world (SAELens, Gemma Scope, Neuronpedia)."""
+"""Reading and writing SAEs in formats shared with the PyTorch world (SAELens, Gemma Scope, Neuronpedia), and
+run directories of trained stacks (:func:`save_run` / :func:`load_run`)."""
 
+from jsae.io.run import RunFormatError, is_run_dir, load_run, read_run_record, save_run
 from jsae.io.saelens import (
     SAELensFormatError,
     hook_name,
@@ -12,6 +14,7 @@ from jsae.io.saelens import (
 )
 
 __all__ = [
-    "SAELensFormatError", "hook_name", "load_saelens", "load_saelens_stack", "parse_hook_name", "read_cfg",
-    "save_saelens", "save_saelens_stack",
+    "RunFormatError", "SAELensFormatError", "hook_name", "is_run_dir", "load_run", "load_saelens",
+    "load_saelens_stack", "parse_hook_name", "read_cfg", "read_run_record", "save_run", "save_saelens",
+    "save_saelens_stack",
 ]

@@ -51,7 +51,9 @@ TENSORS: dict[str, tuple[str, ...]] = {
     "gated": ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"),
 }
 NORMALISATIONS_OK = ("none", "expected_average_only_in")
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(?:attn\.)?hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out|z|result)$")
+RESIDUAL_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")  # blocks.<l>.hook_<point>
+HEAD_POINTS = ("z", "result")  # blocks.<l>.attn.hook_<point>: per-head activations [.., n_heads, d]
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)|attn\.hook_(z|result))$")
 
 
 class SAELensFormatError(ValueError):
@@ -59,21 +61,31 @@ class SAELensFormatError(ValueError):
 
 
 def parse_hook_name(name: str) -> tuple[int, str]:
-    """``"blocks.6.hook_resid_post"`` -> ``(6, "resid_post")``; ``"blocks.3.attn.hook_z"`` -> ``(3, "z")``."""
+    """TransformerLens hook name -> jsae's ``(layer, point)``.
+
+    ``"blocks.6.hook_resid_post"`` -> ``(6, "resid_post")``; ``"blocks.3.attn.hook_z"`` -> ``(3, "z")``,
+    ``"blocks.3.attn.hook_result"`` -> ``(3, "result")`` (per-head points live under ``attn.``, as in
+    TransformerLens; a per-head SAE names its head in ``hook_head_index``).
+    """
     m = _HOOK_RE.match(name or "")
     if m is None:
         raise SAELensFormatError(
             f"hook name {name!r} is not one jsae can splice; expected blocks.<layer>.hook_<point> with point in "
-            "resid_pre, resid_mid, resid_post, attn_out, mlp_out, or blocks.<layer>.attn.hook_<z|result>"
+            f"{', '.join(RESIDUAL_POINTS)}, or blocks.<layer>.attn.hook_<z|result>"
         )
-    return int(m.group(1)), m.group(2)
+    return int(m.group(1)), m.group(2) or m.group(3)
 
 
 def hook_name(layer: int, point: str) -> str:
-    """TransformerLens-style hook name of jsae's ``(layer, point)`` (inverse of :func:`parse_hook_name`)."""
-    name = f"blocks.{layer}.attn.hook_{point}" if point in ("z", "result") else f"blocks.{layer}.hook_{point}"
-    parse_hook_name(name)
-    return name
+    """TransformerLens hook name of jsae's ``(layer, point)`` (inverse of :func:`parse_hook_name`):
+    ``blocks.{layer}.attn.hook_z`` / ``.attn.hook_result`` for the per-head points, else
+    ``blocks.{layer}.hook_{point}`` (``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``)."""
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
+        raise SAELensFormatError(f"hook layer must be a non-negative integer, got {layer!r}")
+    if point not in RESIDUAL_POINTS + HEAD_POINTS:
+        raise SAELensFormatError(f"hook point {point!r} has no SAELens hook name; choose one of "
+                                 f"{', '.join(RESIDUAL_POINTS + HEAD_POINTS)}")
+    return f"blocks.{int(layer)}.attn.hook_{point}" if point in HEAD_POINTS else f"blocks.{int(layer)}.hook_{point}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,9 +143,12 @@ def save_saelens(
     meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
             "hook_name": hook_name, "model_name": model_name, "hook_head_index": hook_head_index,
             "trained_with": "jsae", **(metadata or {})}
+    # an SAE on all heads of hook_z reads them flattened ([.., n_heads, d_head] -> [.., n_heads * d_head]), which
+    # SAELens does itself when reshape_activations is "hook_z"; a per-head SAE (hook_head_index) reads one head
+    all_heads_z = hook_name is not None and hook_name.endswith(".attn.hook_z") and hook_head_index is None
     cfg = {"architecture": arch, "d_in": int(sae.d_in), "d_sae": int(sae.d_sae), "dtype": "float32", "device": "cpu",
            "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input), "normalize_activations": "none",
-           "reshape_activations": "none", **extra, "metadata": meta}
+           "reshape_activations": "hook_z" if all_heads_z else "none", **extra, "metadata": meta}
     (path / CFG_FILENAME).write_text(json.dumps(cfg, indent=2))
     return path
 
