@@ -4,6 +4,11 @@ throughput. Writes ``results/bench_models.json``. Runs with no arguments in well
 Both frameworks run the same right-padded batch of prompts (full logits at every position, float32),
 interleaved rep by rep; tokens/s counts real (unpadded) tokens and uses the best of ``--reps`` runs
 (medians are recorded too). torch is optional: without it ``torch_tokens_per_s`` is null.
+
+A second case runs the shapes of the streaming pipeline (``jsae train --model``): 32 contexts x 128 tokens
+of the offline corpus, no padding, the whole body and the logits at the last position only (the stream
+needs hook activations, not the ``[B, T, V]`` logits); torch runs ``model.model`` then ``lm_head`` on the
+last position, the same work.
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from jsae.bench import machine
 from jsae.models import forward, harvest, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process
@@ -45,6 +50,8 @@ def timed(fn) -> float:
 def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_models.json") -> None:
     ap.add_argument("--batch", type=int, default=32, help="prompts per forward (default: %(default)s)")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions, best kept (default: %(default)s)")
+    ap.add_argument("--stream-reps", type=int, default=4, help="timed repetitions of the 32 x 128 stream-shape "
+                    "case (default: %(default)s)")
     ap.add_argument("--harvest-prompts", type=int, default=256, help="prompts for the harvest timing "
                     "(default: %(default)s)")
     ap.add_argument("--out", default=out, help="JSON file to write (default: "
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
     jax_fwd()
     compile_s = time.perf_counter() - t_compile
 
-    torch_fwd = None
+    torch_fwd = hf = None
     torch_threads = max_abs_diff = None
     try:
         import torch
@@ -106,6 +113,8 @@ def run(args: argparse.Namespace) -> None:
     torch_s = float(np.min(torch_times)) if torch_times else None
     torch_tps = n_tokens / torch_s if torch_s else None
 
+    stream = stream_case(model, tok, hf, args.stream_reps)
+
     htexts = prompts(args.harvest_prompts)
     h_tokens = sum(len(tok.encode(t)) for t in htexts)
     harvest(model, htexts[:32], tokenizer=tok, point="result", positions="mean", progress=False)  # compile
@@ -131,11 +140,11 @@ def run(args: argparse.Namespace) -> None:
         "max_abs_logit_diff_vs_torch": max_abs_diff,
         "jsae_compile_s": compile_s,
         "load_s": load_s,
+        "stream_shape": stream,
         "harvest": {"point": "result", "positions": "mean", "prompts": len(htexts), "tokens": h_tokens,
                     "seconds": harvest_s, "output_shape": list(acts.shape)},
         "load_average_1m": os.getloadavg()[0],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-                    "backend": jax.default_backend()},
+        "machine": machine(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
@@ -143,8 +152,38 @@ def run(args: argparse.Namespace) -> None:
                  {"jsae": [res["jsae_tokens_per_s"], res["harvest_tokens_per_s"]],
                   "transformers (torch)": [res["torch_tokens_per_s"], None]},
                  ylabel="tokens/s (higher is better)", title="SmolLM2-135M on this CPU")
-    print(json.dumps({k: res[k] for k in ("jsae_tokens_per_s", "torch_tokens_per_s", "harvest_tokens_per_s",
-                                          "jsae_over_torch")}, indent=2))
+    print(json.dumps({**{k: res[k] for k in ("jsae_tokens_per_s", "torch_tokens_per_s", "harvest_tokens_per_s",
+                                             "jsae_over_torch")}, "stream_shape": stream}, indent=2))
+
+
+def stream_case(model, tok, hf, reps: int) -> dict:
+    """jsae vs torch at the stream's shapes (see the module docstring); ``hf`` None: jsae alone."""
+    from jsae.data import ContextStream, open_text
+
+    tokens = np.asarray(next(iter(ContextStream(open_text(None), tok, context_size=128, batch_contexts=32))))
+    jax_fwd = lambda: jax.block_until_ready(forward(model, tokens, logits="last")[0])  # noqa: E731
+    got = np.asarray(jax_fwd())  # compiles
+    torch_fwd = diff = None
+    if hf is not None:
+        import torch
+
+        ids = torch.as_tensor(tokens, dtype=torch.long)
+
+        def torch_fwd():
+            with torch.inference_mode():
+                return hf.lm_head(hf.model(ids).last_hidden_state[:, -1])
+
+        diff = float(np.abs(got - torch_fwd().numpy()).max())
+    jsae_t, torch_t = [], []
+    for _ in range(reps):  # interleaved, as above
+        jsae_t.append(timed(jax_fwd))
+        if torch_fwd is not None:
+            torch_t.append(timed(torch_fwd))
+    n = tokens.size
+    out = {"shape": list(tokens.shape), "tokens": int(n), "jsae_tokens_per_s": n / min(jsae_t),
+           "torch_tokens_per_s": n / min(torch_t) if torch_t else None, "max_abs_logit_diff_vs_torch": diff}
+    out["jsae_over_torch"] = out["jsae_tokens_per_s"] / out["torch_tokens_per_s"] if torch_t else None
+    return out
 
 
 if __name__ == "__main__":
