@@ -10,10 +10,10 @@ patching) need no model rewriting, whereas a penzai hook is a layer inserted by 
 means one new model, and one new trace, per edit structure; (2) the per-head ``result`` is computed
 only when a spec asks for it (otherwise the fused ``z @ W_O``); (3) all layers are one ``lax.scan`` over
 ``[L]``-stacked weights with hook values sliced per layer, and penzai's hook points carry a static
-layer index, which needs unrolled blocks; (4) measured compile time (lower + compile of one forward of
-SmolLM2-135M, batch 2 x 24 tokens, 2-core CPU shared with other jobs, so rough): jsae 0.4-2.9 s,
-penzai unrolled (``to_penzai``) 1.9-7.5 s, penzai ``LayerStack`` 4.9-6.1 s. Parameters are an equinox
-pytree with an explicit ``[L]`` layer axis and named dimensions in their docstrings.
+layer index, which needs unrolled blocks; (4) compile time: one scanned block compiles once for all
+layers, where penzai's unrolled blocks compile each layer (``experiments/bench_compile.py`` measures
+both; figures in the README). Parameters are an equinox pytree with an explicit ``[L]`` layer axis and
+named dimensions in their docstrings.
 
 Shape letters: ``B`` batch, ``T`` positions, ``L`` layers, ``D`` d_model, ``H`` query heads, ``K``
 key/value heads, ``G = H // K``, ``dh`` d_head, ``F`` d_mlp, ``V`` vocabulary.
