@@ -165,3 +165,38 @@ def test_sigkilled_stream_resumes_bit_identical(tiny_llama_tok, word_text, tmp_p
     assert len(arrays) > 5
     for k in arrays:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_training_from_a_bf16_cache_equals_scaling_the_batches_yourself(tmp_path):
+    """train_from_cache (bf16 batches to the device, scales applied by the step, folded back) equals the
+    definition: widen the same batches on the host, multiply by the per-input scale from chunk 0, train
+    without normalisation, then fold the scale into the SAEs."""
+    import equinox as eqx
+    import ml_dtypes
+
+    from jsae.activations.cache import create
+    from jsae.pipeline.cached import train_from_cache
+    from jsae.sae.base import normalisation_scale
+    from jsae.train import train
+
+    rng = np.random.default_rng(0)
+    writer = create(tmp_path / "c", n_rows=3, d=8, chunk_tokens=64, n_chunks=4, dtype="bfloat16", config={})
+    for i in range(4):
+        writer.write_chunk(i, (rng.standard_normal((3, 64, 8)) * [[[1.0]], [[5.0]], [[0.2]]]).astype(ml_dtypes.bfloat16))
+    cache = writer.finish()
+    sae = init_stack("topk", jax.random.key(1), 3, 8, 16, k=2)
+    cfg = TrainConfig(steps=20, batch_size=32, lr=3e-3, chunk_steps=5, normalise_activations=True)
+    got = train_from_cache(cache, sae, cfg, progress=False)
+
+    first = cache.read_chunk(0)  # float32 widening of chunk 0
+    scales = np.stack([float(normalisation_scale(jnp.asarray(first[i]))) for i in range(3)]).astype(np.float32)
+
+    def scaled():
+        for b in cache.batches(32, seed=cfg.seed):
+            yield np.asarray(b, np.float32) * scales[:, None, None]
+
+    ref = train(sae, scaled, TrainConfig(steps=20, batch_size=32, lr=3e-3, chunk_steps=5), progress=False)
+    ref_sae = eqx.filter_vmap(lambda s, c: s.fold_scale(c))(ref.sae, jnp.asarray(scales))
+    for a, b in zip(jax.tree.leaves(got.sae), jax.tree.leaves(ref_sae)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+    assert not np.allclose(scales, 1.0)

@@ -6,8 +6,9 @@ contexts x 128 tokens from the offline corpus. Measured in one run, one after an
 (a) ``forward_tokens_per_s``: the forward alone, capturing all 270 heads' z (best of ``--reps``);
 (b) ``stream_train_tokens_per_s``: the fused program (forward + shuffle buffer + update of all 270 SAEs),
     steady state: the mean time per exchange after the first two trained ones;
-(c) ``cache_train_tokens_per_s``: training the same stack from an on-disk activation cache written from
-    the same contexts (marginal rate between two run lengths, so compilation cancels out).
+(c) ``cache_train_tokens_per_s``: training the same stack from an on-disk bf16 activation cache written
+    from the same contexts, as ``jsae train --cache`` does (``train_from_cache``: bf16 batches to the
+    device); the marginal rate between two run lengths, so compilation cancels out.
 
 ``peak_rss_gb`` is this process's peak resident memory. Which TopK path (sparse or dense) each figure
 used is recorded. Also a FLOP-count estimate (labelled as one) of a 100M-token run on accelerators.
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
     from jsae.pipeline import train_on_model
     from jsae.runtime import prepare_process
     from jsae.sae.registry import init_stack
-    from jsae.train import TrainConfig, train
+    from jsae.pipeline.cached import train_from_cache
+    from jsae.train import TrainConfig
 
     if args.exchanges < 4:
         raise ValueError(f"--exchanges {args.exchanges}: give at least 4 (the first two compile, the rest are timed)")
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
         for steps in args.cache_steps:
             c = TrainConfig(steps=steps, batch_size=B, lr=1e-3, chunk_steps=16)
             t = time.perf_counter()
-            train(make_sae(), lambda: cache.batches(B, seed=0), c, progress=False)
+            train_from_cache(cache, make_sae(), c, progress=False)  # what `jsae train --cache` runs
             times.append(time.perf_counter() - t)
         cache_rate = B * (args.cache_steps[1] - args.cache_steps[0]) / (times[1] - times[0])
     finally:

@@ -98,18 +98,13 @@ def train_from_cache(
         sae = sae(jnp.asarray(sample))
     scales = np.asarray(jax.vmap(normalisation_scale)(jnp.asarray(sample))) if cfg.normalise_activations \
         else np.ones(sample.shape[0], np.float32)
-    batches = functools.partial(_scaled_batches, cache, cfg.batch_size, cfg.seed, rows, scales)
+    # batches in the on-disk dtype (bf16 stays bf16 to the device); the step applies the scales
+    batches = functools.partial(cache.batches, cfg.batch_size, seed=cfg.seed, rows=rows, out_dtype=cache.dtype)
     import dataclasses
 
     result = train(sae, batches, dataclasses.replace(cfg, normalise_activations=False), checkpoint_dir=checkpoint_dir,
-                   progress=progress, **train_kwargs)
+                   progress=progress, input_scale=scales, **train_kwargs)
     if cfg.normalise_activations:
         folded = eqx.filter_vmap(lambda s, c: s.fold_scale(c))(result.sae, jnp.asarray(scales))
-        result = dataclasses.replace(result, sae=folded,
-                                     state=result.state._replace(input_scale=jnp.asarray(scales)))
+        result = dataclasses.replace(result, sae=folded)
     return result
-
-
-def _scaled_batches(cache: ActivationCache, batch_size: int, seed: int, rows, scales: np.ndarray, start_step: int = 0):
-    for b in cache.batches(batch_size, seed=seed, start_step=start_step, rows=rows):
-        yield b * scales[:, None, None]

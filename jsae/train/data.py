@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
@@ -75,12 +76,20 @@ def iterator_from(source: Batches, skip: int) -> Iterator[np.ndarray]:
     return itertools.islice(it, skip, None)
 
 
+_KEPT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16))
+
+
 def next_chunk(it: Iterator[np.ndarray], n_steps: int, n: int, d_in: int, step: int) -> np.ndarray:
-    """Stack ``n_steps`` batches into [n_steps, N, B, d] (shared batches are broadcast), checking each."""
+    """Stack ``n_steps`` batches into [n_steps, N, B, d] (shared batches are broadcast), checking each.
+
+    float32 and bfloat16 batches keep their dtype (bfloat16 halves the host work and the copy to the
+    device, where the step widens it); any other dtype becomes float32."""
     out = []
     for i in range(n_steps):
         try:
-            b = np.asarray(next(it), dtype=np.float32)
+            b = np.asarray(next(it))
+            if b.dtype not in _KEPT_DTYPES:
+                b = b.astype(np.float32)
         except StopIteration:
             raise ValueError(f"the batch iterator ran out at step {step + i}; give at least `steps` batches") from None
         if b.ndim == 2:

@@ -115,7 +115,7 @@ def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared
     def from_batches(state, hp, start, xs):
         def local(state, hp, start, xs):
             # [steps, N, B, d] -> [N, steps, B, d], so each group of SAEs carries its own batches
-            return run_chunk(state, hp, start, xs.shape[0], lambda i, own, g: own[:, i], cfg, group,
+            return run_chunk(state, hp, start, xs.shape[0], lambda i, own, g: own[:, i].astype(jnp.float32), cfg, group,
                              sae_data=xs.swapaxes(0, 1), **how)
 
         return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, P(None, AXIS)),
@@ -141,6 +141,7 @@ def train(
     optimizer: optax.GradientTransformation | None = None,
     optimizer_hp: dict[str, Any] | None = None,
     loss_fn: LossFn | None = None,
+    input_scale: Any = None,
 ) -> TrainResult:
     """Train a stack of N SAEs at once.
 
@@ -164,6 +165,9 @@ def train(
         that name (e.g. ``{"learning_rate": [1e-3, 3e-3], "weight_decay": 1e-4}``).
       loss_fn: ``loss_fn(sae, x, hp, dead) -> (total, (metrics, f))`` to train on instead of the
         architecture's own loss (see ``jsae.train.step``); ``hp`` holds ``cfg``'s per-SAE values.
+      input_scale: ``[N]`` factors the step multiplies each SAE's batches by, for iterator data whose
+        scales are known (e.g. ``jsae.pipeline.train_from_cache``); the trained SAEs then read scaled
+        inputs (fold them back with ``fold_scale``). Arrays use ``cfg.normalise_activations`` instead.
 
     Raises:
       ValueError: bad shapes, hyperparameter lengths or NaN/inf data, with what to do.
@@ -179,6 +183,11 @@ def train(
     scales = _input_scales(data, n, cfg.normalise_activations) if is_array else np.ones((n,), np.float32)
     if cfg.normalise_activations and not is_array:
         raise ValueError("normalise_activations needs array data; scale an iterator's batches yourself")
+    if input_scale is not None:
+        if is_array or cfg.normalise_activations:
+            raise ValueError("input_scale is for iterator data without normalise_activations; arrays get their "
+                             "scales from cfg.normalise_activations")
+        scales = np.broadcast_to(np.asarray(input_scale, np.float32), (n,)).copy()
     if optimizer is not None and np.ndim(cfg.lr) and "learning_rate" not in (optimizer_hp or {}):
         warnings.warn("cfg.lr holds per-SAE rates, but a run with its own optimizer does not read cfg.lr: pass "
                       "optimizer_hp={'learning_rate': cfg.lr} (with optax.inject_hyperparams in the chain)",
@@ -234,8 +243,9 @@ def train(
             else:
                 xs = data_mod.next_chunk(batches, n_steps, n, sae.d_in, step)
                 batch = xs.shape[2]
-                xs = jax.device_put(pad_leading(jnp.asarray(xs).swapaxes(0, 1), n_pad).swapaxes(0, 1),
-                                    jax.sharding.NamedSharding(mesh, P(None, AXIS)))
+                if n_pad > n:  # on the host: the chunk goes to each device once, already split
+                    xs = np.concatenate([xs, np.repeat(xs[:, -1:], n_pad - n, axis=1)], axis=1)
+                xs = jax.device_put(xs, jax.sharding.NamedSharding(mesh, P(None, AXIS)))
                 state, metrics = from_batches(state, hp, jnp.asarray(step, jnp.int32), xs)
             metrics = {k: np.asarray(v)[:, :n] for k, v in metrics.items()}
             _check_finite(metrics["loss"], step)
