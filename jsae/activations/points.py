@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 from jsae.models.config import ModelConfig
 from jsae.models.errors import HookError
-from jsae.models.hooks import HEAD_AXIS, POINTS
+from jsae.models.hooks import HEAD_AXIS, POINTS, hook_width
 
 TRAINABLE_POINTS = tuple(p for p in POINTS if p != "pattern")
 
@@ -40,8 +40,9 @@ class HookInput:
 
 
 def input_width(cfg: ModelConfig, point: str) -> int:
-    """Features per token at ``point``: ``d_head`` for ``z``, ``d_model`` for every other point."""
-    return cfg.d_head if point == "z" else cfg.d_model
+    """Features per token of one input at ``point`` (one head for ``z``/``result``): ``d_head`` for ``z``,
+    ``d_model`` for every other point."""
+    return hook_width(cfg, point, head_given=True)
 
 
 def _parse_heads(cfg: ModelConfig, heads: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jsae.models import HookSpec, Transformer, forward, layer_range
-from jsae.models.hooks import Apply, capture
+from jsae.models.hooks import Apply, capture, hook_width  # noqa: F401  (hook_width: imported from here too)
 from jsae.sae.base import SAE
 from jsae.sae.stack import concat
 
@@ -234,14 +234,6 @@ def _ablation_sums(tail, resid, clean_logp, tokens, lengths, targets, mask, head
         ce, kl = one(None)
         return ce[None], kl[None]
     return jax.lax.map(one, heads)
-
-
-def hook_width(cfg, point: str, head_given: bool) -> int:
-    """Width an SAE at ``point`` reads: d_model, or per head d_head (z) / d_model (result), or H times that."""
-    per_head = {"z": cfg.d_head, "result": cfg.d_model}
-    if point in per_head:
-        return per_head[point] if head_given else cfg.n_heads * per_head[point]
-    return cfg.d_model
 
 
 def hook_activations(

@@ -91,7 +91,7 @@ def run(args) -> None:
 
 
 def _stream(args) -> None:
-    from jsae.activations import parse_inputs
+    from jsae.activations import input_width, parse_inputs
     from jsae.models import load
     from jsae.pipeline import available_bytes, check_fits, estimate, plan, train_on_model
     from jsae.pipeline.memory import n_params
@@ -103,7 +103,7 @@ def _stream(args) -> None:
     tokens = parse_tokens(args.tokens)
     pl = plan(tokens, contexts, args.batch, args.buffer_tokens)
     args.steps = pl.steps
-    d_in = _width(model, inputs)
+    d_in = input_width(model.cfg, inputs[0].point)
     buffer_dtype = _dtype(args.buffer_dtype)
     check_fits(estimate(model.cfg, n_params=n_params(model), n_saes=len(inputs), d_in=d_in, d_sae=args.d_sae,
                         batch_size=args.batch, buffer_tokens=pl.buffer_tokens, batch_contexts=contexts.batch_contexts,
@@ -192,12 +192,6 @@ def _finish(args, result, cfg, *, inputs, model_name, seconds: float, extra: dic
     plot_l0_vs_ev(result.metrics, run / "l0_vs_explained_variance.png", f"{result.sae.W_enc.shape[0]} {args.arch} SAEs")
     hint = "" if inputs else " --layer L --hook POINT --model MODEL"
     print(f"{seconds:.0f} s; results in {run}  (next: jsae eval --sae {run}{hint})")
-
-
-def _width(model, inputs) -> int:
-    from jsae.activations import input_width
-
-    return input_width(model.cfg, inputs[0].point)
 
 
 def _dtype(name: str):

@@ -261,3 +261,11 @@ def as_spec(hooks: HookSpec | Mapping | None) -> HookSpec:
     if isinstance(hooks, HookSpec):
         return hooks
     raise HookError(f"hooks must be a HookSpec (see jsae.models.hooks), got {type(hooks).__name__}")
+
+
+def hook_width(cfg, point: str, head_given: bool) -> int:
+    """Width an SAE at ``point`` reads: d_model, or per head d_head (z) / d_model (result), or H times that."""
+    per_head = {"z": cfg.d_head, "result": cfg.d_model}
+    if point in per_head:
+        return per_head[point] if head_given else cfg.n_heads * per_head[point]
+    return cfg.d_model

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jsae.models.config import ModelConfig
+from jsae.train.grouping import free_device_bytes
 
 GB = 1 << 30
 
@@ -76,9 +77,7 @@ def available_bytes(device: jax.Device | None = None) -> int | None:
     for CPU devices (Linux ``/proc/meminfo``); None when unknown."""
     device = device or jax.devices()[0]
     if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        limit = stats.get("bytes_limit") or stats.get("bytes_reservable_limit")
-        return int(limit) - int(stats.get("bytes_in_use", 0)) if limit else None
+        return free_device_bytes(device)
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)

@@ -30,16 +30,15 @@ from tqdm.auto import tqdm
 
 from jsae.activations.buffer import drain, exchange, exchange_key
 from jsae.activations.capture import capture_rows, model_for
-from jsae.activations.points import HookInput
+from jsae.activations.points import HookInput, input_width
 from jsae.models.transformer import Transformer
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
 from jsae.train.checkpoint import Checkpointer
 from jsae.train.config import TrainConfig
-from jsae.train.loop import TrainResult, _check_finite, train_result
+from jsae.train.loop import TrainResult, record_chunk, sae_group_for, train_result
 from jsae.train.sharding import AXIS, hint_cpu_cores, pad_leading, padded_size, replicate, sae_mesh, shard_leading, \
     take_leading
-from jsae.train.grouping import free_device_bytes, group_size
 from jsae.train.step import TrainState, init_state, run_chunk
 
 from .contexts import ContextBatches
@@ -83,11 +82,6 @@ def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: 
     return StreamPlan(rows, fill * rows, exchanges, fill, rows // batch_size, fill * rows // batch_size)
 
 
-def _pad_rows(x: jax.Array, n_to: int) -> jax.Array:
-    extra = n_to - x.shape[0]
-    return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)], axis=0)
-
-
 def _programs(inputs, skip, cfg: TrainConfig, pl: StreamPlan, mesh, n_pad: int, group: int,
               buffer_dtype, shuffle: bool, fused: bool):
     """The programs of a run: ``fill(buffer, model, tokens, offset)``, ``step(carry, model, hp, start, tokens,
@@ -103,7 +97,7 @@ def _programs(inputs, skip, cfg: TrainConfig, pl: StreamPlan, mesh, n_pad: int, 
     by_sae = NamedSharding(mesh, sae_axis)
 
     def rows_of(model, tokens):
-        return _pad_rows(capture_rows(model, tokens, inputs, skip), n_pad)
+        return pad_leading(capture_rows(model, tokens, inputs, skip), n_pad)
 
     def train_on(state, hp, start, rows, n_steps):
         def local(state, hp, start, rows):
@@ -217,7 +211,7 @@ def train_on_model(
     n_pad = padded_size(n, mesh)
     fused = jax.default_backend() != "cpu" if fused is None else fused
     run_model = replicate(run_model, mesh) if fused else jax.device_put(run_model, mesh.devices.flat[0])
-    d_in = input_width_of(run_model, inputs)
+    d_in = input_width(run_model.cfg, inputs[0].point)
     skip = contexts.bos_positions
     key = jax.random.key(cfg.seed)
 
@@ -233,7 +227,7 @@ def train_on_model(
                     jax.ShapeDtypeStruct((n, max(pl.buffer_tokens, 1), d_in), buffer_dtype))
         restored = ckpt.restore(template, cfg, arch, n)
     fill, step_fn, finish = _programs(inputs, skip, cfg, pl, mesh, n_pad,
-                                      _group(cfg, n_pad // mesh.devices.size, d_in, template_sae.d_sae, mesh),
+                                      sae_group_for(cfg, n_pad // mesh.devices.size, d_in, template_sae.d_sae, mesh),
                                       buffer_dtype, shuffle, fused)
     hp = shard_leading(pad_leading({k: jnp.asarray(v) for k, v in hp_np.items()}, n_pad), mesh)
 
@@ -271,7 +265,7 @@ def train_on_model(
             t = time.perf_counter()
             (state, buffer), metrics = step_fn((state, buffer), run_model, hp, jnp.asarray(step, jnp.int32), batch,
                                                exchange_key(key, exchange_index))
-            step = _record(history, metrics, step, pl.steps_per_exchange, n)
+            step, _ = record_chunk(history, metrics, step, pl.steps_per_exchange, n)
             exchange_index += 1
             tokens_this_call += pl.rows_per_exchange
             _progress(bar, history, pl.rows_per_exchange, time.perf_counter() - t, n)
@@ -284,7 +278,7 @@ def train_on_model(
         if pl.drain_steps and step < pl.steps:
             state, metrics = finish((state, buffer), hp, jnp.asarray(step, jnp.int32),
                                     exchange_key(key, pl.exchanges))
-            step = _record(history, metrics, step, pl.drain_steps, n)
+            step, _ = record_chunk(history, metrics, step, pl.drain_steps, n)
         final = take_leading(state, n)
         if ckpt is not None and step > resumed_from:
             ckpt.save(step, (final, take_leading(buffer, n)), cfg, arch, n,
@@ -298,23 +292,8 @@ def train_on_model(
     return train_result(final, history, cfg, step, resumed_from, seconds, rate)
 
 
-def input_width_of(model: Transformer, inputs) -> int:
-    from jsae.activations.points import input_width
-
-    return input_width(model.cfg, inputs[0].point)
-
-
 def _abstract_stack(abstract: SAE) -> SAE:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-
-
-def _group(cfg: TrainConfig, n_local: int, d_in: int, d_sae: int, mesh) -> int | None:
-    if cfg.sae_group:
-        if n_local % cfg.sae_group:
-            raise ValueError(f"sae_group={cfg.sae_group} must divide the {n_local} SAEs held per device")
-        return cfg.sae_group
-    device = mesh.devices.flat[0]  # the policy of jsae.train: the CPU cache rule, or all at once on GPU/TPU
-    return group_size(device.platform, n_local, cfg.batch_size, d_in, d_sae, free_bytes=free_device_bytes(device))
 
 
 def _initial_state(sae, sample, cfg: TrainConfig, hp_np, n_pad: int, mesh) -> TrainState:
@@ -335,16 +314,6 @@ def _next(reader, index: int) -> np.ndarray:
     except StopIteration:
         raise ValueError(f"the text ran out after {index} batches of contexts; give more text, ask for fewer "
                          "tokens, or let the reader repeat the text") from None
-
-
-def _record(history: dict, metrics: dict, step: int, n_steps: int, n: int) -> int:
-    metrics = {k: np.asarray(v)[:, :n] for k, v in metrics.items()}
-    _check_finite(metrics["loss"], step)
-    step += n_steps
-    for k, v in metrics.items():
-        history.setdefault(k, []).append(v.mean(axis=0))
-    history.setdefault("step", []).append(step)
-    return step
 
 
 def _progress(bar, history: dict, rows: int, seconds: float, n: int) -> None:

@@ -79,15 +79,16 @@ def group_size(
 
 
 def free_device_bytes(device: jax.Device) -> int | None:
-    """Bytes still free on ``device`` (``memory_stats()``: ``bytes_limit - bytes_in_use``), or None
-    where the device does not report them (XLA:CPU)."""
+    """Bytes still free on ``device`` (``memory_stats()``: ``bytes_limit`` (or ``bytes_reservable_limit``)
+    minus ``bytes_in_use``), or None where the device does not report them (XLA:CPU)."""
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001 - backends without memory statistics raise various errors
         return None
-    if not stats or "bytes_limit" not in stats:
+    limit = (stats or {}).get("bytes_limit") or (stats or {}).get("bytes_reservable_limit")
+    if not limit:
         return None
-    return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+    return max(0, int(limit) - int(stats.get("bytes_in_use", 0)))
 
 
 def _largest_divisor_at_most(n: int, target: int) -> int:

@@ -211,19 +211,13 @@ def train(
     state = shard_leading(pad_leading(jax.tree.map(jnp.array, state), n_pad), mesh)
     hp = shard_leading(pad_leading({k: jnp.asarray(v) for k, v in hp_np.items()}, n_pad), mesh)
     n_local = n_pad // mesh.devices.size
-    group = cfg.sae_group if cfg.sae_group and n_local % cfg.sae_group == 0 else None
-    if cfg.sae_group and group is None:
-        raise ValueError(f"sae_group={cfg.sae_group} must divide the {n_local} SAEs held per device")
     key = jax.random.key(cfg.seed)
     if is_array:
         data = shard_leading(pad_leading(data, n_pad), mesh) if data.ndim == 3 else replicate(data, mesh)
         batches = None
     else:
         batches = data_mod.iterator_from(data, start)
-    if group is None:
-        device = mesh.devices.flat[0]
-        group = group_size(device.platform, n_local, cfg.batch_size, sae.d_in, sae.d_sae,
-                           free_bytes=free_device_bytes(device))
+    group = sae_group_for(cfg, n_local, sae.d_in, sae.d_sae, mesh)  # after the data is placed: reads free memory
     from_array, from_batches = _chunk_fns(_static_json(cfg), group, mesh, is_array and data.ndim == 2,
                                           optimizer, loss_fn)
 
@@ -247,13 +241,8 @@ def train(
                     xs = np.concatenate([xs, np.repeat(xs[:, -1:], n_pad - n, axis=1)], axis=1)
                 xs = jax.device_put(xs, jax.sharding.NamedSharding(mesh, P(None, AXIS)))
                 state, metrics = from_batches(state, hp, jnp.asarray(step, jnp.int32), xs)
-            metrics = {k: np.asarray(v)[:, :n] for k, v in metrics.items()}
-            _check_finite(metrics["loss"], step)
-            step += n_steps
+            step, metrics = record_chunk(history, metrics, step, n_steps, n)
             tokens += n_steps * batch
-            for k, v in metrics.items():
-                history.setdefault(k, []).append(v.mean(axis=0))
-            history.setdefault("step", []).append(step)
             dt = max(time.perf_counter() - t_chunk, 1e-9)
             bar.update(n_steps)
             bar.set_postfix_str(
@@ -271,6 +260,31 @@ def train(
             ckpt.close()
     seconds = time.perf_counter() - t0
     return train_result(final, history, cfg, step, start, seconds, tokens / max(seconds, 1e-9))
+
+
+def sae_group_for(cfg: TrainConfig, n_local: int, d_in: int, d_sae: int, mesh: jax.sharding.Mesh) -> int:
+    """SAEs per group for the ``n_local`` SAEs each device holds: ``cfg.sae_group`` when set (it must
+    divide ``n_local``), else the device's policy (``jsae.train.grouping.group_size``: the CPU cache rule,
+    all at once on GPU/TPU unless the device's free memory says to split)."""
+    if cfg.sae_group:
+        if n_local % cfg.sae_group:
+            raise ValueError(f"sae_group={cfg.sae_group} must divide the {n_local} SAEs held per device")
+        return cfg.sae_group
+    device = mesh.devices.flat[0]
+    return group_size(device.platform, n_local, cfg.batch_size, d_in, d_sae, free_bytes=free_device_bytes(device))
+
+
+def record_chunk(history: dict[str, list], metrics: dict, step: int, n_steps: int, n: int) -> tuple[int, dict]:
+    """Append a chunk's metrics (``{name: [n_steps, N_padded]}``) to ``history`` as their mean over the
+    chunk's steps for the ``n`` real SAEs, after checking the loss is finite; returns the step after the
+    chunk and the metrics as host arrays ``[n_steps, n]``."""
+    metrics = {k: np.asarray(v)[:, :n] for k, v in metrics.items()}
+    _check_finite(metrics["loss"], step)
+    step += n_steps
+    for k, v in metrics.items():
+        history.setdefault(k, []).append(v.mean(axis=0))
+    history.setdefault("step", []).append(step)
+    return step, metrics
 
 
 def train_result(final: TrainState, history: dict[str, list], cfg: TrainConfig, step: int, start: int,
