@@ -57,8 +57,10 @@ def main() -> None:
     data = prepare_probe_data(model, tok, LAYER, n_train=N_TRAIN, n_test=N_TEST, seed=0)
     answer_ids = answer_token_ids(tok)
     setup_s = time.perf_counter() - t0
-    print(f"setup {setup_s:.1f} s: {len(data.train_letters)} train / {len(data.test_letters)} test words; "
-          f"{int((data.probe_f1 >= 0.6).sum())}/26 letters with probe F1 >= 0.6 (mean {data.probe_f1.mean():.3f})")
+    print(
+        f"setup {setup_s:.1f} s: {len(data.train_letters)} train / {len(data.test_letters)} test words; "
+        f"{int((data.probe_f1 >= 0.6).sum())}/26 letters with probe F1 >= 0.6 (mean {data.probe_f1.mean():.3f})"
+    )
 
     t1 = time.perf_counter()
     acts = training_activations(model, tok, LAYER, max_tokens=TEXT_TOKENS)
@@ -69,29 +71,51 @@ def main() -> None:
 
     rows, full = [], []
     for entry in saes:
-        r = evaluate_sae(entry["sae"], data, model, LAYER, answer_ids, paper_candidates=PAPER_CANDIDATES,
-                         ig_steps=IG_STEPS)
+        r = evaluate_sae(
+            entry["sae"], data, model, LAYER, answer_ids, paper_candidates=PAPER_CANDIDATES, ig_steps=IG_STEPS
+        )
         train_share = entry["train_seconds"]
-        row = {"width": r["width"], "l0": r["l0"], "absorption_fraction": r["absorption_fraction"],
-               "full_absorption": r["full_absorption"], "paper_absorption_rate": r["paper_absorption_rate"],
-               "n_letters": r["n_letters"], "seconds": r["seconds"], "sparsity_coef": entry["sparsity"],
-               "mean_split_latents": r["mean_split_latents"], "train_seconds": train_share,
-               "explained_variance_train": entry["train_metrics"]["explained_variance"]}
+        row = {
+            "width": r["width"],
+            "l0": r["l0"],
+            "absorption_fraction": r["absorption_fraction"],
+            "full_absorption": r["full_absorption"],
+            "paper_absorption_rate": r["paper_absorption_rate"],
+            "n_letters": r["n_letters"],
+            "seconds": r["seconds"],
+            "sparsity_coef": entry["sparsity"],
+            "mean_split_latents": r["mean_split_latents"],
+            "train_seconds": train_share,
+            "explained_variance_train": entry["train_metrics"]["explained_variance"],
+        }
         rows.append(row)
         full.append({**r, **row})
-        print(f"  width {row['width']:5d} coef {entry['sparsity']:4.1f}  L0 {row['l0']:7.1f}  "
-              f"fraction {row['absorption_fraction']:.3f}  full {row['full_absorption']:.3f}  "
-              f"paper {row['paper_absorption_rate']:.3f}  letters {row['n_letters']}  {row['seconds']:.1f} s")
+        print(
+            f"  width {row['width']:5d} coef {entry['sparsity']:4.1f}  L0 {row['l0']:7.1f}  "
+            f"fraction {row['absorption_fraction']:.3f}  full {row['full_absorption']:.3f}  "
+            f"paper {row['paper_absorption_rate']:.3f}  letters {row['n_letters']}  {row['seconds']:.1f} s"
+        )
     total = time.perf_counter() - t0
     OUT.mkdir(exist_ok=True)
-    write_json(OUT / "absorption_smollm2.json", {
-        "model": "smollm2-135m", "layer": LAYER, "setup_seconds": setup_s, "harvest_seconds": harvest_s,
-        "train_seconds": train_s, "total_seconds": total, "n_training_tokens": len(acts),
-        "training_text": "pydoc_data.topics (Python reference manual in the stdlib)",
-        "probe_f1": data.probe_f1, "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-        "saes": rows, "per_letter": [{"width": f["width"], "sparsity_coef": f["sparsity_coef"],
-                                      "per_letter": f["per_letter"]} for f in full],
-    })
+    write_json(
+        OUT / "absorption_smollm2.json",
+        {
+            "model": "smollm2-135m",
+            "layer": LAYER,
+            "setup_seconds": setup_s,
+            "harvest_seconds": harvest_s,
+            "train_seconds": train_s,
+            "total_seconds": total,
+            "n_training_tokens": len(acts),
+            "training_text": "pydoc_data.topics (Python reference manual in the stdlib)",
+            "probe_f1": data.probe_f1,
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "saes": rows,
+            "per_letter": [
+                {"width": f["width"], "sparsity_coef": f["sparsity_coef"], "per_letter": f["per_letter"]} for f in full
+            ],
+        },
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for p in plot_results(full, Path(tmp)):
             shutil.copy(p, OUT / f"absorption_smollm2_{p.stem.removeprefix('absorption_')}.png")

@@ -1,6 +1,6 @@
 """Benchmark script: see jsae/bench/evals.py (also `jsae bench evals`). Run from the repository root:
 
-    python experiments/bench_evals.py            # -> results/bench_evals.json
+python experiments/bench_evals.py            # -> results/bench_evals.json
 """
 
 from jsae.bench.evals import main

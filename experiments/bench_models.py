@@ -1,6 +1,6 @@
 """Benchmark script: see jsae/bench/models.py (also `jsae bench models`). Run from the repository root:
 
-    python experiments/bench_models.py            # -> results/bench_models.json
+python experiments/bench_models.py            # -> results/bench_models.json
 """
 
 from jsae.bench.models import main

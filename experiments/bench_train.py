@@ -1,6 +1,6 @@
 """Benchmark script: see jsae/bench/train.py (also `jsae bench train`). Run from the repository root:
 
-    python experiments/bench_train.py            # -> results/bench_train.json
+python experiments/bench_train.py            # -> results/bench_train.json
 """
 
 from jsae.bench.train import main

@@ -53,8 +53,11 @@ OUT = Path(__file__).resolve().parent.parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference-repeat", action="store_true",
-                    help="also grade activation patching on 12 other prompts against the reference")
+    ap.add_argument(
+        "--reference-repeat",
+        action="store_true",
+        help="also grade activation patching on 12 other prompts against the reference",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
@@ -62,26 +65,51 @@ def main() -> None:
     for name, gen in (("ioi", ioi), ("greater_than", greater_than)):
         print(f"{name}:")
         task, reference_task = gen(tok, N_PROMPTS, seed=0), gen(tok, N_REFERENCE, seed=1)
-        res = compare_methods(model, tok, task, reference_task, methods=DISCOVERY_METHODS, key=jax.random.key(0),
-                              equal_prompts_method="sae_per_head_paired")
+        res = compare_methods(
+            model,
+            tok,
+            task,
+            reference_task,
+            methods=DISCOVERY_METHODS,
+            key=jax.random.key(0),
+            equal_prompts_method="sae_per_head_paired",
+        )
         details[name] = res.pop("_details")
         results[name] = res
         if args.reference_repeat:
             again = activation_patching(model, tok, gen(tok, N_REFERENCE, seed=2))
             reference = np.isin(head_names(model.cfg.n_layers, model.cfg.n_heads), details[name]["reference_heads"])
-            res["reference_repeat"] = {"n_prompts": N_REFERENCE, "seed": 2, "seconds": again.seconds,
-                                       "auc": roc_auc(ranking_scores(again), reference)}
-            print(f"  activation patching on 12 other prompts vs the reference: AUC {res['reference_repeat']['auc']:.3f}")
+            res["reference_repeat"] = {
+                "n_prompts": N_REFERENCE,
+                "seed": 2,
+                "seconds": again.seconds,
+                "auc": roc_auc(ranking_scores(again), reference),
+            }
+            print(
+                f"  activation patching on 12 other prompts vs the reference: AUC {res['reference_repeat']['auc']:.3f}"
+            )
         for method, m in res["methods"].items():
             ev = details[name]["evaluation"][method]
-            print(f"  {method:<22s} AUC {m['auc']:.3f}  P/R/F1@k {ev['at_k']['precision']:.2f}/"
-                  f"{ev['at_k']['recall']:.2f}/{ev['at_k']['f1']:.2f}  {m['seconds']:6.1f} s")
+            print(
+                f"  {method:<22s} AUC {m['auc']:.3f}  P/R/F1@k {ev['at_k']['precision']:.2f}/"
+                f"{ev['at_k']['recall']:.2f}/{ev['at_k']['f1']:.2f}  {m['seconds']:6.1f} s"
+            )
     OUT.mkdir(exist_ok=True)
-    plot_roc([{**results[t], "_details": details[t]} for t in results], OUT / "circuits_smollm2.png",
-             "SmolLM2-135M: head rankings vs activation patching")
-    payload = {**results, "settings": {"model": "smollm2-135m", "n_prompts": N_PROMPTS,
-                                       "n_reference_prompts": N_REFERENCE, "details": details,
-                                       "total_seconds": time.perf_counter() - t0}}
+    plot_roc(
+        [{**results[t], "_details": details[t]} for t in results],
+        OUT / "circuits_smollm2.png",
+        "SmolLM2-135M: head rankings vs activation patching",
+    )
+    payload = {
+        **results,
+        "settings": {
+            "model": "smollm2-135m",
+            "n_prompts": N_PROMPTS,
+            "n_reference_prompts": N_REFERENCE,
+            "details": details,
+            "total_seconds": time.perf_counter() - t0,
+        },
+    }
     (OUT / "circuits_smollm2.json").write_text(json.dumps(to_jsonable(payload), indent=1))
     print(f"wrote {OUT / 'circuits_smollm2.json'} in {time.perf_counter() - t0:.0f} s")
 

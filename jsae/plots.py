@@ -22,8 +22,15 @@ def save(fig, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-def grouped_bars(path: str | Path, groups: list[str], series: dict[str, list[float | None]], *, ylabel: str,
-                 title: str = "", log: bool = False) -> Path:
+def grouped_bars(
+    path: str | Path,
+    groups: list[str],
+    series: dict[str, list[float | None]],
+    *,
+    ylabel: str,
+    title: str = "",
+    log: bool = False,
+) -> Path:
     """Bar chart: one cluster per group, one bar per series (``None`` values are left out)."""
     fig, ax = figure(1.6 + 1.4 * len(groups), 4.0)
     width = 0.8 / max(len(series), 1)
@@ -41,8 +48,9 @@ def grouped_bars(path: str | Path, groups: list[str], series: dict[str, list[flo
     return save(fig, path)
 
 
-def band_curves(path: str | Path, steps: np.ndarray, panels: dict[str, np.ndarray | None], *, xlabel: str = "step",
-                title: str = "") -> Path:
+def band_curves(
+    path: str | Path, steps: np.ndarray, panels: dict[str, np.ndarray | None], *, xlabel: str = "step", title: str = ""
+) -> Path:
     """One row of panels, one per entry of ``panels``: the mean over SAEs of a ``[n_points, N]`` history
     against ``steps [n_points]``, with the band between the smallest and largest SAE shaded.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import shutil
 
 import numpy as np
@@ -34,9 +33,17 @@ def tiny_llama_dir(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500.0,
-        tie_word_embeddings=False, attn_implementation="eager",
+        vocab_size=101,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
     )
     model = transformers.LlamaForCausalLM(cfg).eval()
     _randomise(model, 1)
@@ -51,8 +58,9 @@ def tiny_gpt2_dir(tmp_path_factory):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=64, n_layer=2, n_head=4,
-                                  attn_implementation="eager")
+    cfg = transformers.GPT2Config(
+        vocab_size=97, n_positions=32, n_embd=64, n_layer=2, n_head=4, attn_implementation="eager"
+    )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     _randomise(model, 2)
     path = tmp_path_factory.mktemp("tiny_gpt2")
@@ -77,7 +85,9 @@ def hf_smollm2():
     from jsae.models import smollm2_gguf_path
 
     p = smollm2_gguf_path()
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(p.parent), gguf_file=p.name, dtype=torch.float32
+    ).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     return model, tok
 

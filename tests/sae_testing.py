@@ -6,7 +6,7 @@ formulas, and are compared with the library.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -34,9 +34,19 @@ if __name__ == "__main__":
         if exchange == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    cfg = TrainConfig(steps=1, batch_size=64, lr=3e-3, checkpoint_every=4, chunk_steps=2,
-                      normalise_activations=True)
-    r = train_on_model(model, contexts, inputs, init, cfg, tokens=96 * 16,
-                       buffer_tokens=256, checkpoint_dir=ckpt, progress=False, on_exchange=maybe_die)
-    np.savez(out, *[np.asarray(a) for a in jax.tree.leaves((r.sae, r.state))], resumed_from=r.resumed_from,
-             steps=r.steps)
+    cfg = TrainConfig(steps=1, batch_size=64, lr=3e-3, checkpoint_every=4, chunk_steps=2, normalise_activations=True)
+    r = train_on_model(
+        model,
+        contexts,
+        inputs,
+        init,
+        cfg,
+        tokens=96 * 16,
+        buffer_tokens=256,
+        checkpoint_dir=ckpt,
+        progress=False,
+        on_exchange=maybe_die,
+    )
+    np.savez(
+        out, *[np.asarray(a) for a in jax.tree.leaves((r.sae, r.state))], resumed_from=r.resumed_from, steps=r.steps
+    )

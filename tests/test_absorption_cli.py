@@ -9,9 +9,33 @@ from jsae.cli import main
 
 @pytest.mark.slow
 def test_cli_trains_and_measures(tmp_path, smollm2):
-    rc = main(["absorption", "--layer", "3", "--n-train", "600", "--n-test", "300", "--widths", "256",
-               "--sparsity", "2", "--steps", "100", "--batch", "256", "--text-tokens", "8192",
-               "--paper-candidates", "1", "--ig-steps", "2", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "absorption",
+            "--layer",
+            "3",
+            "--n-train",
+            "600",
+            "--n-test",
+            "300",
+            "--widths",
+            "256",
+            "--sparsity",
+            "2",
+            "--steps",
+            "100",
+            "--batch",
+            "256",
+            "--text-tokens",
+            "8192",
+            "--paper-candidates",
+            "1",
+            "--ig-steps",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc in (0, None)
     run = next(tmp_path.glob("absorption-*"))
     res = json.loads((run / "results.json").read_text())

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from jsae.tasks.first_letter import (
-    LETTERS, alphabetic_vocabulary, answer_token_ids, build_prompts, icl_prompt, train_test_split,
+    LETTERS,
+    alphabetic_vocabulary,
+    answer_token_ids,
+    build_prompts,
+    icl_prompt,
+    train_test_split,
 )
 
 
@@ -53,7 +58,10 @@ def test_prompts_locate_the_target_token(smollm2, vocab):
         assert target not in [line.split(" has the first")[0] for line in lines[:-1]]
         assert p.tokens[r, p.word_pos[r]] == p.word_ids[r] == tok.token_id(target)
         assert tok.decode(p.tokens[r, : p.lengths[r]]) == p.texts[r]
-    assert icl_prompt(" cat", [" dog", "Eel"]) == " dog has the first letter: D\nEel has the first letter: E\n cat has the first letter:"
+    assert (
+        icl_prompt(" cat", [" dog", "Eel"])
+        == " dog has the first letter: D\nEel has the first letter: E\n cat has the first letter:"
+    )
     ids = answer_token_ids(tok)
     assert [tok.decode([i]) for i in ids] == [" " + c for c in LETTERS]
 
@@ -95,8 +103,9 @@ def test_integrated_gradients_are_complete(tiny_llama):
     resid = residual_at_positions(tiny_llama, tokens, pos, layer)
     sae = relu.init(jax.random.key(0), 64, 32, decoder_norm=1.0)
     sae = eqx.tree_at(lambda s: s.W_dec, sae, sae.W_dec * 30.0)  # latents that move the logits visibly
-    effects = integrated_gradient_effects(tiny_llama, sae, tokens, lengths, pos, letters, resid, layer, answer_ids,
-                                          steps=64, rows_per_call=64)
+    effects = integrated_gradient_effects(
+        tiny_llama, sae, tokens, lengths, pos, letters, resid, layer, answer_ids, steps=64, rows_per_call=64
+    )
     v = np.asarray(sae.encode(jnp.asarray(resid))) @ np.asarray(sae.W_dec)
 
     def metric(delta_scale):

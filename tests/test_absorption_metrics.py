@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from jsae.analysis.absorption import (
-    aggregate, LetterAbsorption, main_latents_inactive, paper_absorption, saebench_absorption,
+    LetterAbsorption,
+    aggregate,
+    main_latents_inactive,
+    paper_absorption,
+    saebench_absorption,
 )
 from jsae.sae import ReLUSAE
 
@@ -19,8 +23,14 @@ PROBE = np.array([1.0, 0, 0, 0], np.float32)
 
 def hand_built_sae() -> ReLUSAE:
     """A ReLU SAE that encodes decode(f) back to f exactly for f >= 0 (encoder = pseudo-inverse)."""
-    return ReLUSAE(W_enc=jnp.asarray(np.linalg.pinv(W_DEC)), b_enc=jnp.zeros(3), W_dec=jnp.asarray(W_DEC),
-                   b_dec=jnp.zeros(4), apply_b_dec_to_input=True, unit_norm_decoder=False)
+    return ReLUSAE(
+        W_enc=jnp.asarray(np.linalg.pinv(W_DEC)),
+        b_enc=jnp.zeros(3),
+        W_dec=jnp.asarray(W_DEC),
+        b_dec=jnp.zeros(4),
+        apply_b_dec_to_input=True,
+        unit_norm_decoder=False,
+    )
 
 
 def run_saebench(latents):
@@ -74,12 +84,14 @@ def test_absorber_below_cosine_threshold_is_ignored():
 
 
 def test_paper_metric_decisions():
-    effects = np.array([
-        [-0.2, -3.0, 0.0],   # aligned latent 1 has by far the most negative effect -> absorption
-        [-0.2, -1.0, -0.5],  # gap 0.5 < 1.0 -> not counted
-        [0.0, 0.1, -4.0],    # top is the unrelated latent 2 (cos 0 < 0.025) -> not counted
-        [0.5, 0.4, 0.3],     # nothing negative -> not counted
-    ])
+    effects = np.array(
+        [
+            [-0.2, -3.0, 0.0],  # aligned latent 1 has by far the most negative effect -> absorption
+            [-0.2, -1.0, -0.5],  # gap 0.5 < 1.0 -> not counted
+            [0.0, 0.1, -4.0],  # top is the unrelated latent 2 (cos 0 < 0.025) -> not counted
+            [0.5, 0.4, 0.3],  # nothing negative -> not counted
+        ]
+    )
     np.testing.assert_array_equal(paper_absorption(effects, W_DEC, PROBE), [True, False, False, False])
     np.testing.assert_array_equal(paper_absorption(effects, W_DEC, PROBE, min_gap=0.4), [True, True, False, False])
 

@@ -42,11 +42,13 @@ def test_selection_ranks_by_mean_difference():
 
 
 def test_feature_split_rule_by_hand():
-    f1 = np.array([
-        [0.50, 0.60, 0.62, 0.90],  # +0.10 accepted, +0.02 stops -> 2 (the later jump is not reached)
-        [0.80, 0.81, 0.90, 0.95],  # +0.01 stops at once -> 1
-        [0.10, 0.20, 0.30, 0.40],  # every step +0.10 -> all 4
-    ])
+    f1 = np.array(
+        [
+            [0.50, 0.60, 0.62, 0.90],  # +0.10 accepted, +0.02 stops -> 2 (the later jump is not reached)
+            [0.80, 0.81, 0.90, 0.95],  # +0.01 stops at once -> 1
+            [0.10, 0.20, 0.30, 0.40],  # every step +0.10 -> all 4
+        ]
+    )
     np.testing.assert_array_equal(accepted_splits(f1, 0.03), [2, 1, 4])
     np.testing.assert_array_equal(accepted_splits(f1, 0.005), [4, 4, 4])
 

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 
 from jsae.analysis.toy_absorption import (
-    ToyHierarchy, toy_absorption_scores, toy_activations, toy_features, train_toy_saes,
+    ToyHierarchy,
+    toy_absorption_scores,
+    toy_activations,
+    toy_features,
+    train_toy_saes,
 )
 
 STEPS = 1500
@@ -63,8 +67,10 @@ def test_hierarchical_features_are_absorbed_and_matryoshka_absorbs_least():
     # and the parent latent's encoder turns away from the parent (it must stay off on child tokens)
     assert np.median(relu["parent_in_child_decoder"]) > 0.2
     assert np.median(relu["parent_encoder_cosine"]) < 0.92
-    med = {name: float(np.median(s["absorption_score"])) for name, s in
-           (("relu", relu), ("topk", topk), ("matryoshka", matryoshka))}
+    med = {
+        name: float(np.median(s["absorption_score"]))
+        for name, s in (("relu", relu), ("topk", topk), ("matryoshka", matryoshka))
+    }
     assert med["matryoshka"] < 0.1, med
     assert med["matryoshka"] < min(med["relu"], med["topk"]) - 0.1, med
 

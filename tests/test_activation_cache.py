@@ -20,7 +20,7 @@ import tensorstore as ts
 
 from jsae.activations import cache as C
 
-N, CT, D, NC = 3, 8, 4, 5          # inputs, tokens per chunk, features, chunks
+N, CT, D, NC = 3, 8, 4, 5  # inputs, tokens per chunk, features, chunks
 CFG = {"model": "toy", "points": ["z"], "heads": [[0, 1], [1, 0], [1, 1]], "context": 16, "text": "unit test"}
 
 
@@ -31,7 +31,7 @@ def make_data(seed=0, n_chunks=NC):
 def write(path, data, dtype="float32", config=CFG, finish=True, chunks=None):
     w = C.create(path, n_rows=N, d=D, chunk_tokens=CT, n_chunks=data.shape[1] // CT, dtype=dtype, config=config)
     for i in range(w.n_chunks) if chunks is None else chunks:
-        w.write_chunk(i, data[:, i * CT:(i + 1) * CT])
+        w.write_chunk(i, data[:, i * CT : (i + 1) * CT])
     return w.finish() if finish else w
 
 
@@ -55,8 +55,8 @@ def test_float32_round_trip_is_bit_exact(tmp_path):
     got = np.concatenate(list(cache.iter_chunks()), axis=1)
     assert got.dtype == np.float32 and np.array_equal(bits(got), bits(data))
     again = C.open_cache(tmp_path / "c")
-    assert np.array_equal(bits(again.read_chunk(3)), bits(data[:, 3 * CT:4 * CT]))
-    assert np.array_equal(bits(again.read_chunk(1, rows=[2, 0])), bits(data[[2, 0], CT:2 * CT]))
+    assert np.array_equal(bits(again.read_chunk(3)), bits(data[:, 3 * CT : 4 * CT]))
+    assert np.array_equal(bits(again.read_chunk(1, rows=[2, 0])), bits(data[[2, 0], CT : 2 * CT]))
     # the folder is a plain zarr v3 array that tensorstore opens without jsae
     arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "c" / "acts")}}).result()
     assert np.array_equal(bits(arr.read().result()), bits(data))
@@ -64,7 +64,7 @@ def test_float32_round_trip_is_bit_exact(tmp_path):
 
 def test_bfloat16_round_trip_matches_a_bf16_cast(tmp_path):
     data = make_data(1) * 100
-    data[1, 5] = [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0]   # exact ties: round to even
+    data[1, 5] = [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0]  # exact ties: round to even
     oracle = bf16_rne(data)
     assert np.array_equal(bits(oracle), bits(data.astype(ml_dtypes.bfloat16).astype(np.float32)))
     cache = write(tmp_path / "c", data, dtype="bfloat16")
@@ -72,7 +72,7 @@ def test_bfloat16_round_trip_matches_a_bf16_cast(tmp_path):
     assert got.dtype == np.float32 and np.array_equal(bits(got), bits(oracle))
     # on disk: two bytes per value, the chunk file is the raw little-endian bf16 bits
     raw = np.fromfile(cache.chunk_file(2), dtype="<u2").reshape(N, CT, D)
-    assert np.array_equal(raw, (bits(oracle[:, 2 * CT:3 * CT]) >> 16).astype(np.uint16))
+    assert np.array_equal(raw, (bits(oracle[:, 2 * CT : 3 * CT]) >> 16).astype(np.uint16))
     # a bf16 cache can hand out bf16 batches as they are (cast on the device)
     f32 = next(cache.batches(12, seed=1))
     b16 = next(cache.batches(12, seed=1, out_dtype="bfloat16"))
@@ -105,7 +105,7 @@ def test_corrupt_chunk_is_rejected_and_repaired(tmp_path, damage):
         f.write_bytes(bytes(b))
     else:
         f.write_bytes(f.read_bytes()[:-2])
-    cache = C.open_cache(tmp_path / "c")            # opening is cheap; the chunk is checked when read
+    cache = C.open_cache(tmp_path / "c")  # opening is cheap; the chunk is checked when read
     cache.read_chunk(1)
     with pytest.raises(C.CorruptChunkError, match=r"chunk 2 .*corrupt.*delete .* re-run `jsae cache`"):
         cache.read_chunk(2)
@@ -120,8 +120,8 @@ def test_corrupt_chunk_is_rejected_and_repaired(tmp_path, damage):
         C.open_cache(tmp_path / "c")
     w = C.create(tmp_path / "c", n_rows=N, d=D, chunk_tokens=CT, n_chunks=NC, dtype="bfloat16", config=CFG)
     assert w.missing_chunks() == [2]
-    w.write_chunk(2, data[:, 2 * CT:3 * CT])
-    assert np.array_equal(bits(w.finish().read_chunk(2)), bits(bf16_rne(data[:, 2 * CT:3 * CT])))
+    w.write_chunk(2, data[:, 2 * CT : 3 * CT])
+    assert np.array_equal(bits(w.finish().read_chunk(2)), bits(bf16_rne(data[:, 2 * CT : 3 * CT])))
 
 
 def test_verify_on_resume_rewrites_corrupt_chunks(tmp_path):
@@ -132,22 +132,24 @@ def test_verify_on_resume_rewrites_corrupt_chunks(tmp_path):
     b[0] ^= 1
     f.write_bytes(bytes(b))
     args = dict(n_rows=N, d=D, chunk_tokens=CT, n_chunks=NC, dtype="float32", config=CFG)
-    assert C.create(tmp_path / "c", **args).missing_chunks() == []          # sizes look fine without verify
+    assert C.create(tmp_path / "c", **args).missing_chunks() == []  # sizes look fine without verify
     w = C.create(tmp_path / "c", verify=True, **args)
     assert w.missing_chunks() == [4]
     with pytest.raises(C.IncompleteCacheError, match="1 of 5 chunks are missing"):
-        C.open_cache(tmp_path / "c")                 # the stale completion marker is gone
+        C.open_cache(tmp_path / "c")  # the stale completion marker is gone
 
 
 def test_incomplete_cache_is_rejected(tmp_path):
     data = make_data(5)
     w = write(tmp_path / "c", data, finish=False, chunks=[0, 3, 4])
-    with pytest.raises(C.IncompleteCacheError, match=r"2 of 5 chunks are missing \(first: \[1, 2\]\).*re-run `jsae cache`"):
+    with pytest.raises(
+        C.IncompleteCacheError, match=r"2 of 5 chunks are missing \(first: \[1, 2\]\).*re-run `jsae cache`"
+    ):
         C.open_cache(tmp_path / "c")
     with pytest.raises(C.IncompleteCacheError, match="2 of 5 chunks"):
         w.finish()
     for i in (1, 2):
-        w.write_chunk(i, data[:, i * CT:(i + 1) * CT])
+        w.write_chunk(i, data[:, i * CT : (i + 1) * CT])
     with pytest.raises(C.IncompleteCacheError, match="never finished"):
         C.open_cache(tmp_path / "c")
     assert np.array_equal(np.concatenate(list(w.finish().iter_chunks()), axis=1), data)
@@ -167,19 +169,20 @@ def test_interrupted_writer_resumes_to_the_same_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(C, "_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
-        w.write_chunk(3, data[:, 3 * CT:4 * CT])
+        w.write_chunk(3, data[:, 3 * CT : 4 * CT])
     monkeypatch.setattr(C, "_write_json", real)
     del w
     w = C.open_writer(tmp_path / "twice")
     assert w.done_chunks() == [0, 1] and w.missing_chunks() == [2, 3, 4]
     for i in w.missing_chunks():
-        w.write_chunk(i, data[:, i * CT:(i + 1) * CT])
+        w.write_chunk(i, data[:, i * CT : (i + 1) * CT])
     w.finish()
     a, b = C.open_cache(tmp_path / "once"), C.open_cache(tmp_path / "twice")
     for i in range(NC):
         assert a.chunk_file(i).read_bytes() == b.chunk_file(i).read_bytes()
-    assert json.loads((tmp_path / "once/manifest.json").read_text()) == \
-        json.loads((tmp_path / "twice/manifest.json").read_text())
+    assert json.loads((tmp_path / "once/manifest.json").read_text()) == json.loads(
+        (tmp_path / "twice/manifest.json").read_text()
+    )
 
 
 def test_sigkilled_cache_run_resumes(tmp_path):
@@ -190,8 +193,8 @@ def test_sigkilled_cache_run_resumes(tmp_path):
         spec = importlib.util.spec_from_file_location("cache", {C.__file__!r})   # (skips the package's jax imports)
         C = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(C)
-        data = np.load({str(tmp_path / 'data.npy')!r})
-        w = C.create({str(tmp_path / 'c')!r}, n_rows={N}, d={D}, chunk_tokens={CT}, n_chunks={NC},
+        data = np.load({str(tmp_path / "data.npy")!r})
+        w = C.create({str(tmp_path / "c")!r}, n_rows={N}, d={D}, chunk_tokens={CT}, n_chunks={NC},
                      dtype="float32", config={CFG!r})
         for i in w.missing_chunks():
             w.write_chunk(i, data[:, i * {CT}:(i + 1) * {CT}])
@@ -213,7 +216,9 @@ def test_sigkilled_cache_run_resumes(tmp_path):
 def test_different_config_in_the_same_folder_is_rejected(tmp_path):
     write(tmp_path / "c", make_data(8), finish=False, chunks=[0])
     args = dict(n_rows=N, d=D, chunk_tokens=CT, n_chunks=NC, dtype="float32", config=CFG)
-    with pytest.raises(C.CacheConfigError, match=r"different settings \(config.model: cache has 'toy', asked for 'other'"):
+    with pytest.raises(
+        C.CacheConfigError, match=r"different settings \(config.model: cache has 'toy', asked for 'other'"
+    ):
         C.create(tmp_path / "c", **{**args, "config": {**CFG, "model": "other"}})
     with pytest.raises(C.CacheConfigError, match="dtype: cache has 'float32', asked for 'bfloat16'"):
         C.create(tmp_path / "c", **{**args, "dtype": "bfloat16"})
@@ -248,7 +253,7 @@ def test_bad_chunks_are_refused(tmp_path):
         w.write_chunk(2, np.zeros((N, CT, D), np.float32))
     with pytest.raises(C.CacheError, match="dtype must be one of"):
         C.create(tmp_path / "d", n_rows=N, d=D, chunk_tokens=CT, n_chunks=2, dtype="float16", config={})
-    w.write_chunk(0, np.zeros((N, CT, D), np.float32))            # all zeros is data, not "missing"
+    w.write_chunk(0, np.zeros((N, CT, D), np.float32))  # all zeros is data, not "missing"
     w.close()
     assert C.open_writer(tmp_path / "c").done_chunks() == [0]
 
@@ -275,9 +280,9 @@ def test_one_epoch_of_shuffled_batches_is_a_permutation_of_the_tokens(tmp_path, 
     epochs = [[tokens_of(next(it), oracle, lookup) for _ in range(4)] for _ in range(2)]
     for ep in epochs:
         assert sorted(itertools.chain(*ep)) == list(range(CT * NC))
-    assert epochs[0] != epochs[1]                                   # a new order each epoch
+    assert epochs[0] != epochs[1]  # a new order each epoch
     chunks_in_first = {t // CT for t in epochs[0][0]}
-    assert len(chunks_in_first) == 2                                # the first batch mixes its window's 2 chunks
+    assert len(chunks_in_first) == 2  # the first batch mixes its window's 2 chunks
     # each epoch visits the chunks in a new order: the first window's chunks change from epoch to epoch
     it = cache.batches(CT * 2, seed=3, chunks_in_memory=2)
     first_windows = [frozenset(t // CT for t in tokens_of(b, oracle, lookup)) for b in itertools.islice(it, 0, 12, 2)]
@@ -297,9 +302,9 @@ def test_resume_at_start_step_equals_the_uninterrupted_tail(tmp_path, B, W):
     assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(full, no_prefetch))
     for s in range(1, 17):
         tail = list(itertools.islice(cache.batches(B, seed=5, start_step=s, chunks_in_memory=W), 4))
-        assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(tail, full[s:s + 4])), s
+        assert all(np.array_equal(bits(a), bits(b)) for a, b in zip(tail, full[s : s + 4])), s
     other = next(cache.batches(B, seed=6, chunks_in_memory=W))
-    assert not np.array_equal(other, full[0])                       # the seed decides the order
+    assert not np.array_equal(other, full[0])  # the seed decides the order
     rows = list(itertools.islice(cache.batches(B, seed=5, chunks_in_memory=W, rows=[2, 0]), 6))
     assert all(np.array_equal(bits(r), bits(f[[2, 0]])) for r, f in zip(rows, full))
 
@@ -320,13 +325,13 @@ def test_batches_read_only_the_windows_they_need(tmp_path, monkeypatch):
     real = C._read_raw
     monkeypatch.setattr(C, "_read_raw", lambda path, meta, i, crc: read.append(i) or real(path, meta, i, crc))
     order = cache.chunk_order(0, 0)
-    it = cache.batches(CT, seed=0, chunks_in_memory=2, start_step=2, prefetch=False)   # window 1 of epoch 0
+    it = cache.batches(CT, seed=0, chunks_in_memory=2, start_step=2, prefetch=False)  # window 1 of epoch 0
     next(it)
     assert sorted(read) == sorted(order[2:4])
-    next(it), next(it)                                                          # ... and then window 2
+    next(it), next(it)  # ... and then window 2
     assert sorted(read) == sorted(order[2:5])
     read.clear()
-    it = cache.batches(CT, seed=0, chunks_in_memory=2, start_step=2)         # prefetch: window 2 as well
+    it = cache.batches(CT, seed=0, chunks_in_memory=2, start_step=2)  # prefetch: window 2 as well
     next(it)
     assert set(read) <= set(order[2:5]) and set(order[2:4]) <= set(read)
 
@@ -338,7 +343,7 @@ def test_one_writer_at_a_time(tmp_path):
         C.open_writer(tmp_path / "c")
     w.close()
     w = C.open_writer(tmp_path / "c")
-    w.write_chunk(0, data[:, CT:2 * CT])                            # a rewrite replaces the chunk and its checksum
+    w.write_chunk(0, data[:, CT : 2 * CT])  # a rewrite replaces the chunk and its checksum
     for i in range(1, NC):
-        w.write_chunk(i, data[:, i * CT:(i + 1) * CT])
-    assert np.array_equal(bits(w.finish().read_chunk(0)), bits(data[:, CT:2 * CT]))
+        w.write_chunk(i, data[:, i * CT : (i + 1) * CT])
+    assert np.array_equal(bits(w.finish().read_chunk(0)), bits(data[:, CT : 2 * CT]))

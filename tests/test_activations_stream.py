@@ -56,8 +56,11 @@ def tiny(tiny_llama_dir):
 def test_captured_rows_equal_harvest(tiny):
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, tiny.cfg.vocab_size, (3, 9)).astype(np.int32)
-    for points, heads, layers, d in (("z", "all", "all", tiny.cfg.d_head), ("resid_post,mlp_out", "all", "1,0", 64),
-                                     ("result", "1.2,0.3", "all", 64)):
+    for points, heads, layers, d in (
+        ("z", "all", "all", tiny.cfg.d_head),
+        ("resid_post,mlp_out", "all", "1,0", 64),
+        ("result", "1.2,0.3", "all", 64),
+    ):
         inputs = parse_inputs(tiny.cfg, points, heads=heads, layers=layers)
         rows = np.asarray(capture_rows_jit(tiny, jnp.asarray(tokens), inputs, 1))  # position 0 left out
         assert rows.shape == (len(inputs), 3 * 8, d)
@@ -88,8 +91,17 @@ def test_plan_and_memory_errors(tiny):
         plan(1000, ctx, 48, 0)
     p = plan(1000, ctx, 32, 128)  # 64 tokens per exchange, 2 fill exchanges, 16 exchanges
     assert (p.exchanges, p.fill_exchanges, p.steps_per_exchange, p.drain_steps, p.steps) == (16, 2, 2, 4, 32)
-    est = estimate(tiny.cfg, n_params=10**6, n_saes=270, d_in=64, d_sae=512, batch_size=1024,
-                   buffer_tokens=1 << 20, batch_contexts=32, context_len=128)
+    est = estimate(
+        tiny.cfg,
+        n_params=10**6,
+        n_saes=270,
+        d_in=64,
+        d_sae=512,
+        batch_size=1024,
+        buffer_tokens=1 << 20,
+        batch_contexts=32,
+        context_len=128,
+    )
     assert est.buffer >= 270 * (1 << 20) * 64 * 4  # the buffer alone: 72 GB in float32
     with pytest.raises(MemoryError, match="lower --buffer-tokens"):
         check_fits(est, 24 << 30)
@@ -110,8 +122,17 @@ def test_streamed_training_equals_in_memory_training(tiny, fused):
     layout (forward inside the training program, contexts split over the devices), here on CPU devices."""
     tokens, inputs, sae = _stream_setup(tiny)
     cfg = TrainConfig(steps=1, batch_size=64, lr=3e-3, chunk_steps=1)
-    streamed = train_on_model(tiny, ArrayContexts(tokens, 8, bos_positions=1), inputs, sae, cfg,
-                              tokens=32 * 16, buffer_tokens=0, progress=False, fused=fused)
+    streamed = train_on_model(
+        tiny,
+        ArrayContexts(tokens, 8, bos_positions=1),
+        inputs,
+        sae,
+        cfg,
+        tokens=32 * 16,
+        buffer_tokens=0,
+        progress=False,
+        fused=fused,
+    )
     acts = harvest(tiny, tokens, point="z", positions="all", progress=False)  # [8, 32*17, dh]
     acts = acts.reshape(len(inputs), 32, 17, -1)[:, :, 1:].reshape(len(inputs), -1, tiny.cfg.d_head)
     batches = [acts[:, i * 64 : (i + 1) * 64] for i in range(acts.shape[1] // 64)]
@@ -125,13 +146,29 @@ def test_streamed_training_equals_in_memory_training(tiny, fused):
 def test_shuffled_stream_trains_every_token_once(tiny):
     tokens, inputs, sae = _stream_setup(tiny)
     cfg = TrainConfig(steps=1, batch_size=64, lr=3e-3)
-    r = train_on_model(tiny, ArrayContexts(tokens, 8, bos_positions=1), inputs, sae, cfg,
-                       tokens=32 * 16, buffer_tokens=256, progress=False)
+    r = train_on_model(
+        tiny,
+        ArrayContexts(tokens, 8, bos_positions=1),
+        inputs,
+        sae,
+        cfg,
+        tokens=32 * 16,
+        buffer_tokens=256,
+        progress=False,
+    )
     assert r.steps == 32 * 16 // 64  # 2 exchanges fill, 2 train, the drain trains 4 steps
     assert r.history["step"].tolist() == [2, 4, 8]  # 2 steps per exchange, then the drain
     with pytest.raises(ValueError, match="text ran out after 4 batches"):
-        train_on_model(tiny, ArrayContexts(tokens, 8, bos_positions=1), inputs, sae, cfg,
-                       tokens=32 * 16 * 2, buffer_tokens=256, progress=False)
+        train_on_model(
+            tiny,
+            ArrayContexts(tokens, 8, bos_positions=1),
+            inputs,
+            sae,
+            cfg,
+            tokens=32 * 16 * 2,
+            buffer_tokens=256,
+            progress=False,
+        )
 
 
 def test_sigkilled_stream_resumes_bit_identical(tiny_llama_tok, word_text, tmp_path):
@@ -146,9 +183,13 @@ def test_sigkilled_stream_resumes_bit_identical(tiny_llama_tok, word_text, tmp_p
     text = word_text(tmp_path / "text.txt", 3000)
 
     def run(out, ckpt, *extra):
-        return subprocess.run([sys.executable, str(script), str(tiny_llama_tok[0]), str(text), str(out), str(ckpt),
-                               *extra],
-                              env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, str(script), str(tiny_llama_tok[0]), str(text), str(out), str(ckpt), *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     ref = run(tmp_path / "ref.npz", tmp_path / "ref_ckpt")
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -182,7 +223,9 @@ def test_training_from_a_bf16_cache_equals_scaling_the_batches_yourself(tmp_path
     rng = np.random.default_rng(0)
     writer = create(tmp_path / "c", n_rows=3, d=8, chunk_tokens=64, n_chunks=4, dtype="bfloat16", config={})
     for i in range(4):
-        writer.write_chunk(i, (rng.standard_normal((3, 64, 8)) * [[[1.0]], [[5.0]], [[0.2]]]).astype(ml_dtypes.bfloat16))
+        writer.write_chunk(
+            i, (rng.standard_normal((3, 64, 8)) * [[[1.0]], [[5.0]], [[0.2]]]).astype(ml_dtypes.bfloat16)
+        )
     cache = writer.finish()
     sae = init_stack("topk", jax.random.key(1), 3, 8, 16, k=2)
     cfg = TrainConfig(steps=20, batch_size=32, lr=3e-3, chunk_steps=5, normalise_activations=True)

@@ -158,8 +158,9 @@ def test_per_head_saes_reconstruct_offset_heads():
     rows = np.arange(n)
     cfg = C.SAECodeConfig()
     standard = C.standardise_heads(acts, rows)
-    result = C._train_saes(jax.random.key(0), standard, H, cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs,
-                           cfg.per_head_lr)
+    result = C._train_saes(
+        jax.random.key(0), standard, H, cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs, cfg.per_head_lr
+    )
     s = jax.tree.map(np.asarray, result.sae)
     for h in range(H):
         x = standard[h]
@@ -196,8 +197,13 @@ def tiny_task(tiny_llama_dir):
 
 def _metric_np(logits, task):
     last = np.asarray(logits)[:, -1]
-    return np.mean([last[i, task.correct[i][task.correct[i] >= 0]].mean()
-                    - last[i, task.incorrect[i][task.incorrect[i] >= 0]].mean() for i in range(len(task))])
+    return np.mean(
+        [
+            last[i, task.correct[i][task.correct[i] >= 0]].mean()
+            - last[i, task.incorrect[i][task.incorrect[i] >= 0]].mean()
+            for i in range(len(task))
+        ]
+    )
 
 
 def test_activation_patching_matches_loop(tiny_task):
@@ -234,8 +240,15 @@ def test_attribution_patching_is_the_gradient(tiny_task):
     for layer, head in [(0, 1), (1, 3)]:
         mask = np.zeros((cfg.n_layers, cfg.n_heads), np.float32)
         mask[layer, head] = 1.0
-        m = [_metric_np(forward(model, clean, hooks=HookSpec(edits={"result": Replace(jnp.asarray(s * eps * mask), source)}))[0], task)
-             for s in (1, -1)]
+        m = [
+            _metric_np(
+                forward(model, clean, hooks=HookSpec(edits={"result": Replace(jnp.asarray(s * eps * mask), source)}))[
+                    0
+                ],
+                task,
+            )
+            for s in (1, -1)
+        ]
         expected = -((m[0] - m[1]) / (2 * eps)) / (m_clean - m_corr)
         assert found.scores[layer * cfg.n_heads + head] == pytest.approx(expected, rel=2e-2, abs=1e-3)
 
@@ -251,7 +264,9 @@ def test_harvest_task_matches_models_harvest(smollm2):
     assert got.accuracy >= 0.5  # SmolLM2 does IOI
     right = got.positive.sum()
     assert got.acts.shape == (270, right + 6, 576) and (~got.positive).sum() == 6
-    oracle = harvest(model, task.clean + task.corrupted, tokenizer=tok, point="result", positions="mean", progress=False)
+    oracle = harvest(
+        model, task.clean + task.corrupted, tokenizer=tok, point="result", positions="mean", progress=False
+    )
     np.testing.assert_allclose(got.acts[:, right:], oracle[:, 6:], rtol=1e-3, atol=1e-4)
     clean_index = got.pair - right  # the clean prompt of each positive row, and its own corruption
     np.testing.assert_allclose(got.acts[:, :right], oracle[:, clean_index], rtol=1e-3, atol=1e-4)

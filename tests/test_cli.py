@@ -26,8 +26,30 @@ def test_bench_help_lists_each_benchmark(capsys):
 
 
 def test_synthetic_demo_recovers_the_true_features(tmp_path, capsys):
-    rc = main(["demo", "--synthetic", "--n-saes", "4", "--d-in", "16", "--n-features", "12", "--tokens", "4096",
-               "--d-sae", "24", "--k", "3", "--steps", "600", "--batch", "128", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "demo",
+            "--synthetic",
+            "--n-saes",
+            "4",
+            "--d-in",
+            "16",
+            "--n-features",
+            "12",
+            "--tokens",
+            "4096",
+            "--d-sae",
+            "24",
+            "--k",
+            "3",
+            "--steps",
+            "600",
+            "--batch",
+            "128",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     run = next(tmp_path.glob("demo-*"))
     res = json.loads((run / "results.json").read_text())
@@ -47,10 +69,13 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert err.count("\n") == 0 and "no activation file" in err and "numpy.save" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["circuits", "--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["circuits", "--prompts", "0"], "--prompts must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["circuits", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["circuits", "--prompts", "0"], "--prompts must be >= 1"),
+    ],
+)
 def test_circuits_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

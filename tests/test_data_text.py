@@ -12,8 +12,28 @@ import pytest
 from jsae.data import ContextStream, DataError, PythonCorpus, open_text
 
 # Words with ASCII, accents, CJK, emoji, digits and punctuation; lines of a few words.
-_WORDS = ["the", "head", "café", "naïve", "漢字", "🙂", "x=1;", "(a,", "b)", "2024", "3.14", "don't", "—",
-          "def", "f(x):", "return", "Zürich", "#", "\"quoted\"", "a.b.c"]
+_WORDS = [
+    "the",
+    "head",
+    "café",
+    "naïve",
+    "漢字",
+    "🙂",
+    "x=1;",
+    "(a,",
+    "b)",
+    "2024",
+    "3.14",
+    "don't",
+    "—",
+    "def",
+    "f(x):",
+    "return",
+    "Zürich",
+    "#",
+    '"quoted"',
+    "a.b.c",
+]
 
 
 def make_docs(n: int, seed: int, *, min_words: int = 3, max_words: int = 60) -> list[str]:
@@ -81,8 +101,9 @@ def test_smollm2_gguf_has_no_bos(tok):
 def test_jsonl_stream_is_the_documents_tokens(tok, tmp_path, repeat):
     docs = make_docs(40, 0)
     docs[5] = ""  # an empty document adds nothing
-    stream = ContextStream(open_text(write_jsonl(tmp_path / "d.jsonl", docs)), tok, context_size=16,
-                           batch_contexts=4, repeat=repeat)
+    stream = ContextStream(
+        open_text(write_jsonl(tmp_path / "d.jsonl", docs)), tok, context_size=16, batch_contexts=4, repeat=repeat
+    )
     batches = list(stream.iterator())
     assert all(b.dtype == np.int32 and b.shape == (4, 16) for b in batches)
     want = oracle_stream(tok, docs) * (1 if repeat is False else repeat)
@@ -104,8 +125,9 @@ def test_packed_contexts_decode_to_source_text(tok, tmp_path):
 
 def test_bos_prepended_for_add_bos_tokenizer(llama3_tok, tmp_path):
     docs = make_docs(20, 2)
-    stream = ContextStream(open_text(write_jsonl(tmp_path / "d.jsonl", docs)), llama3_tok, context_size=12,
-                           batch_contexts=3)
+    stream = ContextStream(
+        open_text(write_jsonl(tmp_path / "d.jsonl", docs)), llama3_tok, context_size=12, batch_contexts=3
+    )
     assert stream.bos_positions == 1 and stream.batch_shape == (3, 13) and stream.tokens_per_batch == 36
     batches = list(stream.iterator())
     assert batches and all((b[:, 0] == llama3_tok.bos_id).all() for b in batches)
@@ -154,8 +176,14 @@ def test_resume_from_state_is_exact(tok, tmp_path, repeat):
     folder = _resume_cases(tmp_path)
 
     def make(threads):
-        return ContextStream(open_text(folder, piece_bytes=40), tok, context_size=8, batch_contexts=3,
-                             repeat=repeat, read_threads=threads)
+        return ContextStream(
+            open_text(folder, piece_bytes=40),
+            tok,
+            context_size=8,
+            batch_contexts=3,
+            repeat=repeat,
+            read_threads=threads,
+        )
 
     full = list(make(2).iterator())
     assert len(full) > 12
@@ -237,8 +265,11 @@ def test_hf_dataset_saved_and_in_memory(tok, tmp_path):
     ds = datasets.Dataset.from_dict({"content": docs, "n": list(range(len(docs)))})
     ds.save_to_disk(str(tmp_path / "saved"))
     datasets.DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "dict"))
-    sources = [open_text(tmp_path / "saved", field="content"), open_text(dataset=ds, field="content"),
-               open_text(tmp_path / "dict", field="content", split="validation")]
+    sources = [
+        open_text(tmp_path / "saved", field="content"),
+        open_text(dataset=ds, field="content"),
+        open_text(tmp_path / "dict", field="content", split="validation"),
+    ]
     want = oracle_stream(tok, docs)
     for source in sources:
         assert source.fingerprint == sources[0].fingerprint
@@ -252,7 +283,6 @@ def test_hf_dataset_saved_and_in_memory(tok, tmp_path):
 
 def test_python_corpus_is_python_docs():
     import json as json_module
-
     from pydoc_data.topics import topics
 
     corpus = PythonCorpus()
@@ -327,8 +357,11 @@ def test_text_shorter_than_a_batch_or_context(tok, tmp_path):
 
 def test_bad_settings(tok, tmp_path):
     source = open_text(write_jsonl(tmp_path / "d.jsonl", ["some text"]))
-    cases = [({"repeat": 0}, "repeat must be"), ({"context_size": 0}, "context_size must be"),
-             ({"process_index": 2, "process_count": 2}, r"process_index=2 must be in \[0, process_count=2\)")]
+    cases = [
+        ({"repeat": 0}, "repeat must be"),
+        ({"context_size": 0}, "context_size must be"),
+        ({"process_index": 2, "process_count": 2}, r"process_index=2 must be in \[0, process_count=2\)"),
+    ]
     for kwargs, msg in cases:
         with pytest.raises(DataError, match=msg):
             ContextStream(source, tok, **kwargs)

@@ -10,19 +10,21 @@ import numpy as np
 import pytest
 
 from jsae.analysis.evals import activation_metrics, density_histogram, spliced_losses
-from jsae.models import forward
-from jsae.models import zero_ablate
+from jsae.models import forward, zero_ablate
 from jsae.models.hooks import edit
 from jsae.sae import ReLUSAE, concat, index, topk
 
 
 def relu_sae(W_enc: np.ndarray, W_dec: np.ndarray, b_enc=None, b_dec=None, apply_b_dec_to_input=False) -> ReLUSAE:
     d_in, d_sae = W_enc.shape
-    return ReLUSAE(W_enc=jnp.asarray(W_enc, jnp.float32),
-                   b_enc=jnp.zeros(d_sae) if b_enc is None else jnp.asarray(b_enc, jnp.float32),
-                   W_dec=jnp.asarray(W_dec, jnp.float32),
-                   b_dec=jnp.zeros(d_in) if b_dec is None else jnp.asarray(b_dec, jnp.float32),
-                   apply_b_dec_to_input=apply_b_dec_to_input, unit_norm_decoder=False)
+    return ReLUSAE(
+        W_enc=jnp.asarray(W_enc, jnp.float32),
+        b_enc=jnp.zeros(d_sae) if b_enc is None else jnp.asarray(b_enc, jnp.float32),
+        W_dec=jnp.asarray(W_dec, jnp.float32),
+        b_dec=jnp.zeros(d_in) if b_dec is None else jnp.asarray(b_dec, jnp.float32),
+        apply_b_dec_to_input=apply_b_dec_to_input,
+        unit_norm_decoder=False,
+    )
 
 
 def identity_sae(d: int) -> ReLUSAE:
@@ -58,8 +60,15 @@ def numpy_metrics(W_enc, b_enc, W_dec, b_dec, x, dense_threshold):
 def test_activation_metrics_match_numpy(shared):
     r = np.random.default_rng(0)
     n_sae, d, m, n = 3, 5, 8, 37
-    params = [dict(W_enc=r.normal(size=(d, m)), b_enc=r.normal(size=m) - np.array([9, 0, 0, 0, 0, 0, 0, 0]),
-                   W_dec=r.normal(size=(m, d)) * 0.5, b_dec=0.1 * r.normal(size=d)) for _ in range(n_sae)]
+    params = [
+        dict(
+            W_enc=r.normal(size=(d, m)),
+            b_enc=r.normal(size=m) - np.array([9, 0, 0, 0, 0, 0, 0, 0]),
+            W_dec=r.normal(size=(m, d)) * 0.5,
+            b_dec=0.1 * r.normal(size=d),
+        )
+        for _ in range(n_sae)
+    ]
     params[1]["b_enc"][2] = 9.0  # a dense latent
     stack = concat([relu_sae(apply_b_dec_to_input=True, **p) for p in params])
     x = r.normal(size=(n, d)) if shared else r.normal(size=(n_sae, n, d))
@@ -89,9 +98,11 @@ def test_activation_metrics_bad_shapes():
 
 # --- spliced into SmolLM2 ---------------------------------------------------------------------------
 
-TEXTS = ["The quick brown fox jumps over the lazy dog because it wanted to.",
-         "When Mary and John went to the store, John gave a drink to Mary",
-         "1, 2, 3, 4, 5, 6, 7"]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog because it wanted to.",
+    "When Mary and John went to the store, John gave a drink to Mary",
+    "1, 2, 3, 4, 5, 6, 7",
+]
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +189,24 @@ def test_cli_eval_on_saelens_folders(smollm2, tmp_path, capsys):
 
     d = smollm2[0].cfg.d_model
     save_saelens_stack(concat([identity_sae(d), zero_sae(d)]), tmp_path / "saes", hook_names=hook_name(8, "resid_post"))
-    assert main(["eval", "--sae", str(tmp_path / "saes"), "--out", str(tmp_path / "runs"), "--context", "24",
-                 "--max-sequences", "3", "--max-activating", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--sae",
+                str(tmp_path / "saes"),
+                "--out",
+                str(tmp_path / "runs"),
+                "--context",
+                "24",
+                "--max-sequences",
+                "3",
+                "--max-activating",
+                "0",
+            ]
+        )
+        == 0
+    )
     run_dir = next((tmp_path / "runs").iterdir())
     per_sae = json.loads((run_dir / "results.json").read_text())["per_sae"]
     np.testing.assert_allclose(per_sae["ce_loss_score"], [1.0, 0.0], atol=1e-4)

@@ -101,16 +101,34 @@ def test_round_trip_is_bit_exact_and_saelens_folders_agree(tmp_path, arch):
 
 
 def test_cfg_json_carries_saelens_metadata(tmp_path):
-    inputs = [{"layer": 3, "point": "z", "head": 5}, {"layer": 0, "point": "result", "head": 2},
-              {"layer": 6, "point": "resid_post"}, {"layer": 2, "point": "mlp_out", "head": None},
-              {"layer": 1, "point": "resid_pre"}, {"layer": 4, "point": "attn_out"}, {"layer": 5, "point": "resid_mid"},
-              {"layer": 7, "point": "z", "head": None}]
-    expected = [("blocks.3.attn.hook_z", 5), ("blocks.0.attn.hook_result", 2), ("blocks.6.hook_resid_post", None),
-                ("blocks.2.hook_mlp_out", None), ("blocks.1.hook_resid_pre", None), ("blocks.4.hook_attn_out", None),
-                ("blocks.5.hook_resid_mid", None), ("blocks.7.attn.hook_z", None)]
+    inputs = [
+        {"layer": 3, "point": "z", "head": 5},
+        {"layer": 0, "point": "result", "head": 2},
+        {"layer": 6, "point": "resid_post"},
+        {"layer": 2, "point": "mlp_out", "head": None},
+        {"layer": 1, "point": "resid_pre"},
+        {"layer": 4, "point": "attn_out"},
+        {"layer": 5, "point": "resid_mid"},
+        {"layer": 7, "point": "z", "head": None},
+    ]
+    expected = [
+        ("blocks.3.attn.hook_z", 5),
+        ("blocks.0.attn.hook_result", 2),
+        ("blocks.6.hook_resid_post", None),
+        ("blocks.2.hook_mlp_out", None),
+        ("blocks.1.hook_resid_pre", None),
+        ("blocks.4.hook_attn_out", None),
+        ("blocks.5.hook_resid_mid", None),
+        ("blocks.7.attn.hook_z", None),
+    ]
     sae = random_stack("topk", n=len(inputs))
-    run = save_run(tmp_path / "run", sae, inputs=inputs, model_name="smollm2-135m",
-                   sae_metadata={"context_size": 128, "prepend_bos": True})
+    run = save_run(
+        tmp_path / "run",
+        sae,
+        inputs=inputs,
+        model_name="smollm2-135m",
+        sae_metadata={"context_size": 128, "prepend_bos": True},
+    )
     record = json.loads((run / "sae_stack.json").read_text())
     for i, (d, (hook, head)) in enumerate(zip(record["saelens_dirs"], expected)):
         cfg = json.loads((run / d / "cfg.json").read_text())
@@ -127,10 +145,15 @@ def test_cfg_json_carries_saelens_metadata(tmp_path):
 def test_transformerlens_hook_names_both_ways():
     from jsae.io import SAELensFormatError, hook_name, parse_hook_name
 
-    names = {(3, "z"): "blocks.3.attn.hook_z", (0, "result"): "blocks.0.attn.hook_result",
-             (12, "resid_pre"): "blocks.12.hook_resid_pre", (1, "resid_mid"): "blocks.1.hook_resid_mid",
-             (6, "resid_post"): "blocks.6.hook_resid_post", (2, "attn_out"): "blocks.2.hook_attn_out",
-             (4, "mlp_out"): "blocks.4.hook_mlp_out"}
+    names = {
+        (3, "z"): "blocks.3.attn.hook_z",
+        (0, "result"): "blocks.0.attn.hook_result",
+        (12, "resid_pre"): "blocks.12.hook_resid_pre",
+        (1, "resid_mid"): "blocks.1.hook_resid_mid",
+        (6, "resid_post"): "blocks.6.hook_resid_post",
+        (2, "attn_out"): "blocks.2.hook_attn_out",
+        (4, "mlp_out"): "blocks.4.hook_mlp_out",
+    }
     for (layer, point), name in names.items():
         assert hook_name(layer, point) == name and parse_hook_name(name) == (layer, point)
     for bad in ("blocks.3.hook_z", "blocks.3.attn.hook_resid_post", "blocks.3.attn.hook_q", "blocks.x.hook_mlp_out"):
@@ -172,10 +195,17 @@ def test_metrics_json_and_curves_follow_the_history(tmp_path):
     from jsae.train import TrainConfig, train
 
     x = np.random.default_rng(0).normal(size=(N, 256, D_IN)).astype(np.float32)
-    result = train(random_stack("relu"), x, TrainConfig(steps=12, batch_size=16, chunk_steps=4, sparsity_coef=0.1),
-                   progress=False)
-    run = save_run(tmp_path / "run", result.sae, inputs=per_head_inputs(), config={"steps": 12},
-                   history=result.history, metrics=result.metrics)
+    result = train(
+        random_stack("relu"), x, TrainConfig(steps=12, batch_size=16, chunk_steps=4, sparsity_coef=0.1), progress=False
+    )
+    run = save_run(
+        tmp_path / "run",
+        result.sae,
+        inputs=per_head_inputs(),
+        config={"steps": 12},
+        history=result.history,
+        metrics=result.metrics,
+    )
     m = json.loads((run / "metrics.json").read_text())
     assert m["n_saes"] == N and m["steps"] == [4, 8, 12]
     assert {"loss", "l0", "explained_variance", "dead_fraction"} <= set(m["history"])
@@ -248,10 +278,12 @@ def hf_activations(hf, seqs, layer: int, point: str) -> tuple[np.ndarray, float]
     block = hf.model.layers[layer]
     if point == "resid_post":  # the decoder layer's output (hidden_states[-1] would carry the final norm)
         hook = block.register_forward_hook(
-            lambda m, a, out: captured.append((out[0] if isinstance(out, tuple) else out)[0].detach().numpy().copy()))
+            lambda m, a, out: captured.append((out[0] if isinstance(out, tuple) else out)[0].detach().numpy().copy())
+        )
     else:  # z: the input of o_proj
         hook = block.self_attn.o_proj.register_forward_pre_hook(
-            lambda m, a: captured.append(a[0][0].detach().numpy().copy()))
+            lambda m, a: captured.append(a[0][0].detach().numpy().copy())
+        )
     nll, count = 0.0, 0
     try:
         with torch.no_grad():
@@ -274,8 +306,10 @@ def hf_activations(hf, seqs, layer: int, point: str) -> tuple[np.ndarray, float]
 
 def numpy_metrics(directory, x: np.ndarray) -> dict[str, float]:
     f, x_hat = numpy_saelens(directory, x)
-    return {"l0": float(np.mean(np.sum(f != 0, axis=-1))),
-            "explained_variance": float(1 - np.sum((x_hat - x) ** 2) / np.sum((x - x.mean(axis=0)) ** 2))}
+    return {
+        "l0": float(np.mean(np.sum(f != 0, axis=-1))),
+        "explained_variance": float(1 - np.sum((x_hat - x) ** 2) / np.sum((x - x.mean(axis=0)) ** 2)),
+    }
 
 
 def test_cli_train_npy_then_eval_the_run_directory(tiny_llama_tok, tmp_path, capsys):
@@ -284,15 +318,45 @@ def test_cli_train_npy_then_eval_the_run_directory(tiny_llama_tok, tmp_path, cap
     model_dir, hf = tiny_llama_tok
     train_acts, _ = hf_activations(hf, eval_tokens(model_dir, 16, 64), 0, "resid_post")
     np.save(tmp_path / "acts.npy", train_acts.astype(np.float32))
-    assert main(["train", str(tmp_path / "acts.npy"), "--arch", "topk", "--k", "4", "--d-sae", "32", "--steps", "40",
-                 "--batch", "32", "--out", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "acts.npy"),
+                "--arch",
+                "topk",
+                "--k",
+                "4",
+                "--d-sae",
+                "32",
+                "--steps",
+                "40",
+                "--batch",
+                "32",
+                "--out",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     run = next((tmp_path / "runs").glob("train-*"))
     assert not list(run.glob("*.npz"))
     png_size(run / "curves.png")
     assert json.loads((run / "metrics.json").read_text())["steps"][-1] == 40
 
-    eval_args = ["eval", "--sae", str(run), "--model", str(model_dir), "--context", "16", "--max-sequences", "4",
-                 "--out", str(tmp_path / "evals")]
+    eval_args = [
+        "eval",
+        "--sae",
+        str(run),
+        "--model",
+        str(model_dir),
+        "--context",
+        "16",
+        "--max-sequences",
+        "4",
+        "--out",
+        str(tmp_path / "evals"),
+    ]
     capsys.readouterr()
     assert main(eval_args) == 2  # trained on a .npy: the hook is unknown
     err = capsys.readouterr().err
@@ -304,7 +368,9 @@ def test_cli_train_npy_then_eval_the_run_directory(tiny_llama_tok, tmp_path, cap
     want = numpy_metrics(next((run / "saes").iterdir()), x)
     assert res["tokens"] == len(x)
     np.testing.assert_allclose(res["per_sae"]["l0"][0], want["l0"], rtol=1e-6)
-    np.testing.assert_allclose(res["per_sae"]["explained_variance"][0], want["explained_variance"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        res["per_sae"]["explained_variance"][0], want["explained_variance"], rtol=1e-3, atol=1e-4
+    )
     np.testing.assert_allclose(res["per_sae"]["ce_clean"][0], ce_clean, rtol=1e-4)
     assert np.isfinite(res["per_sae"]["ce_loss_score"][0])
 
@@ -329,15 +395,17 @@ def test_cli_eval_per_head_run_uses_its_model_and_heads(tiny_llama_tok, tmp_path
     for i, inp in enumerate(inputs):
         want = numpy_metrics(folders[i], z[inp["layer"]][:, inp["head"]])
         np.testing.assert_allclose(res["per_sae"]["l0"][i], want["l0"], rtol=1e-6)
-        np.testing.assert_allclose(res["per_sae"]["explained_variance"][i], want["explained_variance"], rtol=1e-3,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            res["per_sae"]["explained_variance"][i], want["explained_variance"], rtol=1e-3, atol=1e-4
+        )
 
     shutil.rmtree(tmp_path / "evals")  # the SAELens folders alone: hook, head and model from each cfg.json
     assert main(["eval", "--sae", str(run / "saes"), *args[3:], "--splice-max", "0"]) == 0
     res_folders = json.loads(next((tmp_path / "evals").glob("eval-*")).joinpath("results.json").read_text())
     assert res_folders["heads"] == res["heads"] and res_folders["layers"] == res["layers"]
-    np.testing.assert_allclose(res_folders["per_sae"]["explained_variance"], res["per_sae"]["explained_variance"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        res_folders["per_sae"]["explained_variance"], res["per_sae"]["explained_variance"], rtol=1e-5
+    )
 
     shutil.rmtree(tmp_path / "evals")
     assert main(args) == 0  # 8 <= the default --splice-max: every head is spliced
@@ -350,10 +418,17 @@ def test_cli_eval_mixed_points_in_one_stack(tiny_llama_tok, tmp_path):
     from jsae.cli import main
 
     model_dir, hf = tiny_llama_tok
-    inputs = [{"layer": 0, "point": "result", "head": 1}, {"layer": 1, "point": "resid_post", "head": None},
-              {"layer": 0, "point": "result", "head": 3}]
-    run = save_run(tmp_path / "run", random_stack("relu", n=3, d_in=hf.config.hidden_size), inputs=inputs,
-                   model_name=str(model_dir))
+    inputs = [
+        {"layer": 0, "point": "result", "head": 1},
+        {"layer": 1, "point": "resid_post", "head": None},
+        {"layer": 0, "point": "result", "head": 3},
+    ]
+    run = save_run(
+        tmp_path / "run",
+        random_stack("relu", n=3, d_in=hf.config.hidden_size),
+        inputs=inputs,
+        model_name=str(model_dir),
+    )
     assert main(["eval", "--sae", str(run), "--context", "16", "--max-sequences", "4", "--out", str(tmp_path)]) == 0
     res = json.loads(next(tmp_path.glob("eval-*")).joinpath("results.json").read_text())
     assert res["point"] == ["result", "resid_post", "result"] and res["heads"] == [1, None, 3]
@@ -363,7 +438,8 @@ def test_cli_eval_mixed_points_in_one_stack(tiny_llama_tok, tmp_path):
     for i, (d, x) in enumerate(zip(sorted((run / "saes").iterdir()), xs)):
         want = numpy_metrics(d, x)
         np.testing.assert_allclose(res["per_sae"]["l0"][i], want["l0"], rtol=1e-6)
-        np.testing.assert_allclose(res["per_sae"]["explained_variance"][i], want["explained_variance"], rtol=1e-3,
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            res["per_sae"]["explained_variance"][i], want["explained_variance"], rtol=1e-3, atol=1e-4
+        )
     np.testing.assert_allclose(res["per_sae"]["ce_clean"], [ce_clean] * 3, rtol=1e-4)
     assert all(np.isfinite(v) for v in res["per_sae"]["ce_loss_score"])

@@ -17,8 +17,10 @@ from jsae.analysis.max_activating import (
 from jsae.models import capture, forward
 from jsae.sae import relu
 
-TEXT = ("The cat sat on the mat. The dog chased the cat around the garden, and then the cat climbed a tree. "
-        "Numbers: 1 2 3 4 5. The end of the story is near, said the old man to the sea.")
+TEXT = (
+    "The cat sat on the mat. The dog chased the cat around the garden, and then the cat climbed a tree. "
+    "Numbers: 1 2 3 4 5. The end of the story is near, said the old man to the sea."
+)
 
 
 def test_contexts_from_stream_by_hand():
@@ -38,8 +40,9 @@ def test_examples_match_numpy_brute_force(smollm2):
     tokens, lengths = contexts_from_stream(tok.encode(TEXT), context=16)
     sae = relu.init(jax.random.key(0), model.cfg.d_model, 32, decoder_norm=1.0)
     latents, layer, k = [3, 17], 5, 4
-    examples = max_activating_examples(model, tok, sae, tokens, lengths, latents=latents, layer=layer, k=k,
-                                       batch_size=3, left=3, right=1)
+    examples = max_activating_examples(
+        model, tok, sae, tokens, lengths, latents=latents, layer=layer, k=k, batch_size=3, left=3, right=1
+    )
     _, cache = forward(model, jnp.asarray(tokens), hooks=capture("resid_post"))
     x = np.asarray(cache["resid_post"][layer], np.float64)  # [S, T, D]
     f = np.maximum((x - np.asarray(sae.b_dec)) @ np.asarray(sae.W_enc, np.float64) + np.asarray(sae.b_enc), 0)
@@ -50,7 +53,7 @@ def test_examples_match_numpy_brute_force(smollm2):
         assert [(e.sequence, e.position) for e in got] == [divmod(int(o), tokens.shape[1]) for o in order]
         np.testing.assert_allclose([e.activation for e in got], a.reshape(-1)[order], rtol=1e-4)
         for e in got:
-            word = tok.decode(tokens[e.sequence, e.position:e.position + 1])
+            word = tok.decode(tokens[e.sequence, e.position : e.position + 1])
             assert f"«{word}»" in e.text and e.latent == lat
 
 

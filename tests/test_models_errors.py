@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from jsae.models import (
-    ModelFileError, SequenceTooLongError, TokenOutOfRangeError, UnknownModelError,
-    UnsupportedArchitectureError, forward, load,
+    ModelFileError,
+    SequenceTooLongError,
+    TokenOutOfRangeError,
+    UnknownModelError,
+    UnsupportedArchitectureError,
+    forward,
+    load,
 )
-from jsae.models.errors import HookError, ModelError
 from jsae.models import hooks as H
+from jsae.models.errors import HookError, ModelError
 
 
 def test_unknown_name_lists_available():

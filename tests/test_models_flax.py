@@ -55,7 +55,9 @@ class NnxAttn(nnx.Module):
 class NnxLM(nnx.Module):
     def __init__(self, rngs):
         self.embed = nnx.Embed(V, D, rngs=rngs)
-        self.blocks = nnx.List([NnxAttn(rngs) for _ in range(L)]) if hasattr(nnx, "List") else [NnxAttn(rngs) for _ in range(L)]
+        self.blocks = (
+            nnx.List([NnxAttn(rngs) for _ in range(L)]) if hasattr(nnx, "List") else [NnxAttn(rngs) for _ in range(L)]
+        )
         self.unembed = nnx.Linear(D, V, rngs=rngs)
 
     def __call__(self, tokens):
@@ -74,7 +76,9 @@ def _np_attn_heads(x, p):
     a = np.exp(s - s.max(-1, keepdims=True))
     a /= a.sum(-1, keepdims=True)
     z = np.einsum("bhqk,bkhe->bqhe", a, v)
-    return np.einsum("bqhe,hed->bqhd", z, np.asarray(p["out"]["kernel"]).reshape(H, DH, D)), np.asarray(p["out"]["bias"])
+    return np.einsum("bqhe,hed->bqhd", z, np.asarray(p["out"]["kernel"]).reshape(H, DH, D)), np.asarray(
+        p["out"]["bias"]
+    )
 
 
 def _np_layernorm(x, p, eps=1e-6):
@@ -122,7 +126,9 @@ def test_linen_harvest_is_trainer_shaped(linen_lm):
     _, ref = _np_linen(variables["params"], tokens)  # [L, B, T, H, D]
     assert acts.shape == (L * H, 4, D)
     for layer, head, row in [(0, 0, 0), (1, 2, 3), (1, 1, 1)]:
-        np.testing.assert_allclose(acts[layer * H + head, row], ref[layer, row, : lengths[row], head].mean(0), atol=1e-5)
+        np.testing.assert_allclose(
+            acts[layer * H + head, row], ref[layer, row, : lengths[row], head].mean(0), atol=1e-5
+        )
     every = harvest(model, heads, tokens, lengths, variables=variables, positions="all")
     assert every.shape == (L * H, lengths.sum(), D)
     np.testing.assert_allclose(every[1 * H + 2, 6:9], ref[1, 1, :3, 2], atol=1e-5)  # row 1 follows row 0's 6 tokens
@@ -165,7 +171,10 @@ def test_nnx_per_head_outputs_and_ablation():
     # hand computation from the nnx weights
     x = np.asarray(model.embed.embedding[...])[tokens]
     for i, blk in enumerate(model.blocks):
-        p = {n: {"kernel": getattr(blk, n).kernel[...], "bias": getattr(blk, n).bias[...]} for n in ("q", "k", "v", "out")}
+        p = {
+            n: {"kernel": getattr(blk, n).kernel[...], "bias": getattr(blk, n).bias[...]}
+            for n in ("q", "k", "v", "out")
+        }
         r, b_o = _np_attn_heads(x, p)
         np.testing.assert_allclose(np.asarray(result[i]), r, atol=1e-5)
         x = x + r.sum(2) + b_o

@@ -7,8 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from jsae.models import harvest, load  # noqa: E402
 from test_models_hooks import hf_run  # noqa: E402
+
+from jsae.models import harvest, load  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,11 @@ def test_harvest_z_matches_hf(tiny_llama_dir, seqs, positions):
 def test_harvest_result_memory_bound_and_texts(smollm2):
     """Texts through the tokenizer; a tiny byte budget forces one row per batch; same numbers as big batches."""
     model, tok, _ = smollm2
-    texts = ["When Mary and John went to the store, John gave a drink to", "The war lasted from 1732 to 17",
-             "def f(x):\n    return"]
+    texts = [
+        "When Mary and John went to the store, John gave a drink to",
+        "The war lasted from 1732 to 17",
+        "def f(x):\n    return",
+    ]
     a = harvest(model, texts, tokenizer=tok, point="result", positions="last", progress=False)
     b = harvest(model, texts, tokenizer=tok, point="result", positions="last", max_batch_bytes=1, progress=False)
     assert a.shape == (30 * 9, 3, 576)

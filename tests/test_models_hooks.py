@@ -6,13 +6,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import IOI_CLEAN, IOI_CORRUPT
 
 torch = pytest.importorskip("torch")
 
 from jsae.models import (  # noqa: E402
-    HookSpec, Replace, capture, edit, forward, head_mask, load, mean_ablate, patch, zero_ablate,
+    HookSpec,
+    Replace,
+    capture,
+    edit,
+    forward,
+    head_mask,
+    load,
+    mean_ablate,
+    patch,
+    zero_ablate,
 )
 from jsae.models import hooks as H  # noqa: E402
 
@@ -35,6 +43,7 @@ def hf_run(hf, tokens, *, z_fn=None, layer_out_fn=None, grad_wrt_z=False, metric
     rec = {"z": [], "attn_out": [], "deltas": []}
     handles = []
     for layer, (attn, proj) in enumerate(_attn_modules(hf)):
+
         def pre(mod, args, layer=layer):
             z = args[0]
             B, T, HD = z.shape
@@ -53,6 +62,7 @@ def hf_run(hf, tokens, *, z_fn=None, layer_out_fn=None, grad_wrt_z=False, metric
 
         handles += [proj.register_forward_pre_hook(pre), proj.register_forward_hook(post)]
         if layer_out_fn is not None:
+
             def lay_post(mod, args, out, layer=layer):
                 if isinstance(out, tuple):
                     return (layer_out_fn(layer, out[0]),) + out[1:]
@@ -61,8 +71,11 @@ def hf_run(hf, tokens, *, z_fn=None, layer_out_fn=None, grad_wrt_z=False, metric
             handles.append(_layers(hf)[layer].register_forward_hook(lay_post))
     try:
         with torch.set_grad_enabled(grad_wrt_z):
-            out = hf(torch.as_tensor(np.asarray(tokens), dtype=torch.long), output_hidden_states=True,
-                     output_attentions=attentions)
+            out = hf(
+                torch.as_tensor(np.asarray(tokens), dtype=torch.long),
+                output_hidden_states=True,
+                output_attentions=attentions,
+            )
             if grad_wrt_z:
                 metric(out.logits).backward()
     finally:

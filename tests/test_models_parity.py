@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import IOI_CLEAN
 
 torch = pytest.importorskip("torch")
@@ -32,8 +31,15 @@ def test_tiny_llama_tied_mha(tmp_path, rng):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(3)
     cfg = transformers.LlamaConfig(
-        vocab_size=53, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
-        num_key_value_heads=3, max_position_embeddings=32, rope_theta=10000.0, tie_word_embeddings=True,
+        vocab_size=53,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        num_key_value_heads=3,
+        max_position_embeddings=32,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
         attention_bias=True,
     )
     hf = transformers.LlamaForCausalLM(cfg).eval()

@@ -8,13 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import IOI_CLEAN, IOI_CORRUPT
 from penzai import pz
-from penzai.models.transformer.variants import gpt_neox, llamalike_common as llc
+from penzai.models.transformer.variants import gpt_neox
+from penzai.models.transformer.variants import llamalike_common as llc
 from penzai.toolshed.save_intermediates import SaveIntermediate
 
-from conftest import IOI_CLEAN, IOI_CORRUPT
 from jsae.models import (
-    ModelError, UnsupportedArchitectureError, capture, forward, from_penzai, load, patch, to_penzai, zero_ablate,
+    ModelError,
+    UnsupportedArchitectureError,
+    capture,
+    forward,
+    from_penzai,
+    load,
+    patch,
+    to_penzai,
+    zero_ablate,
 )
 from jsae.models.penzai import HookPoint, ReplaceHeads, add_hook_points, head_mask, penzai_logits, select_hooks
 
@@ -104,9 +113,15 @@ GEMMA_VARIANTS = {
     "gemma1_mqa": dict(num_kv_heads=1, query_head_multiplier=4),
     # Gemma 2 shape: GQA, alternating sliding/global layers, soft-caps, post-norms, custom query scale
     "gemma2_gqa": dict(
-        num_kv_heads=2, query_head_multiplier=2, use_post_attn_norm=True, use_post_ffw_norm=True,
-        final_logit_softcap=3.0, attn_logits_soft_cap=2.0, query_scaling_factor=0.3,
-        attention_type=(llc.AttentionTypeSlidingWindowCausal(3), llc.AttentionTypeGlobalCausal())),
+        num_kv_heads=2,
+        query_head_multiplier=2,
+        use_post_attn_norm=True,
+        use_post_ffw_norm=True,
+        final_logit_softcap=3.0,
+        attn_logits_soft_cap=2.0,
+        query_scaling_factor=0.3,
+        attention_type=(llc.AttentionTypeSlidingWindowCausal(3), llc.AttentionTypeGlobalCausal()),
+    ),
     # full multi-head attention in a LayerStack
     "gemma_mha_stack": dict(num_kv_heads=4, query_head_multiplier=1, use_layer_stack=True),
 }
@@ -115,8 +130,16 @@ GEMMA_VARIANTS = {
 @pytest.mark.parametrize("variant", list(GEMMA_VARIANTS))
 def test_gemma_variant_from_penzai_matches_penzai(variant, rng):
     cfg = llc.LlamalikeTransformerConfig(
-        embedding_dim=32, projection_dim=8, mlp_hidden_dim=48, num_decoder_blocks=4, vocab_size=41,
-        mlp_variant="geglu_approx", tie_embedder_and_logits=True, rope_wavelength=10_000, **GEMMA_VARIANTS[variant])
+        embedding_dim=32,
+        projection_dim=8,
+        mlp_hidden_dim=48,
+        num_decoder_blocks=4,
+        vocab_size=41,
+        mlp_variant="geglu_approx",
+        tie_embedder_and_logits=True,
+        rope_wavelength=10_000,
+        **GEMMA_VARIANTS[variant],
+    )
     pz_model = _randomised(llc.build_llamalike_transformer(cfg, init_base_rng=jax.random.key(0)), 1)
     tokens = rng.integers(0, 41, (2, 11)).astype(np.int32)
     ref = _penzai_run(pz_model, tokens)
@@ -132,14 +155,26 @@ def test_gemma_variant_from_penzai_matches_penzai(variant, rng):
 
 def test_gpt_neox_from_penzai_matches_penzai(rng):
     cfg = gpt_neox.GPTNeoXTransformerConfig(
-        num_attention_heads=4, embedding_dim=32, projection_dim=8, mlp_hidden_dim=48, num_decoder_blocks=2,
-        vocab_size=41, activation_fn="gelu_exact", rope_subset_size=4, rope_wavelength=10_000.0,
-        layernorm_epsilon=1e-6, parameter_dtype=jnp.float32, activation_dtype=jnp.float32)
+        num_attention_heads=4,
+        embedding_dim=32,
+        projection_dim=8,
+        mlp_hidden_dim=48,
+        num_decoder_blocks=2,
+        vocab_size=41,
+        activation_fn="gelu_exact",
+        rope_subset_size=4,
+        rope_wavelength=10_000.0,
+        layernorm_epsilon=1e-6,
+        parameter_dtype=jnp.float32,
+        activation_dtype=jnp.float32,
+    )
     pz_model = _randomised(gpt_neox.build_gpt_neox_transformer(cfg, init_base_rng=jax.random.key(0)), 2)
     tokens = rng.integers(0, 41, (2, 11)).astype(np.int32)
     model = from_penzai(pz_model)
     assert model.cfg.parallel_block and model.cfg.rotary_dim == 4 and model.cfg.mlp_act == "gelu"
-    np.testing.assert_allclose(np.asarray(forward(model, tokens)[0]), _penzai_run(pz_model, tokens), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(forward(model, tokens)[0]), _penzai_run(pz_model, tokens), atol=1e-4, rtol=1e-4
+    )
     hooked = add_hook_points(pz_model)  # parallel blocks get hook points too, logits unchanged
     assert select_hooks(hooked, "result").count() == 2
     np.testing.assert_allclose(_penzai_run(hooked, tokens), _penzai_run(pz_model, tokens), atol=1e-5)
@@ -164,17 +199,24 @@ def test_penzai_capture_zero_ablate_patch_match_jsae_hooks(arch, tiny_models, rn
     layer, head = 1, cfg.n_heads - 1
 
     # capture: a SaveIntermediate after the result hook of every layer
-    saving = pz.select(pz_model).at_instances_of(HookPoint).where(lambda h: h.point == "result").apply(
-        lambda h: pz.nn.Sequential([h, SaveIntermediate()]))
+    saving = (
+        pz.select(pz_model)
+        .at_instances_of(HookPoint)
+        .where(lambda h: h.point == "result")
+        .apply(lambda h: pz.nn.Sequential([h, SaveIntermediate()]))
+    )
     penzai_logits(saving, clean)
-    saved = [s.saved.value.unwrap("batch", "seq", "heads", "embedding")
-             for s in pz.select(saving).at_instances_of(SaveIntermediate).get_sequence()]
+    saved = [
+        s.saved.value.unwrap("batch", "seq", "heads", "embedding")
+        for s in pz.select(saving).at_instances_of(SaveIntermediate).get_sequence()
+    ]
     _, cache = forward(model, clean, hooks=capture("result"))
     np.testing.assert_allclose(np.stack(saved), np.asarray(cache["result"]), atol=1e-5)
 
     # zero-ablate one head
     ablated = _at(pz_model, "result", layer).apply(
-        lambda h: pz.nn.Sequential([h, ReplaceHeads.zero(cfg.n_heads, [head])]))
+        lambda h: pz.nn.Sequential([h, ReplaceHeads.zero(cfg.n_heads, [head])])
+    )
     ref = np.asarray(forward(model, clean, hooks=zero_ablate(cfg, [(layer, head)]))[0])
     np.testing.assert_allclose(_penzai_run(ablated, clean), ref, atol=1e-4, rtol=1e-4)
     assert np.abs(ref - np.asarray(forward(model, clean)[0])).max() > 1e-3  # the ablation did something
@@ -182,7 +224,8 @@ def test_penzai_capture_zero_ablate_patch_match_jsae_hooks(arch, tiny_models, rn
     # patch one head of the corrupt run with its clean activation
     value = pz.select(saving).at_instances_of(SaveIntermediate).get_sequence()[layer].saved.value
     patched = _at(pz_model, "result", layer).apply(
-        lambda h: pz.nn.Sequential([h, ReplaceHeads(head_mask(cfg.n_heads, [head]), value)]))
+        lambda h: pz.nn.Sequential([h, ReplaceHeads(head_mask(cfg.n_heads, [head]), value)])
+    )
     ref = np.asarray(forward(model, corrupt, hooks=patch(cfg, cache["result"], [(layer, head)]))[0])
     np.testing.assert_allclose(_penzai_run(patched, corrupt), ref, atol=1e-4, rtol=1e-4)
 
@@ -201,8 +244,13 @@ def test_smollm2_penzai_zero_ablation_matches_jsae(smollm2, smol_pz):
 
 def test_errors_name_what_was_found(tiny_models):
     with pytest.raises(UnsupportedArchitectureError, match="found Linear.*supports"):
-        from_penzai(pz.nn.Linear(weights=pz.Parameter(value=pz.nx.wrap(jnp.ones(2)).tag("a"), label="w"),
-                                 in_axis_names=(), out_axis_names=()))
+        from_penzai(
+            pz.nn.Linear(
+                weights=pz.Parameter(value=pz.nx.wrap(jnp.ones(2)).tag("a"), label="w"),
+                in_axis_names=(),
+                out_axis_names=(),
+            )
+        )
     pz_model = to_penzai(tiny_models["llama"])
     odd = pz.select(pz_model).at_instances_of(pz.nn.Elementwise).apply(lambda e: pz.nn.Elementwise(jnp.tanh))
     with pytest.raises(UnsupportedArchitectureError, match="MLP activation: found .*tanh"):
@@ -210,10 +258,21 @@ def test_errors_name_what_was_found(tiny_models):
     with pytest.raises(ModelError, match="no HookPoint with point='resid'"):
         select_hooks(pz_model, "resid")
     cfg = llc.LlamalikeTransformerConfig(
-        num_kv_heads=2, query_head_multiplier=1, embedding_dim=8, projection_dim=4, mlp_hidden_dim=8,
-        num_decoder_blocks=2, vocab_size=5, mlp_variant="swiglu", tie_embedder_and_logits=False, use_layer_stack=True)
+        num_kv_heads=2,
+        query_head_multiplier=1,
+        embedding_dim=8,
+        projection_dim=4,
+        mlp_hidden_dim=8,
+        num_decoder_blocks=2,
+        vocab_size=5,
+        mlp_variant="swiglu",
+        tie_embedder_and_logits=False,
+        use_layer_stack=True,
+    )
     with pytest.raises(UnsupportedArchitectureError, match="LayerStack"):
         add_hook_points(llc.build_llamalike_transformer(cfg, init_base_rng=jax.random.key(0)))
-    neox_like = dataclasses.replace(tiny_models["gpt2"], cfg=dataclasses.replace(tiny_models["gpt2"].cfg, parallel_block=True))
+    neox_like = dataclasses.replace(
+        tiny_models["gpt2"], cfg=dataclasses.replace(tiny_models["gpt2"].cfg, parallel_block=True)
+    )
     with pytest.raises(UnsupportedArchitectureError, match="GPT-NeoX"):
         to_penzai(neox_like)

@@ -46,13 +46,22 @@ def run_notebook(name: str, jupyter_path: Path, workdir: Path, monkeypatch) -> t
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(default_cache_dir()))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         f"{name} is stored with outputs; clear them before committing (keeps diffs small)"
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(workdir)}})
+    )
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(workdir)}}
+    )
     client.execute()  # raises CellExecutionError (with the cell and traceback) if any cell fails
-    lines = [line for c in nb.cells if c.cell_type == "code" for out in c.outputs
-             if out.get("output_type") == "stream" for line in out.get("text", "").splitlines()
-             if line.startswith("CHECK ")]
+    lines = [
+        line
+        for c in nb.cells
+        if c.cell_type == "code"
+        for out in c.outputs
+        if out.get("output_type") == "stream"
+        for line in out.get("text", "").splitlines()
+        if line.startswith("CHECK ")
+    ]
     assert len(lines) == 1, f"{name} should print exactly one CHECK line, printed {len(lines)}"
     return json.loads(lines[0].removeprefix("CHECK ")), nb
 
@@ -83,8 +92,12 @@ def test_notebook_03_toy_absorption_matches_the_scores_on_paper(jupyter_path, tm
     check, _ = run_notebook("03_absorption.ipynb", jupyter_path, tmp_path, monkeypatch)
     # independent of the notebook's own arithmetic: faithful SAE scores (1, 0, 0, 0); the absorbing one
     # (1/sqrt(13), 1/sqrt(2), 1, 1 - 1/sqrt(13))
-    on_paper = {"parent_encoder_cosine": [1.0, 13 ** -0.5], "parent_in_child_decoder": [0.0, 0.5 ** 0.5],
-                "absorption_rate": [0.0, 1.0], "absorption_score": [0.0, 1 - 13 ** -0.5]}
+    on_paper = {
+        "parent_encoder_cosine": [1.0, 13**-0.5],
+        "parent_in_child_decoder": [0.0, 0.5**0.5],
+        "absorption_rate": [0.0, 1.0],
+        "absorption_score": [0.0, 1 - 13**-0.5],
+    }
     for metric, want in on_paper.items():
         np.testing.assert_allclose(check["toy_measured"][metric], want, atol=1e-4, err_msg=metric)
     median = check["trained_median_absorption_score"]

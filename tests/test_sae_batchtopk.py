@@ -16,10 +16,17 @@ DEAD = np.array([False, True, False, True, False, True])
 
 
 def make(p, k, k_aux=2, threshold=-1.0, decay=0.99):
-    return BatchTopKSAE(W_enc=jnp.asarray(p["W_enc"], jnp.float32), b_enc=jnp.asarray(p["b_enc"], jnp.float32),
-                        W_dec=jnp.asarray(p["W_dec"], jnp.float32), b_dec=jnp.asarray(p["b_dec"], jnp.float32),
-                        apply_b_dec_to_input=True, threshold=jnp.asarray(threshold, jnp.float32), k=k,
-                        k_aux=k_aux, threshold_decay=decay)
+    return BatchTopKSAE(
+        W_enc=jnp.asarray(p["W_enc"], jnp.float32),
+        b_enc=jnp.asarray(p["b_enc"], jnp.float32),
+        W_dec=jnp.asarray(p["W_dec"], jnp.float32),
+        b_dec=jnp.asarray(p["b_dec"], jnp.float32),
+        apply_b_dec_to_input=True,
+        threshold=jnp.asarray(threshold, jnp.float32),
+        k=k,
+        k_aux=k_aux,
+        threshold_decay=decay,
+    )
 
 
 def np_batch_top(pre, n_keep):
@@ -114,15 +121,15 @@ def test_inference_encode_is_a_global_jumprelu():
         f = make(p, 2, threshold=theta).encode(jnp.asarray(x, jnp.float32))
         np.testing.assert_allclose(f, np.where(pre > theta, pre, 0.0), rtol=1e-5, atol=1e-6)
     # before calibration (threshold -1) it is a ReLU
-    np.testing.assert_allclose(make(p, 2).encode(jnp.asarray(x, jnp.float32)), np.maximum(pre, 0), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(make(p, 2).encode(jnp.asarray(x, jnp.float32)), np.maximum(pre, 0), rtol=1e-5, atol=1e-6)
 
 
 def test_export_to_jumprelu_gives_identical_encodings():
     keys = jax.random.split(jax.random.key(5), 3)
     sae = stack(batchtopk.init, keys, D_IN, D_SAE, k=2)
-    sae = eqx.tree_at(lambda s: (s.b_enc, s.threshold), sae,
-                      (sae.b_enc + 0.05, jnp.asarray([0.1, 0.35, -1.0])))  # the last one not calibrated
+    sae = eqx.tree_at(
+        lambda s: (s.b_enc, s.threshold), sae, (sae.b_enc + 0.05, jnp.asarray([0.1, 0.35, -1.0]))
+    )  # the last one not calibrated
     x = jnp.asarray(np.random.default_rng(5).normal(size=(3, 64, D_IN)), jnp.float32)
     exported = to_jumprelu(sae)
     assert isinstance(exported, JumpReLUSAE) and exported.threshold.shape == (3, D_SAE)
@@ -145,8 +152,12 @@ def test_fold_scale():
     folded = sae.fold_scale(c)
     np.testing.assert_allclose(folded.encode(x), sae.encode(c * x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(folded(x), sae(c * x) / c, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(folded.loss(x, {}, jnp.zeros(D_SAE, bool))[1][1],
-                               sae.loss(c * x, {}, jnp.zeros(D_SAE, bool))[1][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        folded.loss(x, {}, jnp.zeros(D_SAE, bool))[1][1],
+        sae.loss(c * x, {}, jnp.zeros(D_SAE, bool))[1][1],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_stack_equals_separate_inits():

@@ -5,8 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sae_testing import (D_IN, D_SAE, assert_grads_close, assert_metrics_close, fd_grad, np_metrics, random_batch,
-                         random_params, x64)  # noqa: F401  (x64 is a fixture)
+from sae_testing import (
+    D_IN,
+    D_SAE,
+    assert_grads_close,
+    assert_metrics_close,
+    fd_grad,
+    np_metrics,
+    random_batch,
+    random_params,
+)  # noqa: F401  (x64 is a fixture)
 
 from jsae.sae import concat, gated, stack
 from jsae.sae.gated import GatedSAE
@@ -21,8 +29,9 @@ def gated_params(seed):
 
 
 def make(p, dtype=None):
-    return GatedSAE(**{k: jnp.asarray(v, dtype) for k, v in p.items()}, apply_b_dec_to_input=True,
-                    unit_norm_decoder=False)
+    return GatedSAE(
+        **{k: jnp.asarray(v, dtype) for k, v in p.items()}, apply_b_dec_to_input=True, unit_norm_decoder=False
+    )
 
 
 def np_gated_loss(p, x, sparsity_coef, aux_coef, frozen=None):
@@ -81,8 +90,9 @@ def test_init_and_constrain():
     sae = gated.init(jax.random.key(0), D_IN, D_SAE)
     np.testing.assert_array_equal(sae.r_mag, np.zeros(D_SAE))
     x = jnp.asarray(random_batch(43), jnp.float32)
-    np.testing.assert_allclose(sae.encode(x), np.maximum(np.asarray(x) @ np.asarray(sae.W_enc), 0), rtol=1e-5,
-                               atol=1e-6)  # r_mag = b_mag = 0: a plain ReLU SAE at init
+    np.testing.assert_allclose(
+        sae.encode(x), np.maximum(np.asarray(x) @ np.asarray(sae.W_enc), 0), rtol=1e-5, atol=1e-6
+    )  # r_mag = b_mag = 0: a plain ReLU SAE at init
     unit = gated.init(jax.random.key(0), D_IN, D_SAE, unit_norm_decoder=True)
     grown = eqx.tree_at(lambda s: s.W_dec, unit, unit.W_dec * 2)
     np.testing.assert_allclose(np.linalg.norm(grown.constrain().W_dec, axis=1), 1.0, rtol=1e-5)

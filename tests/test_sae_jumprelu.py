@@ -5,8 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sae_testing import (D_IN, D_SAE, assert_grads_close, assert_metrics_close, np_metrics, random_batch,
-                         random_params, x64)  # noqa: F401  (x64 is a fixture)
+from sae_testing import (
+    D_IN,
+    D_SAE,
+    assert_grads_close,
+    assert_metrics_close,
+    np_metrics,
+    random_batch,
+    random_params,
+)  # noqa: F401  (x64 is a fixture)
 
 from jsae.sae import concat, jumprelu, stack
 from jsae.sae.jumprelu import JumpReLUSAE, from_weights
@@ -20,8 +27,9 @@ def params_with_threshold(seed):
 
 def make(p, bandwidth, l0_grad_to_pre=True, dtype=None):
     a = {k: jnp.asarray(v, dtype) for k, v in p.items()}
-    return JumpReLUSAE(**a, apply_b_dec_to_input=True, bandwidth=bandwidth, unit_norm_decoder=True,
-                       l0_grad_to_pre=l0_grad_to_pre)
+    return JumpReLUSAE(
+        **a, apply_b_dec_to_input=True, bandwidth=bandwidth, unit_norm_decoder=True, l0_grad_to_pre=l0_grad_to_pre
+    )
 
 
 def np_jumprelu_loss(p, x, coef):
@@ -82,7 +90,8 @@ def test_l0_gradient_reaches_encoder_only_when_asked(x64):
     p["W_dec"] = np.zeros_like(p["W_dec"])
     for to_pre in (True, False):
         g = jax.grad(lambda s: s.loss(jnp.asarray(x), {"sparsity_coef": 1.0}, jnp.zeros(D_SAE, bool))[0])(
-            make(p, 0.4, to_pre))
+            make(p, 0.4, to_pre)
+        )
         assert np.any(np.asarray(g.threshold) != 0)
         assert np.any(np.asarray(g.W_enc) != 0) == to_pre
 
@@ -108,8 +117,9 @@ def test_init_and_from_weights():
     p, x = params_with_threshold(34), random_batch(34)
     loaded = from_weights(p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"], p["threshold"])
     pre = x @ p["W_enc"] + p["b_enc"]  # Gemma Scope convention: no b_dec subtracted at the input
-    np.testing.assert_allclose(loaded.encode(jnp.asarray(x, jnp.float32)), np.where(pre > p["threshold"], pre, 0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.encode(jnp.asarray(x, jnp.float32)), np.where(pre > p["threshold"], pre, 0), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ValueError, match="threshold has shape"):
         from_weights(p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"], p["threshold"][:3])
 

@@ -14,8 +14,15 @@ DEAD = np.array([False, False, True, False, True, True])
 
 
 def make(p, k, prefixes, threshold=-1.0):
-    return MatryoshkaSAE(**{n: jnp.asarray(v, jnp.float32) for n, v in p.items()}, apply_b_dec_to_input=True,
-                         threshold=jnp.float32(threshold), k=k, k_aux=2, threshold_decay=0.99, prefixes=prefixes)
+    return MatryoshkaSAE(
+        **{n: jnp.asarray(v, jnp.float32) for n, v in p.items()},
+        apply_b_dec_to_input=True,
+        threshold=jnp.float32(threshold),
+        k=k,
+        k_aux=2,
+        threshold_decay=0.99,
+        prefixes=prefixes,
+    )
 
 
 def np_matryoshka_loss(p, x, dead, k, prefixes, k_aux, aux_coef):
@@ -43,8 +50,7 @@ def np_matryoshka_loss(p, x, dead, k, prefixes, k_aux, aux_coef):
 @pytest.mark.parametrize("prefixes", [(2, 4, 6), (1, 6), (6,)])
 def test_loss_matches_numpy(prefixes):
     p, x = random_params(50), random_batch(50, batch=4)
-    loss, (metrics, f) = make(p, 3, prefixes).loss(jnp.asarray(x, jnp.float32), {"aux_coef": 0.2},
-                                                   jnp.asarray(DEAD))
+    loss, (metrics, f) = make(p, 3, prefixes).loss(jnp.asarray(x, jnp.float32), {"aux_coef": 0.2}, jnp.asarray(DEAD))
     ref, ref_metrics = np_matryoshka_loss(p, x, DEAD, 3, prefixes, 2, 0.2)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
     assert_metrics_close(metrics, {"loss": ref, **ref_metrics})

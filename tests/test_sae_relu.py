@@ -4,16 +4,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sae_testing import (D_IN, D_SAE, assert_grads_close, assert_metrics_close, fd_grad, np_metrics,
-                         random_batch, random_params, x64)  # noqa: F401  (x64 is a fixture)
+from sae_testing import (
+    D_IN,
+    D_SAE,
+    assert_grads_close,
+    assert_metrics_close,
+    fd_grad,
+    np_metrics,
+    random_batch,
+    random_params,
+)  # noqa: F401  (x64 is a fixture)
 
 from jsae.sae import concat, relu, stack
 from jsae.sae.relu import ReLUSAE
 
 
 def make(p, unit_norm_decoder=False):
-    return ReLUSAE(W_enc=jnp.asarray(p["W_enc"]), b_enc=jnp.asarray(p["b_enc"]), W_dec=jnp.asarray(p["W_dec"]),
-                   b_dec=jnp.asarray(p["b_dec"]), apply_b_dec_to_input=True, unit_norm_decoder=unit_norm_decoder)
+    return ReLUSAE(
+        W_enc=jnp.asarray(p["W_enc"]),
+        b_enc=jnp.asarray(p["b_enc"]),
+        W_dec=jnp.asarray(p["W_dec"]),
+        b_dec=jnp.asarray(p["b_dec"]),
+        apply_b_dec_to_input=True,
+        unit_norm_decoder=unit_norm_decoder,
+    )
 
 
 def np_relu_loss(p, x, coef):

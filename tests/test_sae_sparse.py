@@ -10,8 +10,11 @@ import pytest
 from jsae.sae import batchtopk, matryoshka, stack, topk
 from jsae.train import TrainConfig, train
 
-ARCHS = {"topk": (topk, dict(k=3)), "batchtopk": (batchtopk, dict(k=3)),
-         "matryoshka": (matryoshka, dict(k=3, prefixes=(16, 64)))}
+ARCHS = {
+    "topk": (topk, dict(k=3)),
+    "batchtopk": (batchtopk, dict(k=3)),
+    "matryoshka": (matryoshka, dict(k=3, prefixes=(16, 64))),
+}
 
 
 def pair(name, seed=0):
@@ -46,8 +49,14 @@ def test_sparse_training_run_equals_dense_with_dead_latents():
     runs = []
     for s in (False, True):
         sae = stack(topk.init, jax.random.split(jax.random.key(3), 2), 8, 64, k=2, sparse=s)
-        runs.append(train(sae, x, TrainConfig(steps=50, batch_size=32, lr=3e-3, dead_after_tokens=96,
-                                               chunk_steps=25), progress=False))
+        runs.append(
+            train(
+                sae,
+                x,
+                TrainConfig(steps=50, batch_size=32, lr=3e-3, dead_after_tokens=96, chunk_steps=25),
+                progress=False,
+            )
+        )
     assert runs[0].metrics["dead_fraction"].max() > 0, "the test needs dead latents (AuxK active)"
     for a, b in zip(jax.tree.leaves(runs[0].sae), jax.tree.leaves(runs[1].sae), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

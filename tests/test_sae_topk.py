@@ -4,8 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sae_testing import (BATCH, D_IN, D_SAE, assert_grads_close, assert_metrics_close, fd_grad, np_metrics,
-                         random_batch, random_params, x64)  # noqa: F401  (x64 is a fixture)
+from sae_testing import (
+    BATCH,
+    D_IN,
+    D_SAE,
+    assert_grads_close,
+    assert_metrics_close,
+    fd_grad,
+    np_metrics,
+    random_batch,
+    random_params,
+)  # noqa: F401  (x64 is a fixture)
 
 from jsae.sae import concat, geometric_median, stack, topk
 from jsae.sae.topk import TopKSAE
@@ -14,8 +23,15 @@ DEAD = np.array([True, False, True, False, False, True])
 
 
 def make(p, k, k_aux):
-    return TopKSAE(W_enc=jnp.asarray(p["W_enc"]), b_enc=jnp.asarray(p["b_enc"]), W_dec=jnp.asarray(p["W_dec"]),
-                   b_dec=jnp.asarray(p["b_dec"]), apply_b_dec_to_input=True, k=k, k_aux=k_aux)
+    return TopKSAE(
+        W_enc=jnp.asarray(p["W_enc"]),
+        b_enc=jnp.asarray(p["b_enc"]),
+        W_dec=jnp.asarray(p["W_dec"]),
+        b_dec=jnp.asarray(p["b_dec"]),
+        apply_b_dec_to_input=True,
+        k=k,
+        k_aux=k_aux,
+    )
 
 
 def np_keep_top(pre, k):
@@ -28,6 +44,7 @@ def np_keep_top(pre, k):
 
 def np_topk_loss(p, x, dead, k, k_aux, aux_coef, frozen=None):
     """The TopK loss; the AuxK residual is computed from ``frozen`` params (it carries no gradient)."""
+
     def forward(q):
         pre = (x - q["b_dec"]) @ q["W_enc"] + q["b_enc"]
         f = np_keep_top(pre, k)
@@ -95,8 +112,9 @@ def test_init_defaults_and_constrain():
     np.testing.assert_allclose(np.linalg.norm(sae.W_dec, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(sae.b_dec, np.zeros(D_IN))
     data = jnp.asarray(np.random.default_rng(1).normal(size=(50, D_IN)), jnp.float32)
-    np.testing.assert_allclose(topk.init(jax.random.key(1), D_IN, D_SAE, k=2, data=data).b_dec,
-                               geometric_median(data), rtol=1e-6)
+    np.testing.assert_allclose(
+        topk.init(jax.random.key(1), D_IN, D_SAE, k=2, data=data).b_dec, geometric_median(data), rtol=1e-6
+    )
     grown = jax.tree.map(lambda a: 3.0 * a, sae)
     np.testing.assert_allclose(np.linalg.norm(grown.constrain().W_dec, axis=1), 1.0, rtol=1e-5)
 

@@ -10,8 +10,12 @@ from jsae.sae import registry, stack, to_jumprelu  # noqa: E402
 from jsae.train import TrainConfig, train  # noqa: E402
 
 CONFIGS = {
-    "relu": {}, "topk": dict(k=4), "batchtopk": dict(k=4), "jumprelu": dict(threshold=0.05, bandwidth=0.05),
-    "gated": {}, "matryoshka": dict(k=4, prefixes=(8, 32)),
+    "relu": {},
+    "topk": dict(k=4),
+    "batchtopk": dict(k=4),
+    "jumprelu": dict(threshold=0.05, bandwidth=0.05),
+    "gated": {},
+    "matryoshka": dict(k=4, prefixes=(8, 32)),
 }
 
 
@@ -27,8 +31,15 @@ def data():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_architecture_trains(name, data):
     sae = stack(registry.module(name).init, jax.random.split(jax.random.key(0), 2), 16, 32, **CONFIGS[name])
-    cfg = TrainConfig(steps=200, batch_size=128, lr=3e-3, sparsity_coef=0.05, chunk_steps=100,
-                      dead_after_tokens=2000, normalise_activations=True)
+    cfg = TrainConfig(
+        steps=200,
+        batch_size=128,
+        lr=3e-3,
+        sparsity_coef=0.05,
+        chunk_steps=100,
+        dead_after_tokens=2000,
+        normalise_activations=True,
+    )
     result = train(sae, data, cfg, progress=False)
     ev = np.asarray(result.metrics["explained_variance"])
     assert np.all(ev > 0.6), ev

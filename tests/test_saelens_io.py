@@ -29,8 +29,12 @@ ARCHS = ("standard", "topk", "jumprelu", "gated")
 def random_sae(arch: str, seed: int, apply_b_dec_to_input: bool = True):
     """A jsae SAE of the given SAELens architecture with random (untied) weights."""
     r = np.random.default_rng(seed)
-    w = {"W_enc": r.normal(size=(D_IN, D_SAE)), "b_enc": 0.3 * r.normal(size=D_SAE),
-         "W_dec": r.normal(size=(D_SAE, D_IN)), "b_dec": 0.2 * r.normal(size=D_IN)}
+    w = {
+        "W_enc": r.normal(size=(D_IN, D_SAE)),
+        "b_enc": 0.3 * r.normal(size=D_SAE),
+        "W_dec": r.normal(size=(D_SAE, D_IN)),
+        "b_dec": 0.2 * r.normal(size=D_IN),
+    }
     w = {k: jnp.asarray(v, jnp.float32) for k, v in w.items()}
     common = dict(apply_b_dec_to_input=apply_b_dec_to_input, **w)
     if arch == "standard":
@@ -38,10 +42,19 @@ def random_sae(arch: str, seed: int, apply_b_dec_to_input: bool = True):
     if arch == "topk":
         return TopKSAE(k=K, k_aux=2, **common)
     if arch == "jumprelu":
-        return JumpReLUSAE(threshold=jnp.asarray(np.abs(r.normal(size=D_SAE)) * 0.5, jnp.float32), bandwidth=0.001,
-                           unit_norm_decoder=False, l0_grad_to_pre=True, **common)
-    return GatedSAE(r_mag=jnp.asarray(0.3 * r.normal(size=D_SAE), jnp.float32),
-                    b_mag=jnp.asarray(0.3 * r.normal(size=D_SAE), jnp.float32), unit_norm_decoder=False, **common)
+        return JumpReLUSAE(
+            threshold=jnp.asarray(np.abs(r.normal(size=D_SAE)) * 0.5, jnp.float32),
+            bandwidth=0.001,
+            unit_norm_decoder=False,
+            l0_grad_to_pre=True,
+            **common,
+        )
+    return GatedSAE(
+        r_mag=jnp.asarray(0.3 * r.normal(size=D_SAE), jnp.float32),
+        b_mag=jnp.asarray(0.3 * r.normal(size=D_SAE), jnp.float32),
+        unit_norm_decoder=False,
+        **common,
+    )
 
 
 def numpy_encode(directory, x: np.ndarray) -> np.ndarray:
@@ -93,11 +106,15 @@ def test_stack_saves_as_directories_and_loads_back(tmp_path):
     assert [p.name for p in dirs] == ["sae_000", "sae_001", "sae_002"]
     loaded, cfgs = load_saelens_stack(tmp_path / "stack")
     assert loaded.W_enc.shape == (3, D_IN, D_SAE) and [c["hook_name"] for c in cfgs] == [
-        "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+        "blocks.2.hook_resid_post",
+    ]
     x = inputs()
     for i, d in enumerate(dirs):
-        np.testing.assert_allclose(np.asarray(index(loaded, i).encode(x)), numpy_encode(d, x.astype(np.float64)),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(index(loaded, i).encode(x)), numpy_encode(d, x.astype(np.float64)), atol=1e-5
+        )
     # an explicit list in another order gives that order
     loaded2, _ = load_saelens_stack([dirs[2], dirs[0]])
     np.testing.assert_array_equal(np.asarray(loaded2.W_enc), np.asarray(stack.W_enc[jnp.array([2, 0])]))
@@ -210,13 +227,20 @@ def sae_lens():
 
 def _saelens_sae(arch: str, seed: int, **cfg):
     import torch
-    from sae_lens.saes.gated_sae import GatedSAE as SLGated, GatedSAEConfig
-    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as SLJump, JumpReLUSAEConfig
+    from sae_lens.saes.gated_sae import GatedSAE as SLGated
+    from sae_lens.saes.gated_sae import GatedSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE as SLJump
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.topk_sae import TopKSAE as SLTopK, TopKSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE as SLTopK
+    from sae_lens.saes.topk_sae import TopKSAEConfig
 
-    cls, cfg_cls = {"standard": (StandardSAE, StandardSAEConfig), "topk": (SLTopK, TopKSAEConfig),
-                    "jumprelu": (SLJump, JumpReLUSAEConfig), "gated": (SLGated, GatedSAEConfig)}[arch]
+    cls, cfg_cls = {
+        "standard": (StandardSAE, StandardSAEConfig),
+        "topk": (SLTopK, TopKSAEConfig),
+        "jumprelu": (SLJump, JumpReLUSAEConfig),
+        "gated": (SLGated, GatedSAEConfig),
+    }[arch]
     sae = cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, **cfg))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -227,9 +251,17 @@ def _saelens_sae(arch: str, seed: int, **cfg):
     return sae
 
 
-@pytest.mark.parametrize("arch,cfg", [("standard", {}), ("topk", {"k": K}),
-                                      ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}),
-                                      ("jumprelu", {}), ("gated", {}), ("standard", {"apply_b_dec_to_input": False})])
+@pytest.mark.parametrize(
+    "arch,cfg",
+    [
+        ("standard", {}),
+        ("topk", {"k": K}),
+        ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}),
+        ("jumprelu", {}),
+        ("gated", {}),
+        ("standard", {"apply_b_dec_to_input": False}),
+    ],
+)
 def test_files_written_by_saelens_load_with_the_same_encodings(tmp_path, sae_lens, arch, cfg):
     import torch
 

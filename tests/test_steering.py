@@ -18,8 +18,14 @@ def sae_with_direction(d: int, direction: np.ndarray, latent: int = 2, d_sae: in
     r = np.random.default_rng(0)
     W_dec = r.normal(size=(d_sae, d))
     W_dec[latent] = 3.0 * direction  # not unit: decoder_direction normalises
-    return ReLUSAE(W_enc=jnp.asarray(W_dec.T, jnp.float32), b_enc=jnp.zeros(d_sae), W_dec=jnp.asarray(W_dec, jnp.float32),
-                   b_dec=jnp.zeros(d), apply_b_dec_to_input=True, unit_norm_decoder=False)
+    return ReLUSAE(
+        W_enc=jnp.asarray(W_dec.T, jnp.float32),
+        b_enc=jnp.zeros(d_sae),
+        W_dec=jnp.asarray(W_dec, jnp.float32),
+        b_dec=jnp.zeros(d),
+        apply_b_dec_to_input=True,
+        unit_norm_decoder=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +43,12 @@ def test_steering_toward_a_token_raises_its_probability(smollm2, prompt):
     direction = decoder_direction(sae, 2, sae_index=1)
     np.testing.assert_allclose(np.asarray(direction), u / np.linalg.norm(u), rtol=1e-5, atol=1e-7)
     layer = model.cfg.n_layers - 1
-    probs = {a: float(next_token_probs(model, *prompt, hooks=steering_hooks(model.cfg, direction, a, layer=layer))[0, target])
-             for a in (-30.0, 0.0, 30.0, 60.0)}
+    probs = {
+        a: float(
+            next_token_probs(model, *prompt, hooks=steering_hooks(model.cfg, direction, a, layer=layer))[0, target]
+        )
+        for a in (-30.0, 0.0, 30.0, 60.0)
+    }
     clean = float(next_token_probs(model, *prompt)[0, target])
     assert probs[0.0] == pytest.approx(clean, rel=1e-5)
     assert probs[-30.0] < probs[0.0] < probs[30.0] < probs[60.0]
@@ -49,8 +59,11 @@ def test_steering_adds_exactly_alpha_times_direction_at_its_layer(smollm2, promp
     model, _, _ = smollm2
     direction = jnp.asarray(np.random.default_rng(1).normal(size=model.cfg.d_model), jnp.float32)
     _, clean = forward(model, jnp.asarray(prompt[0]), hooks=capture("resid_mid", "resid_post"))
-    _, steered = forward(model, jnp.asarray(prompt[0]),
-                         hooks=steering_hooks(model.cfg, direction, 2.5, layer=7) + capture("resid_mid", "resid_post"))
+    _, steered = forward(
+        model,
+        jnp.asarray(prompt[0]),
+        hooks=steering_hooks(model.cfg, direction, 2.5, layer=7) + capture("resid_mid", "resid_post"),
+    )
     diff = np.asarray(steered["resid_post"][7] - clean["resid_post"][7])
     np.testing.assert_allclose(diff, np.broadcast_to(2.5 * np.asarray(direction), diff.shape), atol=2e-4)
     np.testing.assert_array_equal(np.asarray(steered["resid_post"][:7]), np.asarray(clean["resid_post"][:7]))
@@ -61,8 +74,11 @@ def test_per_head_steering_touches_one_head(smollm2, prompt):
     model, _, _ = smollm2
     direction = jnp.ones(model.cfg.d_head)
     _, clean = forward(model, jnp.asarray(prompt[0]), hooks=capture("z"))
-    _, steered = forward(model, jnp.asarray(prompt[0]),
-                         hooks=steering_hooks(model.cfg, direction, 1.5, layer=3, point="z", head=4) + capture("z"))
+    _, steered = forward(
+        model,
+        jnp.asarray(prompt[0]),
+        hooks=steering_hooks(model.cfg, direction, 1.5, layer=3, point="z", head=4) + capture("z"),
+    )
     diff = np.asarray(steered["z"][3] - clean["z"][3])  # [B, T, H, dh]
     np.testing.assert_allclose(diff[:, :, 4], 1.5, atol=1e-5)
     np.testing.assert_array_equal(np.delete(diff, 4, axis=2), 0.0)

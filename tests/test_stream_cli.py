@@ -26,8 +26,18 @@ def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, 
 
     model_dir, hf = tiny_llama_tok
     text = word_text(tmp_path / "text.txt", 4000, seed=1)
-    model_args = ["--model", str(model_dir), "--text", str(text), "--tokens", "2k", "--context", "16",
-                  "--batch-contexts", "8"]
+    model_args = [
+        "--model",
+        str(model_dir),
+        "--text",
+        str(text),
+        "--tokens",
+        "2k",
+        "--context",
+        "16",
+        "--batch-contexts",
+        "8",
+    ]
     sae_args = ["--d-sae", "32", "--k", "4", "--batch", "64"]
     assert main(["train", *model_args, *sae_args, "--buffer-tokens", "256", "--out", str(tmp_path / "runs")]) == 0
     run = next((tmp_path / "runs").glob("train-*"))
@@ -36,7 +46,8 @@ def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, 
     n_heads = hf.config.num_hidden_layers * hf.config.num_attention_heads
     cfgs = _cfgs(run)
     assert [(c["hook_name"], c["hook_head_index"]) for c in cfgs] == [
-        (f"blocks.{i // 4}.attn.hook_z", i % 4) for i in range(n_heads)]
+        (f"blocks.{i // 4}.attn.hook_z", i % 4) for i in range(n_heads)
+    ]
     assert {c["model_name"] for c in cfgs} == {str(model_dir)}
 
     # the cache holds exactly the model's z of the contexts in stream order (harvest is checked against HF)
@@ -51,12 +62,18 @@ def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, 
     assert len(parse_inputs(model.cfg, "z")) == cache.n_rows == n_heads and got.shape == z.shape
     np.testing.assert_allclose(got, z, rtol=1e-5, atol=1e-5)
 
-    assert main(["train", "--cache", str(tmp_path / "cache"), *sae_args, "--steps", "12",
-                 "--out", str(tmp_path / "sweep")]) == 0
+    assert (
+        main(
+            ["train", "--cache", str(tmp_path / "cache"), *sae_args, "--steps", "12", "--out", str(tmp_path / "sweep")]
+        )
+        == 0
+    )
     sweep = next((tmp_path / "sweep").glob("train-*"))
     assert [c["hook_name"] for c in _cfgs(sweep)] == [c["hook_name"] for c in cfgs]
-    assert main(["eval", "--sae", str(sweep), "--context", "16", "--max-sequences", "4",
-                 "--out", str(tmp_path / "evals")]) == 0
+    assert (
+        main(["eval", "--sae", str(sweep), "--context", "16", "--max-sequences", "4", "--out", str(tmp_path / "evals")])
+        == 0
+    )
     res = json.loads(next((tmp_path / "evals").glob("eval-*")).joinpath("results.json").read_text())
     assert len(res["per_sae"]["l0"]) == n_heads and np.allclose(res["per_sae"]["l0"], 4.0)
 
@@ -87,8 +104,13 @@ def test_peak_rss_does_not_grow_with_tokens(tiny_llama_tok, word_text, tmp_path)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
     def peak(tokens: int) -> dict:
-        p = subprocess.run([sys.executable, str(script), str(tiny_llama_tok[0]), str(text), str(tokens)],
-                           env=env, capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            [sys.executable, str(script), str(tiny_llama_tok[0]), str(text), str(tokens)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -63,8 +63,10 @@ def test_ioi_prompts_are_valid(tokenizer):
         assert words.count(io_name) == 1 and words.count(s_name) == 2  # IO once, subject twice
         assert io_name not in re.findall(r"[A-Z][a-z]+", bad)  # ABC: the answer is gone
         assert bad.split(",")[-1] == good.split(",")[-1] or bad.split(".")[-1] == good.split(".")[-1]
-    orders = [good.index(_decode(tokenizer, io).strip()) < good.index(_decode(tokenizer, s).strip())
-              for good, io, s in zip(task.clean, task.correct[:, 0], task.incorrect[:, 0])]
+    orders = [
+        good.index(_decode(tokenizer, io).strip()) < good.index(_decode(tokenizer, s).strip())
+        for good, io, s in zip(task.clean, task.correct[:, 0], task.incorrect[:, 0])
+    ]
     assert any(orders) and not all(orders)  # ABBA and BABA both present
 
 
@@ -107,6 +109,7 @@ def test_task_metric_and_correctness_hand_computed():
     incorrect = np.array([[0, 2], [0, -1]])
     np.testing.assert_allclose(task_metric(logits, correct, incorrect, "prob_diff"), [0.6 - 0.4, 0.5 - 0.5], atol=1e-6)
     ld = task_metric(logits, correct, incorrect, "logit_diff")
-    np.testing.assert_allclose(ld, [np.log(0.6) - (np.log(0.1) + np.log(0.3)) / 2,
-                                    (np.log(0.2) + np.log(0.3)) / 2 - np.log(0.5)], atol=1e-6)
+    np.testing.assert_allclose(
+        ld, [np.log(0.6) - (np.log(0.1) + np.log(0.3)) / 2, (np.log(0.2) + np.log(0.3)) / 2 - np.log(0.5)], atol=1e-6
+    )
     np.testing.assert_array_equal(predicts_correctly(logits, correct), [True, False])

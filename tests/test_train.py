@@ -29,8 +29,7 @@ def mean_max_cosine(true_feats: np.ndarray, W_dec: np.ndarray) -> float:
 def test_relu_recovers_known_dictionary():
     x, feats = sparse_dictionary_data(0, d=16, n_features=24, tokens=16384)
     sae = stack(relu.init, jax.random.split(jax.random.key(0), 2), 16, 48)
-    cfg = TrainConfig(steps=3000, batch_size=256, lr=3e-3, sparsity_coef=[0.1, 0.3], chunk_steps=500,
-                      lr_decay="linear")
+    cfg = TrainConfig(steps=3000, batch_size=256, lr=3e-3, sparsity_coef=[0.1, 0.3], chunk_steps=500, lr_decay="linear")
     result = train(sae, x, cfg, progress=False)
     for i in range(2):
         assert mean_max_cosine(feats, np.asarray(result.sae.W_dec[i])) >= 0.9
@@ -43,13 +42,25 @@ def test_vmapped_training_equals_separate_trainings():
     data = rng.normal(size=(n, 512, d)).astype(np.float32) * rng.uniform(0.5, 2, (n, 1, d)).astype(np.float32)
     keys = jax.random.split(jax.random.key(2), n)
     lrs, coefs = [1e-3, 3e-3, 1e-2], [0.05, 0.1, 0.2]
-    cfg = dict(steps=60, batch_size=32, chunk_steps=20, lr_warmup_steps=10, lr_decay="cosine",
-               sparsity_warmup_steps=10, normalise_activations=True)
-    together = train(stack(relu.init, keys, d, m), data, TrainConfig(lr=lrs, sparsity_coef=coefs, **cfg),
-                     progress=False)
+    cfg = dict(
+        steps=60,
+        batch_size=32,
+        chunk_steps=20,
+        lr_warmup_steps=10,
+        lr_decay="cosine",
+        sparsity_warmup_steps=10,
+        normalise_activations=True,
+    )
+    together = train(
+        stack(relu.init, keys, d, m), data, TrainConfig(lr=lrs, sparsity_coef=coefs, **cfg), progress=False
+    )
     for i in range(n):
-        alone = train(stack(relu.init, keys[i : i + 1], d, m), data[i : i + 1],
-                      TrainConfig(lr=lrs[i], sparsity_coef=coefs[i], **cfg), progress=False)
+        alone = train(
+            stack(relu.init, keys[i : i + 1], d, m),
+            data[i : i + 1],
+            TrainConfig(lr=lrs[i], sparsity_coef=coefs[i], **cfg),
+            progress=False,
+        )
         for a, b in zip(jax.tree.leaves(index(together.sae, i)), jax.tree.leaves(index(alone.sae, 0))):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
@@ -96,8 +107,9 @@ def test_lr_schedule_closed_form():
     expected = [min(t / 10, 1.0) if t < 80 else 1.0 - (t - 80) / 20 for t in range(100)]
     np.testing.assert_allclose([float(mult(t)) for t in range(100)], expected, atol=1e-6)
     cos = lr_multiplier(TrainConfig(steps=100, lr_decay="cosine", lr_decay_start=0.5))
-    np.testing.assert_allclose([float(cos(t)) for t in (0, 49, 50, 75)],
-                               [1, 1, 1, 0.5 * (1 + np.cos(np.pi * 25 / 50))], atol=1e-6)
+    np.testing.assert_allclose(
+        [float(cos(t)) for t in (0, 49, 50, 75)], [1, 1, 1, 0.5 * (1 + np.cos(np.pi * 25 / 50))], atol=1e-6
+    )
 
 
 def test_chunk_indices_are_shuffled_epochs():
@@ -117,8 +129,14 @@ def test_dead_fraction_counts_latents_that_never_fire():
     sae = stack(relu.init, jax.random.split(jax.random.key(0), 1), 4, 8)
     # latents 0..3 can never fire: a hugely negative encoder bias
     sae = jax.tree.map(lambda a: a, sae)
-    sae = type(sae)(W_enc=sae.W_enc, b_enc=sae.b_enc.at[:, :4].set(-1e6), W_dec=sae.W_dec, b_dec=sae.b_dec,
-                    apply_b_dec_to_input=sae.apply_b_dec_to_input, unit_norm_decoder=sae.unit_norm_decoder)
+    sae = type(sae)(
+        W_enc=sae.W_enc,
+        b_enc=sae.b_enc.at[:, :4].set(-1e6),
+        W_dec=sae.W_dec,
+        b_dec=sae.b_dec,
+        apply_b_dec_to_input=sae.apply_b_dec_to_input,
+        unit_norm_decoder=sae.unit_norm_decoder,
+    )
     cfg = TrainConfig(steps=20, batch_size=32, lr=1e-4, dead_after_tokens=200, chunk_steps=10)
     result = train(sae, x, cfg, progress=False)
     fired_somewhere = np.asarray((result.sae.encode(jnp.asarray(x)) > 0).any(axis=1))[0]
@@ -132,10 +150,12 @@ def test_auxk_runs_only_while_latents_are_dead():
 
     x, _ = sparse_dictionary_data(1, d=8, n_features=4, tokens=2048, p=0.3)
     sae = stack(topk.init, jax.random.split(jax.random.key(0), 2), 8, 64, k=2)
-    never = train(sae, x, TrainConfig(steps=40, batch_size=64, lr=1e-3, chunk_steps=20,
-                                      dead_after_tokens=10**9), progress=False)
+    never = train(
+        sae, x, TrainConfig(steps=40, batch_size=64, lr=1e-3, chunk_steps=20, dead_after_tokens=10**9), progress=False
+    )
     assert np.all(never.history["aux"] == 0) and np.all(never.history["dead_fraction"] == 0)
-    soon = train(sae, x, TrainConfig(steps=40, batch_size=64, lr=1e-3, chunk_steps=20, dead_after_tokens=256),
-                 progress=False)
+    soon = train(
+        sae, x, TrainConfig(steps=40, batch_size=64, lr=1e-3, chunk_steps=20, dead_after_tokens=256), progress=False
+    )
     assert np.all(soon.history["dead_fraction"][-1] > 0.5)  # 64 latents, 4 true features, k=2
     assert np.all(soon.history["aux"][-1] > 0)

@@ -30,8 +30,14 @@ def test_grouped_training_equals_all_at_once(data_kind):
     per_device = n // jax.device_count()  # 12 on one device, 6 each on two
     runs = {}
     for group in (per_device, 2, 1):  # all of a device's SAEs at once, then groups of 2 and of 1
-        cfg = TrainConfig(steps=40, batch_size=b, lr=list(np.linspace(1e-3, 6e-3, n)), sparsity_coef=0.1,
-                          chunk_steps=20, sae_group=group)
+        cfg = TrainConfig(
+            steps=40,
+            batch_size=b,
+            lr=list(np.linspace(1e-3, 6e-3, n)),
+            sparsity_coef=0.1,
+            chunk_steps=20,
+            sae_group=group,
+        )
         runs[group] = train(sae, data, cfg, progress=False)
     for group in (2, 1):
         for a, b_ in zip(_leaves(runs[per_device]), _leaves(runs[group]), strict=True):
@@ -46,15 +52,24 @@ def test_grouped_topk_with_dead_latents_equals_all_at_once():
     n, d, m = 4, 8, 32
     data = rng.normal(size=(n, 128, d)).astype(np.float32)
     sae = stack(topk.init, jax.random.split(jax.random.key(2), n), d, m, k=2)
-    results = [train(sae, data, TrainConfig(steps=60, batch_size=16, lr=3e-3, dead_after_tokens=64, chunk_steps=30,
-                                            sae_group=g), progress=False) for g in (n // jax.device_count(), 1)]
+    results = [
+        train(
+            sae,
+            data,
+            TrainConfig(steps=60, batch_size=16, lr=3e-3, dead_after_tokens=64, chunk_steps=30, sae_group=g),
+            progress=False,
+        )
+        for g in (n // jax.device_count(), 1)
+    ]
     assert results[0].metrics["dead_fraction"].max() > 0, "the test needs dead latents"
     for a, b in zip(_leaves(results[0]), _leaves(results[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("n, batch, d_in, d_sae", [(144, 64, 64, 256), (576, 64, 64, 256), (12, 1024, 64, 512),
-                                                   (135, 10, 576, 16), (7, 8, 4, 4)])
+@pytest.mark.parametrize(
+    "n, batch, d_in, d_sae",
+    [(144, 64, 64, 256), (576, 64, 64, 256), (12, 1024, 64, 512), (135, 10, 576, 16), (7, 8, 4, 4)],
+)
 def test_auto_group_divides_and_fits_the_cache(n, batch, d_in, d_sae):
     g = auto_group(n, batch, d_in, d_sae, cache_bytes=2 << 20)
     per_sae = 4 * (4 * 2 * d_in * d_sae + 2 * batch * (d_sae + d_in))  # params, grads, 2 moments; acts + cotangents

@@ -39,8 +39,9 @@ def params_of(sae):
 
 CHAINS = {
     "clip+adamw": (
-        lambda: optax.chain(optax.clip_by_global_norm(0.5),
-                            optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.05)),
+        lambda: optax.chain(
+            optax.clip_by_global_norm(0.5), optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.05)
+        ),
         lambda lr: optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(lr, weight_decay=0.05)),
     ),
 }
@@ -58,8 +59,9 @@ def test_custom_chain_stack_equals_single_optax_loops(name):
     batches = rng.normal(size=(STEPS, N, B, D)).astype(np.float32)
     sae = stack(relu.init, jax.random.split(jax.random.key(0), N), D, M)
     cfg = TrainConfig(steps=STEPS, batch_size=B, sparsity_coef=0.2, chunk_steps=10)  # a partial last chunk
-    result = train(sae, lambda: iter(batches), cfg, optimizer=make_injected(), optimizer_hp={"learning_rate": LRS},
-                   progress=False)
+    result = train(
+        sae, lambda: iter(batches), cfg, optimizer=make_injected(), optimizer_hp={"learning_rate": LRS}, progress=False
+    )
     assert np.all(np.isfinite(result.metrics["loss"]))
     for i in range(N):
         seen = batches[:, i].reshape(-1, D)
@@ -76,8 +78,14 @@ def test_per_sae_hyperparameter_must_be_injected():
     with pytest.raises(ValueError, match=r"'learning_rate' cannot be set per SAE.*optax.inject_hyperparams"):
         train(sae, x, cfg, optimizer=optax.adam(1e-3), optimizer_hp={"learning_rate": [1e-3, 2e-3]}, progress=False)
     with pytest.raises(ValueError, match=r"'weight_decay' has 3 values but the stack holds 2 SAEs"):
-        train(sae, x, cfg, optimizer=optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
-              optimizer_hp={"weight_decay": [0.1, 0.2, 0.3]}, progress=False)
+        train(
+            sae,
+            x,
+            cfg,
+            optimizer=optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3),
+            optimizer_hp={"weight_decay": [0.1, 0.2, 0.3]},
+            progress=False,
+        )
 
 
 def test_batchtopk_threshold_is_left_to_update_buffers():

@@ -33,8 +33,9 @@ def test_bf16_training_matches_float32_on_a_known_dictionary(sparse):
     sae = stack(topk.init, jax.random.split(jax.random.key(1), 2), D, M, k=K, sparse=sparse)
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        cfg = TrainConfig(steps=STEPS, batch_size=256, lr=3e-3, chunk_steps=STEPS, compute_dtype=dtype,
-                          dead_after_tokens=256 * 50)
+        cfg = TrainConfig(
+            steps=STEPS, batch_size=256, lr=3e-3, chunk_steps=STEPS, compute_dtype=dtype, dead_after_tokens=256 * 50
+        )
         runs[dtype] = train(sae, x, cfg, progress=False)
     f32, bf16 = runs["float32"], runs["bfloat16"]
 
@@ -83,11 +84,15 @@ def test_step_matmuls_take_bf16_inputs_and_accumulate_in_float32(mod, kw):
     big = [d for d in dots if d[0] == ("bfloat16", "bfloat16")]
     assert big and all(out == "float32" for _, out in big), dots
     assert all(len(set(ins)) == 1 for ins, _ in dots), dots  # no product mixes dtypes
-    assert all(ins == ("float32", "float32") for ins, _ in dot_dtypes(make_step(opt, compute_dtype="float32"),
-                                                                       state, x, hp)), "float32 stays float32"
+    assert all(
+        ins == ("float32", "float32") for ins, _ in dot_dtypes(make_step(opt, compute_dtype="float32"), state, x, hp)
+    ), "float32 stays float32"
     new, _ = make_step(opt, compute_dtype="bfloat16")(state, x, hp)
-    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((new.sae, new.opt_state))
-               if jnp.issubdtype(a.dtype, jnp.floating))
+    assert all(
+        a.dtype == jnp.float32
+        for a in jax.tree.leaves((new.sae, new.opt_state))
+        if jnp.issubdtype(a.dtype, jnp.floating)
+    )
 
 
 def test_compute_dtype_defaults_and_errors():
@@ -116,5 +121,10 @@ def test_checkpoint_without_the_field_resumes_and_another_dtype_is_refused(tmp_p
     meta_file.write_text(json.dumps(meta))
     assert train(sae, x, cfg, checkpoint_dir=str(tmp_path), progress=False).resumed_from == 4
     with pytest.raises(CheckpointError, match="compute_dtype"):
-        train(sae, x, TrainConfig(steps=4, batch_size=8, chunk_steps=2, compute_dtype="bfloat16"),
-              checkpoint_dir=str(tmp_path), progress=False)
+        train(
+            sae,
+            x,
+            TrainConfig(steps=4, batch_size=8, chunk_steps=2, compute_dtype="bfloat16"),
+            checkpoint_dir=str(tmp_path),
+            progress=False,
+        )

@@ -113,8 +113,15 @@ def test_train_takes_the_user_loss():
     n = 2
     batches = rng.normal(size=(STEPS, n, B, D)).astype(np.float32)
     saes = stack(relu.init, jax.random.split(jax.random.key(3), n), D, M)
-    cfg = TrainConfig(steps=STEPS, batch_size=B, lr=[1e-2, 3e-3], sparsity_coef=0.1, grad_clip=None,
-                      chunk_steps=10, extra_hp={"ortho_coef": [1.0, 0.3]})
+    cfg = TrainConfig(
+        steps=STEPS,
+        batch_size=B,
+        lr=[1e-2, 3e-3],
+        sparsity_coef=0.1,
+        grad_clip=None,
+        chunk_steps=10,
+        extra_hp={"ortho_coef": [1.0, 0.3]},
+    )
     result = train(saes, lambda: iter(batches), cfg, loss_fn=loss_fn, progress=False)
     assert result.history["ortho"].shape == (3, n)
     for i, (lr, oc) in enumerate([(1e-2, 1.0), (3e-3, 0.3)]):

@@ -19,9 +19,17 @@ def synthetic(n_saes=6, tokens=2048, d=8, seed=0):
     return np.einsum("ntf,nfd->ntd", codes, feats).astype(np.float32)
 
 
-CONFIG = TrainConfig(steps=400, batch_size=64, lr=[1e-3, 2e-3, 3e-3, 1e-3, 2e-3, 3e-3],
-                     sparsity_coef=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5], chunk_steps=20, checkpoint_every=40,
-                     lr_warmup_steps=20, lr_decay="linear", sparsity_warmup_steps=50)
+CONFIG = TrainConfig(
+    steps=400,
+    batch_size=64,
+    lr=[1e-3, 2e-3, 3e-3, 1e-3, 2e-3, 3e-3],
+    sparsity_coef=[0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+    chunk_steps=20,
+    checkpoint_every=40,
+    lr_warmup_steps=20,
+    lr_decay="linear",
+    sparsity_warmup_steps=50,
+)
 
 if __name__ == "__main__":
     out = sys.argv[1]

@@ -26,8 +26,9 @@ def exchange(
     ``R <= K``. The rows sent out are those the chosen slots held, in the random order of the slots."""
     n_slots, n_new = buffer.shape[1], new.shape[1]
     if n_new > n_slots:
-        raise ValueError(f"the buffer holds {n_slots} tokens but {n_new} arrive at once; use a buffer of at least "
-                         f"{n_new} tokens")
+        raise ValueError(
+            f"the buffer holds {n_slots} tokens but {n_new} arrive at once; use a buffer of at least {n_new} tokens"
+        )
     slots = jax.random.permutation(key, n_slots)[:n_new]
     out = buffer[:, slots]
     return buffer.at[:, slots].set(new.astype(buffer.dtype)), out

@@ -28,9 +28,9 @@ import json
 import os
 import threading
 import zlib
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Sequence
 
 try:
     import fcntl
@@ -84,8 +84,9 @@ def _read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CacheError(f"cannot read the cache's {what} {path}: {e}; the folder is damaged, delete it and "
-                         "re-run `jsae cache`") from None
+        raise CacheError(
+            f"cannot read the cache's {what} {path}: {e}; the folder is damaged, delete it and re-run `jsae cache`"
+        ) from None
 
 
 def _crc(buf: np.ndarray) -> str:
@@ -131,9 +132,19 @@ def _make_meta(n_rows, d, chunk_tokens, n_chunks, dtype, config) -> dict:
         raise CacheError(f"config must be a dict; got {type(config).__name__}")
     n_rows, d = _positive_int("n_rows", n_rows), _positive_int("d", d)
     chunk_tokens, n_chunks = _positive_int("chunk_tokens", chunk_tokens), _positive_int("n_chunks", n_chunks)
-    return {"format": FORMAT, "version": VERSION, "n_rows": n_rows, "d": d, "chunk_tokens": chunk_tokens,
-            "n_chunks": n_chunks, "n_tokens": chunk_tokens * n_chunks, "dtype": dtype, "checksum": CHECKSUM,
-            "array": _ARRAY, "config": config}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "n_rows": n_rows,
+        "d": d,
+        "chunk_tokens": chunk_tokens,
+        "n_chunks": n_chunks,
+        "n_tokens": chunk_tokens * n_chunks,
+        "dtype": dtype,
+        "checksum": CHECKSUM,
+        "array": _ARRAY,
+        "config": config,
+    }
 
 
 def _load_meta(path: Path) -> dict:
@@ -143,19 +154,26 @@ def _load_meta(path: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise CacheError(f"{path / _META} is not a jsae activation cache (format {meta.get('format')!r})")
     if meta.get("version") != VERSION:
-        raise CacheError(f"{path} is a version {meta.get('version')} activation cache; this jsae reads version "
-                         f"{VERSION}. Re-create it with this jsae's `jsae cache`")
+        raise CacheError(
+            f"{path} is a version {meta.get('version')} activation cache; this jsae reads version "
+            f"{VERSION}. Re-create it with this jsae's `jsae cache`"
+        )
     return meta
 
 
 def _spec(path: Path, meta: dict | None = None) -> dict:
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / _ARRAY)},
-            "context": {"cache_pool": {"total_bytes_limit": 0}}}
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(path / _ARRAY)},
+        "context": {"cache_pool": {"total_bytes_limit": 0}},
+    }
     if meta is not None:
         spec["metadata"] = {
             "shape": [meta["n_rows"], meta["n_tokens"], meta["d"]],
-            "chunk_grid": {"name": "regular", "configuration": {
-                "chunk_shape": [meta["n_rows"], meta["chunk_tokens"], meta["d"]]}},
+            "chunk_grid": {
+                "name": "regular",
+                "configuration": {"chunk_shape": [meta["n_rows"], meta["chunk_tokens"], meta["d"]]},
+            },
             "chunk_key_encoding": {"name": "default"},
             "codecs": _CODECS,
             "data_type": meta["dtype"],
@@ -196,11 +214,15 @@ def _read_raw(path: Path, meta: dict, i: int, crc: str | None) -> np.ndarray:
     except FileNotFoundError:
         raise IncompleteCacheError(f"chunk {i} of {path} is missing on disk ({f}); {_RESUME}") from None
     if got != nbytes or extra:
-        raise CorruptChunkError(f"chunk {i} of {path} is corrupt: {f} holds {'more than ' if extra else ''}"
-                                f"{got} bytes, expected {nbytes}. To repair it, {fix}")
+        raise CorruptChunkError(
+            f"chunk {i} of {path} is corrupt: {f} holds {'more than ' if extra else ''}"
+            f"{got} bytes, expected {nbytes}. To repair it, {fix}"
+        )
     if crc is not None and _crc(buf) != crc:
-        raise CorruptChunkError(f"chunk {i} of {path} is corrupt: the crc32 of {f} is {_crc(buf)} but "
-                                f"{crc} was recorded when it was written. To repair it, {fix}")
+        raise CorruptChunkError(
+            f"chunk {i} of {path} is corrupt: the crc32 of {f} is {_crc(buf)} but "
+            f"{crc} was recorded when it was written. To repair it, {fix}"
+        )
     store = np.float32 if meta["dtype"] == "float32" else np.uint16
     return buf.view(store).reshape(meta["n_rows"], meta["chunk_tokens"], meta["d"])
 
@@ -257,8 +279,10 @@ def _lock(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise CacheError(f"another writer holds {path} (a `jsae cache` run still going?); wait for it to end, "
-                         "or write to another folder") from None
+        raise CacheError(
+            f"another writer holds {path} (a `jsae cache` run still going?); wait for it to end, "
+            "or write to another folder"
+        ) from None
     except OSError:  # a filesystem without locks (some network mounts): go on unlocked
         pass
     return f
@@ -307,8 +331,9 @@ class CacheWriter:
         return [i for i in range(self.n_chunks) if i not in self._done]
 
     def _save_manifest(self) -> None:
-        _write_json(self.path / _MANIFEST, {"checksum": CHECKSUM, "chunks": {str(k): v for k, v in
-                                                                            sorted(self._done.items())}})
+        _write_json(
+            self.path / _MANIFEST, {"checksum": CHECKSUM, "chunks": {str(k): v for k, v in sorted(self._done.items())}}
+        )
 
     def write_chunk(self, i: int, acts: Float[np.ndarray, "N chunk_tokens d"]) -> None:
         """Write chunk ``i`` (tokens ``i*chunk_tokens ..``) from a numpy or jax array [N, chunk_tokens, d].
@@ -330,22 +355,32 @@ class CacheWriter:
         bad = ~np.isfinite(x) if x.dtype == np.float32 else (x.view(np.uint16) & 0x7F80) == 0x7F80
         if bad.any():  # (checked after the cast: a float32 beyond bf16's range would become inf)
             where = np.argwhere(bad)[0]
-            raise CacheError(f"chunk {i} contains NaN or inf (first at input {where[0]}, token {where[1]} of the "
-                             "chunk); the model pass produced bad values, fix it before caching")
-        if self._done.pop(int(i), None) is not None:       # a rewrite: not done until the new bytes are down
+            raise CacheError(
+                f"chunk {i} contains NaN or inf (first at input {where[0]}, token {where[1]} of the "
+                "chunk); the model pass produced bad values, fix it before caching"
+            )
+        if self._done.pop(int(i), None) is not None:  # a rewrite: not done until the new bytes are down
             self._save_manifest()
-        self._array[:, i * self.chunk_tokens:(i + 1) * self.chunk_tokens, :].write(x).result()
+        self._array[:, i * self.chunk_tokens : (i + 1) * self.chunk_tokens, :].write(x).result()
         self._done[int(i)] = _crc(x)
         self._save_manifest()
 
-    def finish(self) -> "ActivationCache":
+    def finish(self) -> ActivationCache:
         """Mark the cache complete (every chunk written) and open it for reading."""
         missing = self.missing_chunks()
         if missing:
-            raise IncompleteCacheError(f"cannot finish {self.path}: {len(missing)} of {self.n_chunks} chunks are "
-                                       f"not written yet (first: {missing[:5]}); write them before finish()")
-        _write_json(self.path / _DONE, {"n_chunks": self.n_chunks, "n_tokens": self.meta["n_tokens"],
-                                        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            raise IncompleteCacheError(
+                f"cannot finish {self.path}: {len(missing)} of {self.n_chunks} chunks are "
+                f"not written yet (first: {missing[:5]}); write them before finish()"
+            )
+        _write_json(
+            self.path / _DONE,
+            {
+                "n_chunks": self.n_chunks,
+                "n_tokens": self.meta["n_tokens"],
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
         self.close()
         return open_cache(self.path)
 
@@ -356,8 +391,17 @@ class CacheWriter:
             self._lock = None
 
 
-def create(path: str | os.PathLike, *, n_rows: int, d: int, chunk_tokens: int, n_chunks: int,
-           dtype: str = "float32", config: dict | None = None, verify: bool = False) -> CacheWriter:
+def create(
+    path: str | os.PathLike,
+    *,
+    n_rows: int,
+    d: int,
+    chunk_tokens: int,
+    n_chunks: int,
+    dtype: str = "float32",
+    config: dict | None = None,
+    verify: bool = False,
+) -> CacheWriter:
     """Start a cache in ``path``, or resume the one there if it was written with the same arguments.
 
     The cache holds ``n_chunks * chunk_tokens`` tokens of ``n_rows`` inputs with ``d`` features, stored as
@@ -373,12 +417,13 @@ def create(path: str | os.PathLike, *, n_rows: int, d: int, chunk_tokens: int, n
     if (path / _META).exists():
         stored = _load_meta(path)
         if stored != meta:
-            raise CacheConfigError(f"{path} already holds an activation cache written with different settings "
-                                   f"({_diff(stored, meta)}). Use another folder, or delete this one to start over")
+            raise CacheConfigError(
+                f"{path} already holds an activation cache written with different settings "
+                f"({_diff(stored, meta)}). Use another folder, or delete this one to start over"
+            )
         return CacheWriter(path, stored, verify)
     if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
-        raise CacheError(f"{path} is not empty and holds no activation cache (no {_META}); pass a new or empty "
-                         "folder")
+        raise CacheError(f"{path} is not empty and holds no activation cache (no {_META}); pass a new or empty folder")
     path.mkdir(parents=True, exist_ok=True)
     _write_json(path / _META, meta)
     return CacheWriter(path, meta, verify)
@@ -408,8 +453,10 @@ class ActivationCache:
     dtype = property(lambda self: self.meta["dtype"], doc="the dtype on disk")
 
     def __repr__(self) -> str:
-        return (f"ActivationCache({str(self.path)!r}, N={self.n_rows}, tokens={self.n_tokens}, d={self.d}, "
-                f"{self.n_chunks} chunks of {self.chunk_tokens}, {self.dtype})")
+        return (
+            f"ActivationCache({str(self.path)!r}, N={self.n_rows}, tokens={self.n_tokens}, d={self.d}, "
+            f"{self.n_chunks} chunks of {self.chunk_tokens}, {self.dtype})"
+        )
 
     def chunk_file(self, i: int) -> Path:
         return _chunk_file(self.path, i)
@@ -429,8 +476,9 @@ class ActivationCache:
         for i in range(self.n_chunks):
             yield self.read_chunk(i, rows)
 
-    def ordered_batches(self, batch_size: int, *, rows: Sequence[int] | None = None, drop_last: bool = False,
-                        out_dtype: str = "float32") -> Iterator[Float[np.ndarray, "N B d"]]:
+    def ordered_batches(
+        self, batch_size: int, *, rows: Sequence[int] | None = None, drop_last: bool = False, out_dtype: str = "float32"
+    ) -> Iterator[Float[np.ndarray, "N B d"]]:
         """The tokens in order, no shuffle, as [N, batch_size, d] (the last batch may be shorter unless
         ``drop_last``). Holds one chunk plus one batch in memory. ``out_dtype``: see ``batches``."""
         batch_size = _positive_int("batch_size", batch_size)
@@ -440,7 +488,7 @@ class ActivationCache:
             raw, pos = self._raw(i, r), 0
             while pos < self.chunk_tokens:
                 take = min(batch_size - have, self.chunk_tokens - pos)
-                parts.append(raw[:, pos:pos + take])
+                parts.append(raw[:, pos : pos + take])
                 have, pos = have + take, pos + take
                 if have == batch_size:
                     yield out(np.concatenate(parts, axis=1))
@@ -465,9 +513,17 @@ class ActivationCache:
         """The order in which epoch ``epoch`` visits the chunks."""
         return np.random.default_rng([seed, 0, epoch]).permutation(self.n_chunks)
 
-    def batches(self, batch_size: int, *, seed: int, start_step: int = 0, rows: Sequence[int] | None = None,
-                chunks_in_memory: int = 4, prefetch: bool = True,
-                out_dtype: str = "float32") -> Iterator[Float[np.ndarray, "N B d"]]:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int,
+        start_step: int = 0,
+        rows: Sequence[int] | None = None,
+        chunks_in_memory: int = 4,
+        prefetch: bool = True,
+        out_dtype: str = "float32",
+    ) -> Iterator[Float[np.ndarray, "N B d"]]:
         """Shuffled batches [N (or len(rows)), batch_size, d], endlessly (epoch after epoch).
 
         Epoch e visits the chunks in the order ``chunk_order(seed, e)``, pooled ``chunks_in_memory`` at a
@@ -484,8 +540,9 @@ class ActivationCache:
         B = _positive_int("batch_size", batch_size)
         W = min(_positive_int("chunks_in_memory", chunks_in_memory), self.n_chunks)
         if B > self.n_tokens:
-            raise CacheError(f"batch_size={B} is larger than the cache ({self.n_tokens} tokens); lower it or "
-                             "cache more tokens")
+            raise CacheError(
+                f"batch_size={B} is larger than the cache ({self.n_tokens} tokens); lower it or cache more tokens"
+            )
         if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
             raise CacheError(f"start_step must be a non-negative integer; got {start_step!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -495,18 +552,18 @@ class ActivationCache:
 
     def _window(self, seed: int, epoch: int, k: int, W: int, rows) -> tuple[np.ndarray, np.ndarray]:
         """Window k of an epoch: its tokens [R, w * chunk_tokens, d] (on-disk dtype) and their permutation."""
-        chunks = self.chunk_order(seed, epoch)[k * W:(k + 1) * W]
+        chunks = self.chunk_order(seed, epoch)[k * W : (k + 1) * W]
         ct = self.chunk_tokens
         n = self.n_rows if rows is None else len(rows)
         data = np.empty((n, len(chunks) * ct, self.d), np.float32 if self.dtype == "float32" else np.uint16)
         for j, c in enumerate(chunks):
-            data[:, j * ct:(j + 1) * ct] = self._raw(int(c), rows)
+            data[:, j * ct : (j + 1) * ct] = self._raw(int(c), rows)
         perm = np.random.default_rng([seed, 1, epoch, k]).permutation(data.shape[1])
         return data, perm
 
     def _shuffled(self, B: int, seed: int, step: int, rows, W: int, prefetch: bool, out) -> Iterator[np.ndarray]:
         spe = self.n_tokens // B
-        span = W * self.chunk_tokens                   # tokens in every window but maybe the last
+        span = W * self.chunk_tokens  # tokens in every window but maybe the last
         epoch, offset = divmod(step, spe)
         k, pos = divmod(offset * B, span)
 
@@ -522,18 +579,18 @@ class ActivationCache:
         while True:
             parts, need = [], B
             while need:
-                if pos == len(perm):                       # window used up: move to the next one
+                if pos == len(perm):  # window used up: move to the next one
                     epoch, k = nxt
                     data, perm = pending.result()
                     pos, nxt = 0, following(epoch, k)
                     pending = load(*nxt)
                 take = min(need, len(perm) - pos)
-                parts.append(np.take(data, perm[pos:pos + take], axis=1))
+                parts.append(np.take(data, perm[pos : pos + take], axis=1))
                 pos, need = pos + take, need - take
             yield out(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
             step += 1
-            if step % spe == 0:                            # epoch over: drop its leftover tokens
-                pos = len(perm)                            # (the next window is already epoch + 1's first)
+            if step % spe == 0:  # epoch over: drop its leftover tokens
+                pos = len(perm)  # (the next window is already epoch + 1's first)
 
     def verify(self) -> list[int]:
         """Read every chunk and return the indices of those whose checksum does not match (a full read)."""
@@ -554,28 +611,40 @@ def open_cache(path: str | os.PathLike, *, expect: dict | None = None) -> Activa
     try:
         arr = ts.open(_spec(path), open=True, read=True).result()
     except ValueError as e:
-        raise CacheError(f"{path / _ARRAY} is not a readable zarr array ({e}); delete the folder and re-run "
-                         "`jsae cache`") from None
+        raise CacheError(
+            f"{path / _ARRAY} is not a readable zarr array ({e}); delete the folder and re-run `jsae cache`"
+        ) from None
     zmeta = _read_json(path / _ARRAY / "zarr.json", "array metadata")
     chunk = zmeta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
     want_shape = (meta["n_rows"], meta["n_tokens"], meta["d"])
-    if (tuple(arr.shape) != want_shape or zmeta.get("data_type") != meta["dtype"] or zmeta.get("codecs") != _CODECS
-            or chunk != [meta["n_rows"], meta["chunk_tokens"], meta["d"]]):
-        raise CacheError(f"{path / _ARRAY} does not match {path / _META} (array {list(arr.shape)} "
-                         f"{zmeta.get('data_type')}, chunks {chunk}, codecs {zmeta.get('codecs')}); the folder was "
-                         "changed by something other than jsae: delete it and re-run `jsae cache`")
+    if (
+        tuple(arr.shape) != want_shape
+        or zmeta.get("data_type") != meta["dtype"]
+        or zmeta.get("codecs") != _CODECS
+        or chunk != [meta["n_rows"], meta["chunk_tokens"], meta["d"]]
+    ):
+        raise CacheError(
+            f"{path / _ARRAY} does not match {path / _META} (array {list(arr.shape)} "
+            f"{zmeta.get('data_type')}, chunks {chunk}, codecs {zmeta.get('codecs')}); the folder was "
+            "changed by something other than jsae: delete it and re-run `jsae cache`"
+        )
     done = _load_manifest(path)
     missing = [i for i in range(meta["n_chunks"]) if i not in done or not _chunk_file(path, i).is_file()]
     if missing:
-        raise IncompleteCacheError(f"{path} is incomplete: {len(missing)} of {meta['n_chunks']} chunks are missing "
-                                   f"(first: {missing[:5]}); {_RESUME}")
+        raise IncompleteCacheError(
+            f"{path} is incomplete: {len(missing)} of {meta['n_chunks']} chunks are missing "
+            f"(first: {missing[:5]}); {_RESUME}"
+        )
     if not (path / _DONE).is_file():
-        raise IncompleteCacheError(f"{path} was never finished (no {_DONE} marker although every chunk is "
-                                   f"written); {_RESUME}")
+        raise IncompleteCacheError(
+            f"{path} was never finished (no {_DONE} marker although every chunk is written); {_RESUME}"
+        )
     if expect:
         got = {k: meta["config"].get(k, "<absent>") for k in expect}
         want = json.loads(json.dumps(expect))
         if got != want:
-            raise CacheConfigError(f"{path} was cached with a different config than expected "
-                                   f"({_diff(got, want)}); point at the right cache or re-run `jsae cache`")
+            raise CacheConfigError(
+                f"{path} was cached with a different config than expected "
+                f"({_diff(got, want)}); point at the right cache or re-run `jsae cache`"
+            )
     return ActivationCache(path, meta, done)

@@ -58,12 +58,16 @@ def _parse_heads(cfg: ModelConfig, heads: str | Sequence[tuple[int, int]]) -> li
                 layer = int(layer_s)
                 pairs += [(layer, h) for h in range(cfg.n_heads)] if head_s == "*" else [(layer, int(head_s))]
             except ValueError:
-                raise HookError(f"cannot read head {item!r}; write heads as 'all', 'L.H' pairs like '3.5,4.2' "
-                                "or 'L.*' for every head of layer L") from None
+                raise HookError(
+                    f"cannot read head {item!r}; write heads as 'all', 'L.H' pairs like '3.5,4.2' "
+                    "or 'L.*' for every head of layer L"
+                ) from None
     for layer, head in pairs:
         if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-            raise HookError(f"head {layer}.{head} is out of range: {cfg.name or 'the model'} has layers "
-                            f"0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1}")
+            raise HookError(
+                f"head {layer}.{head} is out of range: {cfg.name or 'the model'} has layers "
+                f"0..{cfg.n_layers - 1} and heads 0..{cfg.n_heads - 1}"
+            )
     if len(set(pairs)) != len(pairs):
         raise HookError("a head is listed twice in --heads; give each (layer, head) once")
     return sorted(pairs)
@@ -105,8 +109,10 @@ def parse_inputs(
             raise HookError(f"unknown hook point {p!r}; SAEs can read {', '.join(TRAINABLE_POINTS)}")
     widths = {p: input_width(cfg, p) for p in names}
     if len(set(widths.values())) > 1:
-        raise HookError(f"points {names} have different widths {widths}: one stack trains SAEs of one input "
-                        "width; train z (d_head) and d_model points in separate runs")
+        raise HookError(
+            f"points {names} have different widths {widths}: one stack trains SAEs of one input "
+            "width; train z (d_head) and d_model points in separate runs"
+        )
     out: list[HookInput] = []
     for p in names:
         if p in HEAD_AXIS:

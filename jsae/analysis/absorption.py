@@ -139,8 +139,9 @@ def _metric_grads(model, tokens, lengths, word_pos, layer, deltas, answer_ids, l
     onehot = (jnp.arange(T)[None, :] == word_pos[:, None]).astype(jnp.float32)
 
     def total_metric(d):
-        logits, _ = forward(model, tokens, hooks=edit("resid_post", _splice_delta, shared=(d, onehot, layer)),
-                            lengths=lengths)
+        logits, _ = forward(
+            model, tokens, hooks=edit("resid_post", _splice_delta, shared=(d, onehot, layer)), lengths=lengths
+        )
         last = logits[jnp.arange(tokens.shape[0]), lengths - 1]  # [B, V]
         letter_logits = last[:, answer_ids]  # [B, 26]
         right = jnp.take_along_axis(letter_logits, letters[:, None], axis=1)[:, 0]
@@ -183,9 +184,18 @@ def integrated_gradient_effects(
         rep = np.repeat(rows_p, steps)
         a = np.tile(alphas, per_call)
         deltas = ((a - 1.0)[:, None] * v[rep]).astype(np.float32)
-        g = np.asarray(_metric_grads(model, jnp.asarray(tokens[rep]), jnp.asarray(lengths[rep]),
-                                     jnp.asarray(word_pos[rep]), jnp.asarray(layer), jnp.asarray(deltas),
-                                     jnp.asarray(answer_ids), jnp.asarray(letters[rep])))
+        g = np.asarray(
+            _metric_grads(
+                model,
+                jnp.asarray(tokens[rep]),
+                jnp.asarray(lengths[rep]),
+                jnp.asarray(word_pos[rep]),
+                jnp.asarray(layer),
+                jnp.asarray(deltas),
+                jnp.asarray(answer_ids),
+                jnp.asarray(letters[rep]),
+            )
+        )
         g_mean = g.reshape(per_call, steps, -1).mean(axis=1)[: len(rows)]  # [b, D]
         out[rows] = -f[rows] * (g_mean @ np.asarray(sae.W_dec).T)
     return out
@@ -220,8 +230,11 @@ def aggregate(letters: list[LetterAbsorption], min_probe_f1: float = 0.6) -> dic
     return {
         "absorption_fraction": mean([r.absorption_fraction for r in kept]),
         "full_absorption": mean([r.full_absorption for r in kept]),
-        "paper_absorption_rate": (float(sum(r.n_paper_absorbed for r in paper) / sum(r.n_paper_evaluated for r in paper))
-                                  if paper else float("nan")),
+        "paper_absorption_rate": (
+            float(sum(r.n_paper_absorbed for r in paper) / sum(r.n_paper_evaluated for r in paper))
+            if paper
+            else float("nan")
+        ),
         "mean_split_latents": mean([len(r.main_latents) for r in kept]),
         "n_letters": len(kept),
     }
@@ -231,7 +244,12 @@ def aggregate(letters: list[LetterAbsorption], min_probe_f1: float = 0.6) -> dic
 
 
 def residual_at_positions(
-    model, tokens: Int[Array, "B T"], positions: Int[Array, " B"], layer: int, *, batch_size: int = 32,
+    model,
+    tokens: Int[Array, "B T"],
+    positions: Int[Array, " B"],
+    layer: int,
+    *,
+    batch_size: int = 32,
 ) -> np.ndarray:
     """resid_post of ``layer`` at one position per row, [B, D], running only the first layer+1 blocks."""
     from jsae.models import capture, forward, layer_range
@@ -243,8 +261,9 @@ def residual_at_positions(
     for s in range(0, B, batch_size):
         rows = np.arange(s, min(s + batch_size, B))
         rows_p = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-        _, cache = forward(short, jnp.asarray(tokens[rows_p]), hooks=spec,
-                           lengths=jnp.asarray(positions[rows_p] + 1), logits=False)
+        _, cache = forward(
+            short, jnp.asarray(tokens[rows_p]), hooks=spec, lengths=jnp.asarray(positions[rows_p] + 1), logits=False
+        )
         out.append(np.asarray(cache["resid_post"][layer])[: len(rows)])
     return np.concatenate(out)
 
@@ -298,34 +317,71 @@ def letter_absorption(
         f1 = float(data.probe_f1[c])
         tp = np.flatnonzero((data.test_letters == c) & data.test_pred[:, c])
         if f1 < min_probe_f1 or len(tp) == 0:
-            results.append(LetterAbsorption(c, f1, main_latents[c], len(tp), float("nan"), float("nan"), 0, 0, 0,
-                                            float("nan")))
+            results.append(
+                LetterAbsorption(c, f1, main_latents[c], len(tp), float("nan"), float("nan"), 0, 0, 0, float("nan"))
+            )
             continue
-        frac, full = saebench_absorption(data.test_acts[tp], latents[tp], W_dec, dirs[c], main_latents[c],
-                                         absorber_cos=absorber_cos, full_cos=full_cos, proportion=proportion,
-                                         max_absorbers=max_absorbers)
+        frac, full = saebench_absorption(
+            data.test_acts[tp],
+            latents[tp],
+            W_dec,
+            dirs[c],
+            main_latents[c],
+            absorber_cos=absorber_cos,
+            full_cos=full_cos,
+            proportion=proportion,
+            max_absorbers=max_absorbers,
+        )
         cand = tp[main_latents_inactive(latents[tp], main_latents[c])]
         n_eval = n_abs = 0
         if model is not None and len(cand) and max_paper_candidates > 0:
             pick = np.sort(rng.choice(cand, min(len(cand), max_paper_candidates), replace=False))
             pr = data.test_prompts
             effects = integrated_gradient_effects(
-                model, sae, pr.tokens[pick], pr.lengths[pick], pr.word_pos[pick], pr.letters[pick],
-                data.test_acts[pick], layer, answer_ids, steps=ig_steps)
+                model,
+                sae,
+                pr.tokens[pick],
+                pr.lengths[pick],
+                pr.word_pos[pick],
+                pr.letters[pick],
+                data.test_acts[pick],
+                layer,
+                answer_ids,
+                steps=ig_steps,
+            )
             absorbed = paper_absorption(effects, W_dec, dirs[c], min_gap=min_gap, paper_cos=paper_cos)
             n_eval, n_abs = len(pick), int(absorbed.sum())
-        results.append(LetterAbsorption(c, f1, main_latents[c], len(tp), float(frac.mean()), float(full.mean()),
-                                        len(cand), n_eval, n_abs, n_abs / n_eval if n_eval else float("nan")))
+        results.append(
+            LetterAbsorption(
+                c,
+                f1,
+                main_latents[c],
+                len(tp),
+                float(frac.mean()),
+                float(full.mean()),
+                len(cand),
+                n_eval,
+                n_abs,
+                n_abs / n_eval if n_eval else float("nan"),
+            )
+        )
     return results
 
 
 def prepare_probe_data(
-    model, tokenizer, layer: int, *, n_train: int = 3000, n_test: int = 1000, n_examples: int = 10, seed: int = 0,
+    model,
+    tokenizer,
+    layer: int,
+    *,
+    n_train: int = 3000,
+    n_test: int = 1000,
+    n_examples: int = 10,
+    seed: int = 0,
     probe_steps: int = 500,
 ) -> ProbeData:
     """Vocabulary -> 80/20 split -> ICL prompts for ``n_train``/``n_test`` sampled words -> activations at
     the word token of ``layer`` -> 26-way probe and its per-letter test F1."""
-    from jsae.analysis.probes import one_hot_targets, f1_per_class, train_probe
+    from jsae.analysis.probes import f1_per_class, one_hot_targets, train_probe
     from jsae.tasks.first_letter import alphabetic_vocabulary, build_prompts, train_test_split
 
     vocab = alphabetic_vocabulary(tokenizer)

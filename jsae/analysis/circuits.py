@@ -36,23 +36,55 @@ from jsae.train import TrainConfig, train
 GPT2_IOI_HEADS: tuple[tuple[int, int], ...] = (
     # Wang et al. 2022, "Interpretability in the Wild: a Circuit for Indirect Object Identification in
     # GPT-2 small", arXiv:2211.00593, Fig. 2 / Table: the 26 heads of the IOI circuit.
-    (0, 1), (0, 10), (3, 0),                      # duplicate token
-    (2, 2), (4, 11),                              # previous token
-    (5, 5), (5, 8), (5, 9), (6, 9),               # induction
-    (7, 3), (7, 9), (8, 6), (8, 10),              # S-inhibition
-    (9, 6), (9, 9), (10, 0),                      # name movers
-    (9, 0), (9, 7), (10, 1), (10, 2), (10, 6), (10, 10), (11, 2), (11, 9),  # backup name movers
-    (10, 7), (11, 10),                            # negative name movers
+    (0, 1),
+    (0, 10),
+    (3, 0),  # duplicate token
+    (2, 2),
+    (4, 11),  # previous token
+    (5, 5),
+    (5, 8),
+    (5, 9),
+    (6, 9),  # induction
+    (7, 3),
+    (7, 9),
+    (8, 6),
+    (8, 10),  # S-inhibition
+    (9, 6),
+    (9, 9),
+    (10, 0),  # name movers
+    (9, 0),
+    (9, 7),
+    (10, 1),
+    (10, 2),
+    (10, 6),
+    (10, 10),
+    (11, 2),
+    (11, 9),  # backup name movers
+    (10, 7),
+    (11, 10),  # negative name movers
 )
 GPT2_GREATER_THAN_HEADS: tuple[tuple[int, int], ...] = (
     # Hanna, Liu & Variengien 2023, "How does GPT-2 compute greater-than?", arXiv:2305.00586, as encoded
     # in ACDC's ground truth (Conmy et al. 2023, acdc/greaterthan/utils.py CIRCUIT): 9 heads.
-    (0, 1), (0, 3), (0, 5), (5, 5), (6, 1), (6, 9), (7, 10), (8, 11), (9, 1),
+    (0, 1),
+    (0, 3),
+    (0, 5),
+    (5, 5),
+    (6, 1),
+    (6, 9),
+    (7, 10),
+    (8, 11),
+    (9, 1),
 )
 ATTN_ONLY_4L_DOCSTRING_HEADS: tuple[tuple[int, int], ...] = (
     # Heimersheim & Janiak 2023, "A circuit for Python docstrings in a 4-layer attention-only
     # transformer" (Alignment Forum), as encoded in ACDC (acdc/docstring/utils.py): 6 heads.
-    (0, 5), (1, 2), (1, 4), (2, 0), (3, 0), (3, 6),
+    (0, 5),
+    (1, 2),
+    (1, 4),
+    (2, 0),
+    (3, 0),
+    (3, 6),
 )
 PUBLISHED_CIRCUITS = {
     ("gpt2", "ioi"): (GPT2_IOI_HEADS, "Wang et al. 2022 (arXiv:2211.00593)"),
@@ -134,8 +166,14 @@ def _classification(pred: np.ndarray, reference: np.ndarray) -> dict[str, float]
     tnr = tn / max(tn + fp, 1.0)
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
     tpr_tnr_f1 = 2 * recall * tnr / max(recall + tnr, 1e-12)
-    return {"precision": precision, "recall": recall, "f1": f1, "tpr": recall, "tnr": tnr,
-            "authors_f1_tpr_tnr": tpr_tnr_f1}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tpr": recall,
+        "tnr": tnr,
+        "authors_f1_tpr_tnr": tpr_tnr_f1,
+    }
 
 
 def evaluate(scores: np.ndarray, reference: np.ndarray) -> dict:
@@ -192,8 +230,16 @@ class TaskActivations:
     pair: np.ndarray | None = None
 
 
-def harvest_task(model, tokenizer, task: Task, *, point: str = "result", positions: str = "mean",
-                 batch_size: int = 32, progress: bool = False) -> TaskActivations:
+def harvest_task(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    point: str = "result",
+    positions: str = "mean",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> TaskActivations:
     """Run clean and corrupted prompts once: last-position logits (who is right) and per-head ``point``
     activations reduced over ``positions`` (``"mean"`` or ``"last"``). Positives are the clean prompts
     the model predicts correctly; negatives are all corrupted prompts."""
@@ -208,8 +254,9 @@ def harvest_task(model, tokenizer, task: Task, *, point: str = "result", positio
     n = len(prompts)
     spec = HookSpec(capture=(point,), reduce=positions)
     logits_last, acts = [], []
-    for i in tqdm(range(0, n, batch_size), desc=f"harvest {point} ({n} prompts)", unit="batch", disable=not progress,
-                  leave=False):
+    for i in tqdm(
+        range(0, n, batch_size), desc=f"harvest {point} ({n} prompts)", unit="batch", disable=not progress, leave=False
+    ):
         tok, lens = tokens[i : i + batch_size], lengths[i : i + batch_size]
         rows = len(lens)
         if rows < batch_size:  # pad the last batch so every batch has one compiled shape
@@ -265,8 +312,15 @@ def _last_metric(model, tokens, lengths, correct, incorrect, metric: str, edits)
 @eqx.filter_jit
 def _patch_each_head(model, clean, lengths, correct, incorrect, metric, masks, source, heads_per_batch):
     """``[n_masks]`` metrics, patching ``source`` into the heads of each ``masks[i]`` ``[L, H]``."""
-    run = lambda m: _last_metric(model, clean, lengths, correct, incorrect, metric,  # noqa: E731
-                                 {"result": (Replace(m, source),)})
+    run = lambda m: _last_metric(
+        model,
+        clean,
+        lengths,
+        correct,
+        incorrect,
+        metric,  # noqa: E731
+        {"result": (Replace(m, source),)},
+    )
     return jax.lax.map(run, masks, batch_size=heads_per_batch)
 
 
@@ -274,8 +328,15 @@ def _patch_each_head(model, clean, lengths, correct, incorrect, metric, masks, s
 def _metric_and_head_grad(model, clean, lengths, correct, incorrect, metric, source):
     """Metric at the clean run and its gradient w.r.t. per-head interpolation weights ``[L, H]``."""
     cfg = model.cfg
-    f = lambda a: _last_metric(model, clean, lengths, correct, incorrect, metric,  # noqa: E731
-                               {"result": (Replace(a, source),)})
+    f = lambda a: _last_metric(
+        model,
+        clean,
+        lengths,
+        correct,
+        incorrect,
+        metric,  # noqa: E731
+        {"result": (Replace(a, source),)},
+    )
     return jax.value_and_grad(f)(jnp.zeros((cfg.n_layers, cfg.n_heads), jnp.float32))
 
 
@@ -289,8 +350,9 @@ def _answers(task: Task):
     return jnp.asarray(task.correct), jnp.asarray(task.incorrect)
 
 
-def activation_patching(model, tokenizer, task: Task, *, heads_per_batch: int = 10, heads_per_call: int = 30,
-                        progress: bool = False) -> HeadScores:
+def activation_patching(
+    model, tokenizer, task: Task, *, heads_per_batch: int = 10, heads_per_call: int = 30, progress: bool = False
+) -> HeadScores:
     """Patch each head's ``result`` (all positions) from the corrupted run into the clean run, one head
     at a time, batched over heads (``lax.map`` of a vectorised forward, ``heads_per_batch`` heads per
     forward); score = normalised effect ``(m_clean - m_patched) / (m_clean - m_corrupted)`` of the mean
@@ -310,14 +372,26 @@ def activation_patching(model, tokenizer, task: Task, *, heads_per_batch: int = 
     n_calls = -(-H // per_call)
     masks = jnp.eye(n_calls * per_call, H, dtype=jnp.float32).reshape(n_calls, per_call, cfg.n_layers, cfg.n_heads)
     patched = []
-    for chunk in tqdm(masks, desc=f"activation patching ({H} heads, {len(task)} prompts)", unit="call",
-                      disable=not progress, leave=False):
-        patched.append(np.asarray(_patch_each_head(model, clean, lengths, correct, incorrect, task.metric, chunk,
-                                                   source, heads_per_batch)))
+    for chunk in tqdm(
+        masks,
+        desc=f"activation patching ({H} heads, {len(task)} prompts)",
+        unit="call",
+        disable=not progress,
+        leave=False,
+    ):
+        patched.append(
+            np.asarray(
+                _patch_each_head(model, clean, lengths, correct, incorrect, task.metric, chunk, source, heads_per_batch)
+            )
+        )
     patched = np.concatenate(patched)[:H]
     effect = (m_clean - patched) / (m_clean - m_corr)
-    return HeadScores("activation_patching", effect, time.perf_counter() - t0,
-                      {"metric_clean": m_clean, "metric_corrupted": m_corr, "n_prompts": len(task)})
+    return HeadScores(
+        "activation_patching",
+        effect,
+        time.perf_counter() - t0,
+        {"metric_clean": m_clean, "metric_corrupted": m_corr, "n_prompts": len(task)},
+    )
 
 
 def attribution_patching(model, tokenizer, task: Task) -> HeadScores:
@@ -332,8 +406,12 @@ def attribution_patching(model, tokenizer, task: Task) -> HeadScores:
     m_clean, grad = _metric_and_head_grad(model, clean, lengths, correct, incorrect, task.metric, source)
     m_clean = float(m_clean)
     effect = -np.asarray(grad).reshape(-1) / (m_clean - m_corr)
-    return HeadScores("attribution_patching", effect, time.perf_counter() - t0,
-                      {"metric_clean": m_clean, "metric_corrupted": m_corr, "n_prompts": len(task)})
+    return HeadScores(
+        "attribution_patching",
+        effect,
+        time.perf_counter() - t0,
+        {"metric_clean": m_clean, "metric_corrupted": m_corr, "n_prompts": len(task)},
+    )
 
 
 def random_scores(key, n_heads_total: int) -> HeadScores:
@@ -400,11 +478,17 @@ def _training_rows(key, positive: np.ndarray, n_train: int) -> np.ndarray:
     n_pos = min(len(pos), n_train // 2)
     n_neg = min(len(neg), n_train - n_pos)
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"need positive and negative prompts to train on; got {len(pos)} positives "
-                         f"(the model is right on none of the clean prompts?) and {len(neg)} negatives")
+        raise ValueError(
+            f"need positive and negative prompts to train on; got {len(pos)} positives "
+            f"(the model is right on none of the clean prompts?) and {len(neg)} negatives"
+        )
     k1, k2, k3 = jax.random.split(key, 3)
-    rows = np.concatenate([np.asarray(jax.random.choice(k1, pos, (n_pos,), replace=False)),
-                           np.asarray(jax.random.choice(k2, neg, (n_neg,), replace=False))])
+    rows = np.concatenate(
+        [
+            np.asarray(jax.random.choice(k1, pos, (n_pos,), replace=False)),
+            np.asarray(jax.random.choice(k2, neg, (n_neg,), replace=False)),
+        ]
+    )
     return rows[np.asarray(jax.random.permutation(k3, len(rows)))]
 
 
@@ -424,13 +508,26 @@ def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: f
     d_in = data.shape[-1]
     rows = data.shape[-2]
     sae = init_stack("relu", key, n_saes, d_in, d_sae, unit_norm_decoder=True)
-    tc = TrainConfig(steps=epochs, batch_size=rows, lr=lr, sparsity_coef=sparsity, grad_clip=None,
-                     chunk_steps=epochs, dead_after_tokens=rows * epochs + 1)
+    tc = TrainConfig(
+        steps=epochs,
+        batch_size=rows,
+        lr=lr,
+        sparsity_coef=sparsity,
+        grad_clip=None,
+        chunk_steps=epochs,
+        dead_after_tokens=rows * epochs + 1,
+    )
     return train(sae, data, tc, progress=False)
 
 
-def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
-                    cfg: SAECodeConfig = SAECodeConfig(), pair: np.ndarray | None = None) -> HeadScores:
+def sae_code_scores(
+    key,
+    acts: np.ndarray,
+    positive: np.ndarray,
+    method: str,
+    cfg: SAECodeConfig = SAECodeConfig(),
+    pair: np.ndarray | None = None,
+) -> HeadScores:
     """Head scores from discrete SAE codes.
 
     acts: ``[H, n, d]`` per-head activations of all prompts; positive: ``[n]`` bool.
@@ -446,8 +543,10 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
     if method not in SAE_METHODS:
         raise ValueError(f"unknown SAE method {method!r}; choose one of {', '.join(SAE_METHODS)}")
     if method in PAIRED_METHODS and (pair is None or len(pair) != int(np.sum(positive))):
-        raise ValueError(f"method {method!r} needs pair: the corrupted row of each of the {int(np.sum(positive))} "
-                         "positive rows (TaskActivations.pair from harvest_task)")
+        raise ValueError(
+            f"method {method!r} needs pair: the corrupted row of each of the {int(np.sum(positive))} "
+            "positive rows (TaskActivations.pair from harvest_task)"
+        )
     t0 = time.perf_counter()
     H, n, d = acts.shape
     if cfg.normalise_heads:
@@ -458,8 +557,9 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
     details: dict = {"n_train": len(rows)}
     if method in ("sae_per_head", "sae_per_head_paired"):
         standard = standardise_heads(acts, rows)
-        result = _train_saes(k_sae, standard[:, rows], H, cfg.per_head_l1 * d, cfg.per_head_d_sae,
-                             cfg.per_head_epochs, cfg.per_head_lr)
+        result = _train_saes(
+            k_sae, standard[:, rows], H, cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs, cfg.per_head_lr
+        )
         codes = codes_mod.discretise(result.sae, standard, per_head=True)
         if method == "sae_per_head_paired":
             scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
@@ -477,7 +577,9 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
             sae_i = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, result.sae)
             codes = codes_mod.discretise(sae_i, acts, per_head=False)
             if method == "sae_edges":
-                scores = codes_mod.heads_from_edges(codes_mod.edge_scores(codes, jnp.asarray(positive), normalised=True))
+                scores = codes_mod.heads_from_edges(
+                    codes_mod.edge_scores(codes, jnp.asarray(positive), normalised=True)
+                )
             else:
                 raw = codes_mod.node_scores(codes, positive, cfg.d_sae, "raw")
                 members.append(raw / jnp.maximum(raw.max(), 1.0))
@@ -488,13 +590,16 @@ def sae_code_scores(key, acts: np.ndarray, positive: np.ndarray, method: str,
             scores = codes_mod.node_scores(codes, positive, cfg.d_sae, cfg.node_score)
         elif method == "sae_shared_paired":
             scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
-    details.update({k: float(np.mean(v)) for k, v in result.metrics.items() if k in ("l0", "explained_variance", "dead_fraction")})
+    details.update(
+        {k: float(np.mean(v)) for k, v in result.metrics.items() if k in ("l0", "explained_variance", "dead_fraction")}
+    )
     details["train_seconds"] = result.seconds
     return HeadScores(method, np.asarray(scores, np.float64), time.perf_counter() - t0, details)
 
 
-def activation_difference_scores(acts: Float[np.ndarray, "H n d"], positive: np.ndarray,
-                                 pair: np.ndarray) -> HeadScores:
+def activation_difference_scores(
+    acts: Float[np.ndarray, "H n d"], positive: np.ndarray, pair: np.ndarray
+) -> HeadScores:
     """No SAE, no codes: per head, the mean distance between each positive prompt's activation and its
     own corruption's, over the head's typical spread (mean distance of its activations from their mean).
 
@@ -505,8 +610,10 @@ def activation_difference_scores(acts: Float[np.ndarray, "H n d"], positive: np.
     acts = np.asarray(acts, np.float32)
     clean = np.flatnonzero(positive)
     if pair is None or len(pair) != len(clean):
-        raise ValueError(f"activation_difference needs pair: the corrupted row of each of the {len(clean)} positive "
-                         "rows (TaskActivations.pair from harvest_task)")
+        raise ValueError(
+            f"activation_difference needs pair: the corrupted row of each of the {len(clean)} positive "
+            "rows (TaskActivations.pair from harvest_task)"
+        )
     change = np.linalg.norm(acts[:, clean] - acts[:, pair], axis=-1).mean(axis=1)
     spread = np.linalg.norm(acts - acts.mean(axis=1, keepdims=True), axis=-1).mean(axis=1)
     scores = np.where(spread > 0, change / np.maximum(spread, 1e-30), 0.0)
@@ -517,9 +624,18 @@ ACTIVATION_METHODS = (*SAE_METHODS, "activation_difference")  # scored from harv
 DISCOVERY_METHODS = (*ACTIVATION_METHODS, "attribution_patching", "activation_patching", "random")
 
 
-def discover(model, tokenizer, task: Task, method: str = "sae_shared", *, key=None,
-             sae_config: SAECodeConfig = SAECodeConfig(), point: str = "result", positions: str = "mean",
-             activations: TaskActivations | None = None) -> HeadScores:
+def discover(
+    model,
+    tokenizer,
+    task: Task,
+    method: str = "sae_shared",
+    *,
+    key=None,
+    sae_config: SAECodeConfig = SAECodeConfig(),
+    point: str = "result",
+    positions: str = "mean",
+    activations: TaskActivations | None = None,
+) -> HeadScores:
     """Per-head circuit scores ``[n_layers * n_heads]`` for ``task`` by ``method``.
 
     SAE methods harvest per-head activations (or reuse ``activations``) and score discrete codes; their
@@ -543,8 +659,14 @@ def discover(model, tokenizer, task: Task, method: str = "sae_shared", *, key=No
         found = activation_difference_scores(activations.acts, activations.positive, activations.pair)
     else:
         found = sae_code_scores(key, activations.acts, activations.positive, method, sae_config, activations.pair)
-    found.details.update({"harvest_seconds": harvest_seconds, "model_accuracy": activations.accuracy,
-                          "n_pos": int(activations.positive.sum()), "n_neg": int((~activations.positive).sum())})
+    found.details.update(
+        {
+            "harvest_seconds": harvest_seconds,
+            "model_accuracy": activations.accuracy,
+            "n_pos": int(activations.positive.sum()),
+            "n_neg": int((~activations.positive).sum()),
+        }
+    )
     found.seconds += harvest_seconds
     return found
 
@@ -564,11 +686,25 @@ def ranking_scores(found: HeadScores) -> np.ndarray:
     return np.abs(found.scores) if found.method.endswith("patching") else found.scores
 
 
-def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *, methods=DISCOVERY_METHODS,
-                    key=None, sae_config: SAECodeConfig = SAECodeConfig(), reference_k: int | None = None,
-                    reference_heads: np.ndarray | None = None, reference_name: str = "activation_patching",
-                    attribution_prompts: int = 32, point: str = "result", positions: str = "mean",
-                    equal_prompts_method: str | None = None, progress: bool = False, log=print) -> dict:
+def compare_methods(
+    model,
+    tokenizer,
+    task: Task,
+    reference_task: Task | None,
+    *,
+    methods=DISCOVERY_METHODS,
+    key=None,
+    sae_config: SAECodeConfig = SAECodeConfig(),
+    reference_k: int | None = None,
+    reference_heads: np.ndarray | None = None,
+    reference_name: str = "activation_patching",
+    attribution_prompts: int = 32,
+    point: str = "result",
+    positions: str = "mean",
+    equal_prompts_method: str | None = None,
+    progress: bool = False,
+    log=print,
+) -> dict:
     """Run ``methods`` on ``task`` and grade each against a reference circuit.
 
     The reference is ``reference_heads`` (a bool mask ``[H]``, e.g. a published circuit, named
@@ -596,19 +732,32 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
         if reference_task is None:
             raise ValueError("equal_prompts_method needs the reference prompts (reference_task)")
         # first, so that it pays for its compilations as activation patching pays for its own
-        same = discover(model, tokenizer, reference_task, equal_prompts_method, key=key, sae_config=sae_config,
-                        point=point, positions=positions)
+        same = discover(
+            model,
+            tokenizer,
+            reference_task,
+            equal_prompts_method,
+            key=key,
+            sae_config=sae_config,
+            point=point,
+            positions=positions,
+        )
     activations = harvest_task(model, tokenizer, task, point=point, positions=positions, progress=progress)
-    log(f"  harvested {activations.acts.shape[1]} prompts x {H} heads in {activations.seconds:.1f} s "
-        f"(model accuracy {activations.accuracy:.2f})")
+    log(
+        f"  harvested {activations.acts.shape[1]} prompts x {H} heads in {activations.seconds:.1f} s "
+        f"(model accuracy {activations.accuracy:.2f})"
+    )
     for i, method in enumerate(m for m in methods if m != "activation_patching"):
         mkey = jax.random.fold_in(key, i)
         if method in ACTIVATION_METHODS:
-            found[method] = discover(model, tokenizer, task, method, key=mkey, sae_config=sae_config,
-                                     activations=activations)
+            found[method] = discover(
+                model, tokenizer, task, method, key=mkey, sae_config=sae_config, activations=activations
+            )
             found[method].seconds += activations.seconds  # discovery time includes the harvest
         elif method == "attribution_patching":
-            found[method] = attribution_patching(model, tokenizer, task.subset(range(min(attribution_prompts, len(task)))))
+            found[method] = attribution_patching(
+                model, tokenizer, task.subset(range(min(attribution_prompts, len(task))))
+            )
         else:
             found[method] = discover(model, tokenizer, task, method, key=mkey)
         log(f"  {method:<22s} {found[method].seconds:7.1f} s")
@@ -625,27 +774,49 @@ def compare_methods(model, tokenizer, task: Task, reference_task: Task | None, *
     else:
         mask = np.asarray(reference_heads, bool)
         k = int(mask.sum())
-    out = {"task": task.name, "n_pos": int(activations.positive.sum()), "n_neg": int((~activations.positive).sum()),
-           "model_accuracy": activations.accuracy, "methods": {}, "reference": reference_name}
-    details = {"reference_k": k, "reference_prompts": len(reference_task) if reference_task else 0,
-               "task_note": task.note, "reference_heads": [names[i] for i in np.flatnonzero(mask)],
-               "evaluation": {}, "method_details": {}}
+    out = {
+        "task": task.name,
+        "n_pos": int(activations.positive.sum()),
+        "n_neg": int((~activations.positive).sum()),
+        "model_accuracy": activations.accuracy,
+        "methods": {},
+        "reference": reference_name,
+    }
+    details = {
+        "reference_k": k,
+        "reference_prompts": len(reference_task) if reference_task else 0,
+        "task_note": task.note,
+        "reference_heads": [names[i] for i in np.flatnonzero(mask)],
+        "evaluation": {},
+        "method_details": {},
+    }
     for name, f in found.items():
         s = ranking_scores(f)
         ev = evaluate(s, mask)
         order = np.argsort(-s, kind="stable")
-        out["methods"][name] = {"auc": ev["auc"], "seconds": f.seconds, "top_heads": [names[i] for i in order[:k]],
-                                "scores": {names[i]: float(f.scores[i]) for i in range(H)}}
+        out["methods"][name] = {
+            "auc": ev["auc"],
+            "seconds": f.seconds,
+            "top_heads": [names[i] for i in order[:k]],
+            "scores": {names[i]: float(f.scores[i]) for i in range(H)},
+        }
         details["evaluation"][name] = ev
         details["method_details"][name] = f.details
     if same is not None:
         ap_seconds = found["activation_patching"].seconds
         out["speed_at_equal_prompts"] = {
-            "n_prompts": len(reference_task), "method": equal_prompts_method, "sae_seconds": same.seconds,
-            "activation_patching_seconds": ap_seconds, "speedup": ap_seconds / same.seconds,
-            "sae_auc": roc_auc(same.scores, mask), "sae_harvest_seconds": same.details["harvest_seconds"]}
-        log(f"  equal prompts ({len(reference_task)} clean + corrupted): {equal_prompts_method} {same.seconds:.1f} s "
-            f"vs activation patching {ap_seconds:.1f} s ({ap_seconds / same.seconds:.1f}x)")
+            "n_prompts": len(reference_task),
+            "method": equal_prompts_method,
+            "sae_seconds": same.seconds,
+            "activation_patching_seconds": ap_seconds,
+            "speedup": ap_seconds / same.seconds,
+            "sae_auc": roc_auc(same.scores, mask),
+            "sae_harvest_seconds": same.details["harvest_seconds"],
+        }
+        log(
+            f"  equal prompts ({len(reference_task)} clean + corrupted): {equal_prompts_method} {same.seconds:.1f} s "
+            f"vs activation patching {ap_seconds:.1f} s ({ap_seconds / same.seconds:.1f}x)"
+        )
     out["_details"] = details
     return out
 

@@ -59,8 +59,9 @@ def distinct_counts(codes: Int[Array, "n H"], n_codes: int) -> Int[Array, " H"]:
     return jnp.sum(code_counts(codes, jnp.ones(codes.shape[0], bool), n_codes) > 0, axis=-1)
 
 
-def node_scores(codes: Int[Array, "n H"], positive: Bool[Array, " n"], n_codes: int,
-                kind: NodeScore = "softmax") -> Float[Array, " H"]:
+def node_scores(
+    codes: Int[Array, "n H"], positive: Bool[Array, " n"], n_codes: int, kind: NodeScore = "softmax"
+) -> Float[Array, " H"]:
     """Head scores from unique-positive code counts.
 
     kind: ``"raw"`` the counts; ``"softmax"`` a softmax of the counts over heads (the paper's score; same
@@ -115,8 +116,9 @@ def heads_from_edges(edges: Float[Array, "H H"]) -> Float[Array, " H"]:
     return jnp.sum(off_diagonal, axis=1) / max(H - 1, 1)
 
 
-def paired_code_changes(codes: Int[Array, "n H"], clean_rows: Int[Array, " m"],
-                        corrupted_rows: Int[Array, " m"]) -> Float[Array, " H"]:
+def paired_code_changes(
+    codes: Int[Array, "n H"], clean_rows: Int[Array, " m"], corrupted_rows: Int[Array, " m"]
+) -> Float[Array, " H"]:
     """Per head: the fraction of (clean, corrupted) prompt pairs whose codes differ.
 
     ``clean_rows[i]`` and ``corrupted_rows[i]`` index the two prompts of pair ``i`` (a positive prompt and
@@ -128,8 +130,10 @@ def paired_code_changes(codes: Int[Array, "n H"], clean_rows: Int[Array, " m"],
     codes = jnp.asarray(codes)
     clean_rows, corrupted_rows = jnp.asarray(clean_rows), jnp.asarray(corrupted_rows)
     if clean_rows.shape != corrupted_rows.shape or clean_rows.ndim != 1 or clean_rows.size == 0:
-        raise ValueError(f"clean_rows {tuple(clean_rows.shape)} and corrupted_rows {tuple(corrupted_rows.shape)} "
-                         "must be two non-empty index vectors of the same length (one entry per prompt pair)")
+        raise ValueError(
+            f"clean_rows {tuple(clean_rows.shape)} and corrupted_rows {tuple(corrupted_rows.shape)} "
+            "must be two non-empty index vectors of the same length (one entry per prompt pair)"
+        )
     return jnp.mean((codes[clean_rows] != codes[corrupted_rows]).astype(jnp.float32), axis=0)
 
 

@@ -8,7 +8,7 @@ from jaxtyping import Array, Float
 
 def mean_max_cosine(
     true_features: Float[Array, "... n_features d"], W_dec: Float[Array, "... d_sae d"]
-) -> Float[Array, "..."]:
+) -> Float[Array, ...]:
     """For each true feature the best cosine similarity with any decoder row, averaged over features.
 
     1.0 means every true feature has a latent pointing exactly along it. Leading axes broadcast (a

@@ -111,7 +111,7 @@ def activation_metrics(
     b = min(batch_size, n)
     totals: dict[str, np.ndarray] = {}
     for start in range(0, n, b):
-        chunk = x[..., start:start + b, :]
+        chunk = x[..., start : start + b, :]
         valid = np.zeros(b, np.float32)
         valid[: chunk.shape[-2]] = 1.0
         if chunk.shape[-2] < b:  # pad to one shape: one compilation
@@ -237,8 +237,14 @@ def _ablation_sums(tail, resid, clean_logp, tokens, lengths, targets, mask, head
 
 
 def hook_activations(
-    model: Transformer, tokens: np.ndarray, lengths: np.ndarray, *, layers: Sequence[int], point: str,
-    heads: Sequence[int] | None = None, batch_size: int = 8,
+    model: Transformer,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    layers: Sequence[int],
+    point: str,
+    heads: Sequence[int] | None = None,
+    batch_size: int = 8,
 ) -> np.ndarray:
     """What each of N SAEs reads at its hook, for every real token: ``[N, n_tokens, d_in]``.
 
@@ -247,14 +253,20 @@ def hook_activations(
     """
     from jsae.models import harvest
 
-    acts = harvest(model, (np.asarray(tokens), np.asarray(lengths)), point=point, positions="all",
-                   batch_size=batch_size, progress=False)  # [L*H, n, d] head points, [L, n, D] otherwise
+    acts = harvest(
+        model,
+        (np.asarray(tokens), np.asarray(lengths)),
+        point=point,
+        positions="all",
+        batch_size=batch_size,
+        progress=False,
+    )  # [L*H, n, d] head points, [L, n, D] otherwise
     H = model.cfg.n_heads
     if point not in ("z", "result"):
         return np.stack([acts[l] for l in layers])
     if heads is not None:
         return np.stack([acts[l * H + h] for l, h in zip(layers, heads)])
-    return np.stack([np.concatenate(list(acts[l * H:(l + 1) * H]), axis=-1) for l in layers])
+    return np.stack([np.concatenate(list(acts[l * H : (l + 1) * H]), axis=-1) for l in layers])
 
 
 def _per_sae(value, n: int, name: str) -> list:
@@ -304,8 +316,10 @@ def spliced_losses(
         raise ValueError(f"head out of range: the model has heads 0..{cfg.n_heads - 1}")
     want = hook_width(cfg, point, heads is not None)
     if sae.W_enc.shape[1] != want:
-        raise ValueError(f"the SAEs read d_in={sae.W_enc.shape[1]} but {point!r} "
-                         f"{'of one head ' if heads is not None else ''}has width {want} in this model")
+        raise ValueError(
+            f"the SAEs read d_in={sae.W_enc.shape[1]} but {point!r} "
+            f"{'of one head ' if heads is not None else ''}has width {want} in this model"
+        )
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [sequences, positions] with at least 2 positions, got {tokens.shape}")
@@ -320,7 +334,7 @@ def spliced_losses(
     sums = {k: np.zeros(n) for k in ("ce_sae", "kl_sae", "ce_ablated", "kl_ablated")}
     ce_clean, count = 0.0, 0.0
     for i in range(0, tokens.shape[0], b):
-        tok, lens = tokens[i:i + b], lengths[i:i + b]
+        tok, lens = tokens[i : i + b], lengths[i : i + b]
         if tok.shape[0] < b:  # pad with one-token rows (masked out): one compilation
             tok = np.concatenate([tok, np.zeros((b - tok.shape[0], T), np.int32)])
             lens = np.concatenate([lens, np.ones(b - lens.shape[0], np.int32)])
@@ -333,13 +347,23 @@ def spliced_losses(
         for s, idx in groups.items():
             group_sae = jax.tree.map(lambda a: a[idx], sae)
             group_heads = None if heads is None else jnp.asarray([heads[j] for j in idx], jnp.int32)
-            ce, kl = _group_sums(tails[s], resid[s], clean_logp, tok_j, lens_j, targets, mask, group_sae,
-                                 group_heads, point, chunk)
+            ce, kl = _group_sums(
+                tails[s], resid[s], clean_logp, tok_j, lens_j, targets, mask, group_sae, group_heads, point, chunk
+            )
             sums["ce_sae"][idx] += np.asarray(ce)
             sums["kl_sae"][idx] += np.asarray(kl)
             unique = None if heads is None else np.unique(np.asarray(group_heads))
-            ce_a, kl_a = _ablation_sums(tails[s], resid[s], clean_logp, tok_j, lens_j, targets, mask,
-                                        None if unique is None else jnp.asarray(unique), point)
+            ce_a, kl_a = _ablation_sums(
+                tails[s],
+                resid[s],
+                clean_logp,
+                tok_j,
+                lens_j,
+                targets,
+                mask,
+                None if unique is None else jnp.asarray(unique),
+                point,
+            )
             pos = np.zeros(len(idx), int) if unique is None else np.searchsorted(unique, np.asarray(group_heads))
             sums["ce_ablated"][idx] += np.asarray(ce_a)[pos]
             sums["kl_ablated"][idx] += np.asarray(kl_a)[pos]

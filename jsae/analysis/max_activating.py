@@ -52,8 +52,16 @@ def _encode_at_hook(model, sae, tokens, lengths, latents, layer: int, point: str
 
 
 def latent_activations(
-    model: Transformer, sae: SAE, tokens: Int[np.ndarray, "S T"], lengths: Int[np.ndarray, " S"] | None = None, *,
-    latents: Sequence[int], layer: int, point: str = "resid_post", head: int | None = None, batch_size: int = 8,
+    model: Transformer,
+    sae: SAE,
+    tokens: Int[np.ndarray, "S T"],
+    lengths: Int[np.ndarray, " S"] | None = None,
+    *,
+    latents: Sequence[int],
+    layer: int,
+    point: str = "resid_post",
+    head: int | None = None,
+    batch_size: int = 8,
 ) -> np.ndarray:
     """Activations ``[S, T, len(latents)]`` of one SAE's chosen latents at its hook (0 past each length)."""
     if sae.W_enc.ndim != 2:
@@ -75,14 +83,15 @@ def latent_activations(
     out = np.zeros((S, T, latents.size), np.float32)
     head_arr = None if head is None else jnp.asarray(head, jnp.int32)
     for i in range(0, S, b):
-        tok, lens = tokens[i:i + b], lengths[i:i + b]
+        tok, lens = tokens[i : i + b], lengths[i : i + b]
         n_real = tok.shape[0]
         if n_real < b:
             tok = np.concatenate([tok, np.zeros((b - n_real, T), np.int32)])
             lens = np.concatenate([lens, np.ones(b - n_real, np.int32)])
-        acts = _encode_at_hook(model, sae, jnp.asarray(tok), jnp.asarray(lens), jnp.asarray(latents), layer, point,
-                               head_arr)
-        out[i:i + n_real] = np.asarray(acts)[:n_real]
+        acts = _encode_at_hook(
+            model, sae, jnp.asarray(tok), jnp.asarray(lens), jnp.asarray(latents), layer, point, head_arr
+        )
+        out[i : i + n_real] = np.asarray(acts)[:n_real]
     valid = np.arange(T)[None, :] < lengths[:, None]
     return out * valid[..., None]
 
@@ -99,28 +108,51 @@ def top_positions(acts: np.ndarray, lengths: np.ndarray, k: int) -> list[tuple[i
     return [(int(j // acts.shape[1]), int(j % acts.shape[1]), float(flat[j])) for j in top if flat[j] > 0]
 
 
-def format_context(tokenizer: Tokenizer, row: np.ndarray, position: int, length: int, *, left: int = 12,
-                   right: int = 4, marker: tuple[str, str] = ("«", "»")) -> str:
+def format_context(
+    tokenizer: Tokenizer,
+    row: np.ndarray,
+    position: int,
+    length: int,
+    *,
+    left: int = 12,
+    right: int = 4,
+    marker: tuple[str, str] = ("«", "»"),
+) -> str:
     """Text of ``row[position-left : position+right+1]`` with the token at ``position`` between markers."""
     lo, hi = max(0, position - left), min(length, position + right + 1)
     before = tokenizer.decode(row[lo:position]) if position > lo else ""
-    after = tokenizer.decode(row[position + 1:hi]) if hi > position + 1 else ""
-    return f"{before}{marker[0]}{tokenizer.decode(row[position:position + 1])}{marker[1]}{after}"
+    after = tokenizer.decode(row[position + 1 : hi]) if hi > position + 1 else ""
+    return f"{before}{marker[0]}{tokenizer.decode(row[position : position + 1])}{marker[1]}{after}"
 
 
 def max_activating_examples(
-    model: Transformer, tokenizer: Tokenizer, sae: SAE, tokens: np.ndarray, lengths: np.ndarray | None = None, *,
-    latents: Sequence[int], layer: int, point: str = "resid_post", head: int | None = None, k: int = 10,
-    left: int = 12, right: int = 4, batch_size: int = 8,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    sae: SAE,
+    tokens: np.ndarray,
+    lengths: np.ndarray | None = None,
+    *,
+    latents: Sequence[int],
+    layer: int,
+    point: str = "resid_post",
+    head: int | None = None,
+    k: int = 10,
+    left: int = 12,
+    right: int = 4,
+    batch_size: int = 8,
 ) -> dict[int, list[ActivatingExample]]:
     """For each latent, its top-``k`` contexts in ``tokens [S, T]`` (largest activation first)."""
     tokens = np.asarray(tokens, np.int32)
     lengths = np.full(tokens.shape[0], tokens.shape[1], np.int32) if lengths is None else np.asarray(lengths, np.int32)
-    acts = latent_activations(model, sae, tokens, lengths, latents=latents, layer=layer, point=point, head=head,
-                              batch_size=batch_size)
+    acts = latent_activations(
+        model, sae, tokens, lengths, latents=latents, layer=layer, point=point, head=head, batch_size=batch_size
+    )
     return {
-        int(lat): [ActivatingExample(int(lat), v, s, t, format_context(tokenizer, tokens[s], t, int(lengths[s]),
-                                                                       left=left, right=right))
-                   for s, t, v in top_positions(acts[..., j], lengths, k)]
+        int(lat): [
+            ActivatingExample(
+                int(lat), v, s, t, format_context(tokenizer, tokens[s], t, int(lengths[s]), left=left, right=right)
+            )
+            for s, t, v in top_positions(acts[..., j], lengths, k)
+        ]
         for j, lat in enumerate(latents)
     }

@@ -99,8 +99,14 @@ def fit_logistic(
 
 
 def train_probe(
-    x: Float[Array, "n d"], labels: Int[Array, " n"], n_classes: int, *, steps: int = 300, lr: float = 0.05,
-    l1: float = 0.0, l2: float = 1e-4,
+    x: Float[Array, "n d"],
+    labels: Int[Array, " n"],
+    n_classes: int,
+    *,
+    steps: int = 300,
+    lr: float = 0.05,
+    l1: float = 0.0,
+    l2: float = 1e-4,
 ) -> LinearProbe:
     """A C-way one-vs-rest probe on integer ``labels [n]`` (class ids in [0, n_classes))."""
     x = jnp.asarray(x, jnp.float32)

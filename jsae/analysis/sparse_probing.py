@@ -49,8 +49,13 @@ def mean_difference_ranking(latents: Float[Array, "n m"], targets: Float[Array, 
 
 
 def select_latents(
-    latents: Float[Array, "n m"], labels: Int[Array, " n"], n_classes: int, max_k: int,
-    method: Selection = "mean_diff", l1: float = 0.01, steps: int = 200,
+    latents: Float[Array, "n m"],
+    labels: Int[Array, " n"],
+    n_classes: int,
+    max_k: int,
+    method: Selection = "mean_diff",
+    l1: float = 0.01,
+    steps: int = 200,
 ) -> np.ndarray:
     """The ``max_k`` best latents per class, ``[C, K]`` ids, by mean difference or L1-probe weight."""
     if method not in ("mean_diff", "l1"):
@@ -90,9 +95,15 @@ def accepted_splits(f1: Float[Array, "C K"], tau_fs: float = 0.03) -> np.ndarray
 
 
 def k_sparse_probing(
-    latents_train: Float[Array, "n m"], labels_train: Int[Array, " n"],
-    latents_test: Float[Array, "n2 m"], labels_test: Int[Array, " n2"],
-    n_classes: int = 26, *, max_k: int = 10, method: Selection = "mean_diff", tau_fs: float = 0.03,
+    latents_train: Float[Array, "n m"],
+    labels_train: Int[Array, " n"],
+    latents_test: Float[Array, "n2 m"],
+    labels_test: Int[Array, " n2"],
+    n_classes: int = 26,
+    *,
+    max_k: int = 10,
+    method: Selection = "mean_diff",
+    tau_fs: float = 0.03,
     l1: float = 0.01,
 ) -> SparseProbingResult:
     """Select, refit for k = 1..max_k and detect feature splits (see the module docstring)."""

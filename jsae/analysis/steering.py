@@ -24,7 +24,9 @@ from jsae.sae.base import SAE
 STEER_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "result")
 
 
-def decoder_direction(sae: SAE, latent: int, *, sae_index: int | None = None, unit: bool = True) -> Float[Array, " d_in"]:
+def decoder_direction(
+    sae: SAE, latent: int, *, sae_index: int | None = None, unit: bool = True
+) -> Float[Array, " d_in"]:
     """Row ``latent`` of ``W_dec`` (of SAE ``sae_index`` of a stack), unit-normalised if ``unit``."""
     W_dec = sae.W_dec
     if W_dec.ndim == 3:
@@ -38,8 +40,13 @@ def decoder_direction(sae: SAE, latent: int, *, sae_index: int | None = None, un
 
 
 def steering_hooks(
-    cfg: ModelConfig, direction: Float[Array, " d"], alpha: float | Float[Array, ""], *, layer: int,
-    point: str = "resid_post", head: int | None = None,
+    cfg: ModelConfig,
+    direction: Float[Array, " d"],
+    alpha: float | Float[Array, ""],
+    *,
+    layer: int,
+    point: str = "resid_post",
+    head: int | None = None,
 ) -> HookSpec:
     """A HookSpec adding ``alpha * direction`` at ``point`` of ``layer`` (every position, every row).
 
@@ -75,12 +82,17 @@ def steering_hooks(
 
 
 def next_token_probs(
-    model: Transformer, tokens: Int[Array, "B T"], lengths: Int[Array, " B"] | None = None, *,
+    model: Transformer,
+    tokens: Int[Array, "B T"],
+    lengths: Int[Array, " B"] | None = None,
+    *,
     hooks: HookSpec | None = None,
 ) -> Float[Array, "B V"]:
     """Probabilities of the token following position ``lengths - 1`` of each row."""
     tokens = jnp.asarray(tokens, jnp.int32)
-    lengths = jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
+    lengths = (
+        jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
+    )
     logits, _ = forward(model, tokens, hooks=hooks, lengths=lengths)
     last = logits[jnp.arange(tokens.shape[0]), lengths - 1]
     return jax.nn.softmax(last.astype(jnp.float32), axis=-1)

@@ -73,8 +73,10 @@ class ToyHierarchy:
         if not 0.0 <= self.magnitude_spread < 1.0:
             raise ValueError(f"magnitude_spread must be in [0, 1), got {self.magnitude_spread}")
         if self.hierarchical and self.p_child > self.p_parent:
-            raise ValueError(f"a child that fires only with its parent needs p_child <= p_parent "
-                             f"(got {self.p_child} > {self.p_parent})")
+            raise ValueError(
+                f"a child that fires only with its parent needs p_child <= p_parent "
+                f"(got {self.p_child} > {self.p_parent})"
+            )
 
     @property
     def n_features(self) -> int:
@@ -98,8 +100,9 @@ def toy_activations(
     else:
         children = jax.random.bernoulli(k_child, cfg.p_child, (n_tokens, cfg.n_children))
     active = jnp.concatenate([parent, children], axis=1)
-    mag = cfg.magnitude * jax.random.uniform(k_mag, active.shape, minval=1.0 - cfg.magnitude_spread,
-                                             maxval=1.0 + cfg.magnitude_spread)
+    mag = cfg.magnitude * jax.random.uniform(
+        k_mag, active.shape, minval=1.0 - cfg.magnitude_spread, maxval=1.0 + cfg.magnitude_spread
+    )
     return (active * mag) @ features, active
 
 
@@ -108,7 +111,10 @@ def _unit(a: Float[Array, "... d"]) -> Float[Array, "... d"]:
 
 
 def toy_absorption_scores(
-    sae: SAE, features: Float[Array, "F d_in"], x: Float[Array, "n d_in"], active: Bool[Array, "n F"],
+    sae: SAE,
+    features: Float[Array, "F d_in"],
+    x: Float[Array, "n d_in"],
+    active: Bool[Array, "n F"],
     active_eps: float = 1e-6,
 ) -> dict[str, np.ndarray]:
     """Absorption of the parent into the children for every SAE of a stack (see the module docstring).
@@ -132,8 +138,14 @@ def toy_absorption_scores(
         wrong = jnp.where(sign > 0, ~fires, fires)  # the parent's representation says "absent"
         rate = jnp.sum(both & wrong) / jnp.maximum(jnp.sum(both), 1)
         score = jnp.clip(jnp.maximum(in_child, 1.0 - enc_cos), 0.0, 1.0)
-        return {"parent_encoder_cosine": enc_cos, "parent_in_child_decoder": in_child, "absorption_rate": rate,
-                "absorption_score": score, "parent_latent": p_lat, "parent_sign": sign}
+        return {
+            "parent_encoder_cosine": enc_cos,
+            "parent_in_child_decoder": in_child,
+            "absorption_rate": rate,
+            "absorption_score": score,
+            "parent_latent": p_lat,
+            "parent_sign": sign,
+        }
 
     out = jax.vmap(one)(sae)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -188,10 +200,18 @@ def train_toy_saes(
     if arch == "relu":
         cfg["decoder_norm"] = 0.5
     k_init, k_span = jax.random.split(key)
-    sae = init_stack(arch, k_init, n, x.shape[-1], d_sae, k=k if arch in ("topk", "batchtopk", "matryoshka") else None,
-                     **cfg)
+    sae = init_stack(
+        arch, k_init, n, x.shape[-1], d_sae, k=k if arch in ("topk", "batchtopk", "matryoshka") else None, **cfg
+    )
     if span is not None:
         sae = init_in_span(k_span, sae, span)
-    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, sparsity_coef=[float(c) for c in coefs],
-                     chunk_steps=min(steps, 500), dead_after_tokens=batch_size * 50, grad_clip=None)
+    tc = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        sparsity_coef=[float(c) for c in coefs],
+        chunk_steps=min(steps, 500),
+        dead_after_tokens=batch_size * 50,
+        grad_clip=None,
+    )
     return train(sae, x, tc, progress=False), seeds, coefs

@@ -24,5 +24,12 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": jax.device_count(), "load_average_1m": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "load_average_1m": os.getloadavg()[0],
+    }

@@ -36,9 +36,9 @@ import numpy as np
 
 from jsae.analysis.evals import spliced_losses
 from jsae.commands.eval import SAMPLE_TEXT
+from jsae.models import edit, forward, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process
-from jsae.models import edit, forward, load
 from jsae.sae import index
 from jsae.sae.registry import init_stack
 
@@ -64,8 +64,11 @@ def timed(fn, repeats: int = REPEATS) -> tuple[float, float, object]:
 
 
 def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_evals.json") -> None:
-    ap.add_argument("--out", default=out, help="JSON file to write (default: "
-                    + (out or "bench_evals.json in a new run directory under --runs") + ")")
+    ap.add_argument(
+        "--out",
+        default=out,
+        help="JSON file to write (default: " + (out or "bench_evals.json in a new run directory under --runs") + ")",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,8 +94,12 @@ def run(args: argparse.Namespace) -> None:
         return spliced_losses(model, saes, tokens, lengths, layer=LAYER, batch_size=BATCH, max_logits_bytes=1)
 
     def one_at_a_time():
-        outs = [spliced_losses(model, index(saes, i), tokens, lengths, layer=LAYER, batch_size=BATCH,
-                               max_logits_bytes=max_logits) for i in range(N_SAES)]
+        outs = [
+            spliced_losses(
+                model, index(saes, i), tokens, lengths, layer=LAYER, batch_size=BATCH, max_logits_bytes=max_logits
+            )
+            for i in range(N_SAES)
+        ]
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     splice = lambda x, l, _, s: jnp.where(l == LAYER, s(x), x)  # noqa: E731  (one function object: one compile)
@@ -104,44 +111,83 @@ def run(args: argparse.Namespace) -> None:
         return -jnp.mean(jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1))
 
     def full_forward_loop():
-        return np.array([np.mean([float(ce_full(model, index(saes, i), jnp.asarray(tokens[j:j + BATCH])))
-                                  for j in range(0, SEQUENCES, BATCH)]) for i in range(N_SAES)])
+        return np.array(
+            [
+                np.mean(
+                    [
+                        float(ce_full(model, index(saes, i), jnp.asarray(tokens[j : j + BATCH])))
+                        for j in range(0, SEQUENCES, BATCH)
+                    ]
+                )
+                for i in range(N_SAES)
+            ]
+        )
 
     results = {}
-    for name, fn in (("vectorised", vectorised), ("vectorised_unbatched", vectorised_unbatched),
-                     ("one_at_a_time", one_at_a_time),
-                     ("full_forward_loop", full_forward_loop)):
+    for name, fn in (
+        ("vectorised", vectorised),
+        ("vectorised_unbatched", vectorised_unbatched),
+        ("one_at_a_time", one_at_a_time),
+        ("full_forward_loop", full_forward_loop),
+    ):
         first, best, out = timed(fn)
-        results[name] = {"seconds": best, "seconds_per_sae": best / N_SAES, "first_call_seconds": first,
-                         "ce_sae": (out if isinstance(out, np.ndarray) else out["ce_sae"]).tolist()}
+        results[name] = {
+            "seconds": best,
+            "seconds_per_sae": best / N_SAES,
+            "first_call_seconds": first,
+            "ce_sae": (out if isinstance(out, np.ndarray) else out["ce_sae"]).tolist(),
+        }
         if isinstance(out, dict):
             results[name]["ce_clean"] = float(out["ce_clean"][0])
         print(f"{name:>18}: {best:7.2f} s for {N_SAES} SAEs = {best / N_SAES:6.3f} s/SAE (first call {first:.1f} s)")
     ce = {k: np.asarray(v["ce_sae"]) for k, v in results.items()}
     vec = results["vectorised"]
     summary = {
-        "setup": {"model": "smollm2-135m", "n_saes": N_SAES, "architecture": "topk", "d_sae": D_SAE, "k": K,
-                  "hook": f"blocks.{LAYER}.hook_resid_post", "sequences": SEQUENCES, "context": CONTEXT,
-                  "tokens": SEQUENCES * CONTEXT, "batch_size": BATCH, "max_logits_bytes": max_logits,
-                  "repeats": REPEATS, "timing": "best of repeats after one warm-up call",
-                  "device": f"{jax.device_count()} x {jax.devices()[0].platform}",
-                  "cpu_count": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
+        "setup": {
+            "model": "smollm2-135m",
+            "n_saes": N_SAES,
+            "architecture": "topk",
+            "d_sae": D_SAE,
+            "k": K,
+            "hook": f"blocks.{LAYER}.hook_resid_post",
+            "sequences": SEQUENCES,
+            "context": CONTEXT,
+            "tokens": SEQUENCES * CONTEXT,
+            "batch_size": BATCH,
+            "max_logits_bytes": max_logits,
+            "repeats": REPEATS,
+            "timing": "best of repeats after one warm-up call",
+            "device": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax": jax.__version__,
+        },
         "results": results,
         "speedup_vectorised_vs_one_at_a_time": results["one_at_a_time"]["seconds"] / vec["seconds"],
         "speedup_vectorised_vs_unbatched": results["vectorised_unbatched"]["seconds"] / vec["seconds"],
         "speedup_vectorised_vs_full_forward_loop": results["full_forward_loop"]["seconds"] / vec["seconds"],
-        "max_abs_ce_difference": float(max(np.max(np.abs(ce["vectorised"] - ce["one_at_a_time"])),
-                                           np.max(np.abs(ce["vectorised"] - ce["full_forward_loop"])))),
+        "max_abs_ce_difference": float(
+            max(
+                np.max(np.abs(ce["vectorised"] - ce["one_at_a_time"])),
+                np.max(np.abs(ce["vectorised"] - ce["full_forward_loop"])),
+            )
+        ),
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(summary, indent=2))
-    grouped_bars(out_path.with_suffix(".png"), list(results), {"seconds per SAE": [r["seconds_per_sae"] for r in
-                 results.values()]}, ylabel="seconds per SAE (lower is better)",
-                 title=f"spliced CE of {N_SAES} SAEs on SmolLM2")
-    print(f"speed-up of the vectorised path: {summary['speedup_vectorised_vs_one_at_a_time']:.2f}x vs one at a time, "
-          f"{summary['speedup_vectorised_vs_full_forward_loop']:.2f}x vs a loop of full forwards; "
-          f"max |CE difference| {summary['max_abs_ce_difference']:.2e}; wrote {out_path}")
+    grouped_bars(
+        out_path.with_suffix(".png"),
+        list(results),
+        {"seconds per SAE": [r["seconds_per_sae"] for r in results.values()]},
+        ylabel="seconds per SAE (lower is better)",
+        title=f"spliced CE of {N_SAES} SAEs on SmolLM2",
+    )
+    print(
+        f"speed-up of the vectorised path: {summary['speedup_vectorised_vs_one_at_a_time']:.2f}x vs one at a time, "
+        f"{summary['speedup_vectorised_vs_full_forward_loop']:.2f}x vs a loop of full forwards; "
+        f"max |CE difference| {summary['max_abs_ce_difference']:.2e}; wrote {out_path}"
+    )
 
 
 if __name__ == "__main__":

@@ -50,12 +50,20 @@ def timed(fn) -> float:
 def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_models.json") -> None:
     ap.add_argument("--batch", type=int, default=32, help="prompts per forward (default: %(default)s)")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions, best kept (default: %(default)s)")
-    ap.add_argument("--stream-reps", type=int, default=4, help="timed repetitions of the 32 x 128 stream-shape "
-                    "case (default: %(default)s)")
-    ap.add_argument("--harvest-prompts", type=int, default=256, help="prompts for the harvest timing "
-                    "(default: %(default)s)")
-    ap.add_argument("--out", default=out, help="JSON file to write (default: "
-                    + (out or "bench_models.json in a new run directory under --runs") + ")")
+    ap.add_argument(
+        "--stream-reps",
+        type=int,
+        default=4,
+        help="timed repetitions of the 32 x 128 stream-shape case (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--harvest-prompts", type=int, default=256, help="prompts for the harvest timing (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--out",
+        default=out,
+        help="JSON file to write (default: " + (out or "bench_models.json in a new run directory under --runs") + ")",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +95,9 @@ def run(args: argparse.Namespace) -> None:
         from jsae.models import smollm2_gguf_path
 
         p = smollm2_gguf_path()
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(p.parent), gguf_file=p.name, dtype=torch.float32
+        ).eval()
         ids = torch.as_tensor(tokens, dtype=torch.long)
         torch_threads = torch.get_num_threads()
 
@@ -141,19 +151,41 @@ def run(args: argparse.Namespace) -> None:
         "jsae_compile_s": compile_s,
         "load_s": load_s,
         "stream_shape": stream,
-        "harvest": {"point": "result", "positions": "mean", "prompts": len(htexts), "tokens": h_tokens,
-                    "seconds": harvest_s, "output_shape": list(acts.shape)},
+        "harvest": {
+            "point": "result",
+            "positions": "mean",
+            "prompts": len(htexts),
+            "tokens": h_tokens,
+            "seconds": harvest_s,
+            "output_shape": list(acts.shape),
+        },
         "load_average_1m": os.getloadavg()[0],
         "machine": machine(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
-    grouped_bars(Path(args.out).with_suffix(".png"), ["forward", "harvest (per-head result)"],
-                 {"jsae": [res["jsae_tokens_per_s"], res["harvest_tokens_per_s"]],
-                  "transformers (torch)": [res["torch_tokens_per_s"], None]},
-                 ylabel="tokens/s (higher is better)", title="SmolLM2-135M on this CPU")
-    print(json.dumps({**{k: res[k] for k in ("jsae_tokens_per_s", "torch_tokens_per_s", "harvest_tokens_per_s",
-                                             "jsae_over_torch")}, "stream_shape": stream}, indent=2))
+    grouped_bars(
+        Path(args.out).with_suffix(".png"),
+        ["forward", "harvest (per-head result)"],
+        {
+            "jsae": [res["jsae_tokens_per_s"], res["harvest_tokens_per_s"]],
+            "transformers (torch)": [res["torch_tokens_per_s"], None],
+        },
+        ylabel="tokens/s (higher is better)",
+        title="SmolLM2-135M on this CPU",
+    )
+    print(
+        json.dumps(
+            {
+                **{
+                    k: res[k]
+                    for k in ("jsae_tokens_per_s", "torch_tokens_per_s", "harvest_tokens_per_s", "jsae_over_torch")
+                },
+                "stream_shape": stream,
+            },
+            indent=2,
+        )
+    )
 
 
 def stream_case(model, tok, hf, reps: int) -> dict:
@@ -180,8 +212,13 @@ def stream_case(model, tok, hf, reps: int) -> dict:
         if torch_fwd is not None:
             torch_t.append(timed(torch_fwd))
     n = tokens.size
-    out = {"shape": list(tokens.shape), "tokens": int(n), "jsae_tokens_per_s": n / min(jsae_t),
-           "torch_tokens_per_s": n / min(torch_t) if torch_t else None, "max_abs_logit_diff_vs_torch": diff}
+    out = {
+        "shape": list(tokens.shape),
+        "tokens": int(n),
+        "jsae_tokens_per_s": n / min(jsae_t),
+        "torch_tokens_per_s": n / min(torch_t) if torch_t else None,
+        "max_abs_logit_diff_vs_torch": diff,
+    }
     out["jsae_over_torch"] = out["jsae_tokens_per_s"] / out["torch_tokens_per_s"] if torch_t else None
     return out
 

@@ -35,9 +35,14 @@ def _fit(arch: str, d: int, m: int, b: int, k: int, steps: int, x) -> None:
     from sae_lens.config import SAETrainerConfig
 
     n_batches = x.shape[0] // b
-    batches = (x[(i % n_batches) * b:(i % n_batches + 1) * b] for i in itertools.count())
-    cfg = SAETrainerConfig(total_training_samples=steps * b, train_batch_size_samples=b, lr=1e-3, lr_end=1e-3,
-                           logger=LoggingConfig(log_to_wandb=False))
+    batches = (x[(i % n_batches) * b : (i % n_batches + 1) * b] for i in itertools.count())
+    cfg = SAETrainerConfig(
+        total_training_samples=steps * b,
+        train_batch_size_samples=b,
+        lr=1e-3,
+        lr_end=1e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     SAETrainer(cfg, _sae(arch, d, m, k), batches).fit()
 
 

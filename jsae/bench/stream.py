@@ -33,12 +33,18 @@ ASSUMED_UTILISATION = 0.4
 
 
 def add_arguments(ap: argparse.ArgumentParser, out: str | None = "results/bench_stream.json") -> None:
-    ap.add_argument("--exchanges", type=int, default=10, help="trained batches of contexts in (b) "
-                    "(default: %(default)s)")
+    ap.add_argument(
+        "--exchanges", type=int, default=10, help="trained batches of contexts in (b) (default: %(default)s)"
+    )
     ap.add_argument("--buffer-tokens", type=int, default=8192, help="shuffle buffer per head (default: %(default)s)")
     ap.add_argument("--reps", type=int, default=5, help="timed forwards for (a), best kept (default: %(default)s)")
-    ap.add_argument("--cache-steps", type=int, nargs=2, default=(16, 48), help="two run lengths (steps) for the "
-                    "marginal rate of (c) (default: %(default)s)")
+    ap.add_argument(
+        "--cache-steps",
+        type=int,
+        nargs=2,
+        default=(16, 48),
+        help="two run lengths (steps) for the marginal rate of (c) (default: %(default)s)",
+    )
     ap.add_argument("--out", default=out, help="JSON file to write")
 
 
@@ -71,9 +77,9 @@ def run(args: argparse.Namespace) -> None:
     from jsae.data import ContextStream, open_text
     from jsae.models import load
     from jsae.pipeline import train_on_model
+    from jsae.pipeline.cached import train_from_cache
     from jsae.runtime import prepare_process
     from jsae.sae.registry import init_stack
-    from jsae.pipeline.cached import train_from_cache
     from jsae.train import TrainConfig
 
     if args.exchanges < 4:
@@ -94,8 +100,9 @@ def run(args: argparse.Namespace) -> None:
     best = float("inf")
     for i in range(args.reps):
         t = time.perf_counter()
-        jax.block_until_ready(capture_rows_jit(run_model, jnp.asarray(batches[i % len(batches)]), inputs,
-                                               contexts.bos_positions))
+        jax.block_until_ready(
+            capture_rows_jit(run_model, jnp.asarray(batches[i % len(batches)]), inputs, contexts.bos_positions)
+        )
         best = min(best, time.perf_counter() - t)
     forward_rate = R / best
     print(f"(a) forward + capture of {n} heads' z: {forward_rate:,.0f} tokens/s")
@@ -111,19 +118,37 @@ def run(args: argparse.Namespace) -> None:
     stamps: list[float] = []
     cfg = TrainConfig(steps=1, batch_size=B, lr=1e-3, chunk_steps=R // B, normalise_activations=True)
     tokens = (args.exchanges + args.buffer_tokens // R) * R
-    train_on_model(model, contexts, inputs, make_sae, cfg, tokens=tokens, buffer_tokens=args.buffer_tokens,
-                   progress=False, on_exchange=lambda i: stamps.append(time.perf_counter()))
+    train_on_model(
+        model,
+        contexts,
+        inputs,
+        make_sae,
+        cfg,
+        tokens=tokens,
+        buffer_tokens=args.buffer_tokens,
+        progress=False,
+        on_exchange=lambda i: stamps.append(time.perf_counter()),
+    )
     trained = np.diff(stamps)[1:]  # stamps follow trained exchanges; the first two include compilation
     stream_rate = R / float(np.mean(trained))
-    print(f"(b) stream: forward + buffer + {n} SAEs: {stream_rate:,.0f} tokens/s "
-          f"({stream_rate / forward_rate:.2f} x the forward alone)")
+    print(
+        f"(b) stream: forward + buffer + {n} SAEs: {stream_rate:,.0f} tokens/s "
+        f"({stream_rate / forward_rate:.2f} x the forward alone)"
+    )
 
     # (c) the same stack from an on-disk cache of the same contexts
     root = Path(tempfile.mkdtemp(prefix="jsae-bench-cache-"))
     try:
         n_chunks = len(batches)
-        writer = create(root / "cache", n_rows=n, d=d, chunk_tokens=R, n_chunks=n_chunks, dtype="bfloat16",
-                        config={"bench": "stream"})
+        writer = create(
+            root / "cache",
+            n_rows=n,
+            d=d,
+            chunk_tokens=R,
+            n_chunks=n_chunks,
+            dtype="bfloat16",
+            config={"bench": "stream"},
+        )
         t = time.perf_counter()
         for i, b in enumerate(batches):
             writer.write_chunk(i, capture_rows_jit(run_model, jnp.asarray(b), inputs, contexts.bos_positions))
@@ -143,13 +168,27 @@ def run(args: argparse.Namespace) -> None:
 
     forward_gflop = forward_gflop_per_token(model, contexts.context_size)
     flops_token = forward_gflop + sae_gflop_per_token(n, d, m, k, sparse)
-    estimate = {name: {"seconds_for_100M_tokens": 1e8 * flops_token * 1e9 / (peak * 1e12 * ASSUMED_UTILISATION),
-                       "peak_tflops": peak} for name, peak in PEAKS_TFLOPS.items()}
+    estimate = {
+        name: {
+            "seconds_for_100M_tokens": 1e8 * flops_token * 1e9 / (peak * 1e12 * ASSUMED_UTILISATION),
+            "peak_tflops": peak,
+        }
+        for name, peak in PEAKS_TFLOPS.items()
+    }
     result = {
         "machine": machine(),
-        "case": {"model": "smollm2-135m", "points": "z", "n_saes": n, "d_in": d, "d_sae": m, "k": k, "batch_size": B,
-                 "contexts": [contexts.batch_contexts, contexts.context_size], "buffer_tokens": args.buffer_tokens,
-                 "topk_path": "sparse" if sparse else "dense"},
+        "case": {
+            "model": "smollm2-135m",
+            "points": "z",
+            "n_saes": n,
+            "d_in": d,
+            "d_sae": m,
+            "k": k,
+            "batch_size": B,
+            "contexts": [contexts.batch_contexts, contexts.context_size],
+            "buffer_tokens": args.buffer_tokens,
+            "topk_path": "sparse" if sparse else "dense",
+        },
         "n_saes": n,
         "forward_tokens_per_s": forward_rate,
         "stream_train_tokens_per_s": stream_rate,
@@ -158,9 +197,14 @@ def run(args: argparse.Namespace) -> None:
         "stream_over_forward": stream_rate / forward_rate,
         "cache_over_stream": cache_rate / stream_rate,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "flop_estimate": {"label": "an estimate from FLOP counts, not a measurement",
-                          "gflop_per_token": flops_token, "forward_gflop_per_token": forward_gflop,
-                          "sae_gflop_per_token": flops_token - forward_gflop, "assumed_utilisation": ASSUMED_UTILISATION, **estimate},
+        "flop_estimate": {
+            "label": "an estimate from FLOP counts, not a measurement",
+            "gflop_per_token": flops_token,
+            "forward_gflop_per_token": forward_gflop,
+            "sae_gflop_per_token": flops_token - forward_gflop,
+            "assumed_utilisation": ASSUMED_UTILISATION,
+            **estimate,
+        },
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

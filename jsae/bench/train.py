@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsae.bench import machine, saelens
-from jsae.sae import relu, stack, topk
 from jsae.runtime import prepare_process
+from jsae.sae import relu, stack, topk
 from jsae.train import TrainConfig, sae_mesh, train
 from jsae.train.sharding import AXIS
 from jsae.train.step import init_state, sae_step
@@ -59,8 +59,14 @@ K = 16  # TopK's active latents in the architecture cases
 BATCH = 1024
 # (d_in, d_sae) -> (n_saes, steps): about the same dense FLOP per timed run for every size, so each case
 # takes about as long; stacks of at least one SAE per device (2 CPU cores -> 2 devices)
-ARCH_SIZES = {(64, 512): (24, 25), (64, 2048): (8, 20), (64, 8192): (2, 20),
-              (576, 512): (4, 20), (576, 2048): (2, 8), (576, 8192): (2, 2)}
+ARCH_SIZES = {
+    (64, 512): (24, 25),
+    (64, 2048): (8, 20),
+    (64, 8192): (2, 20),
+    (576, 512): (4, 20),
+    (576, 2048): (2, 8),
+    (576, 8192): (2, 2),
+}
 ARCHS = (("relu", False), ("topk", False), ("topk", True))
 SAELENS_SIZE = (64, 512)  # the wide case's shape: the SAELens column sits there
 QUICK_SIZES = ((64, 512), (64, 8192), (576, 8192))  # --quick: the SAELens size and the two ratio targets
@@ -92,8 +98,12 @@ def step_matmuls_gflops(n: int, d: int, m: int, b: int, mesh, reps: int = 10) ->
 
     def local(x, g, dpre, W_enc, W_dec):
         f = jnp.einsum("nbd,ndm->nbm", x, W_enc)
-        return (jnp.einsum("nbm,nmd->nbd", f, W_dec), jnp.einsum("nbd,nmd->nbm", g, W_dec),
-                jnp.einsum("nbm,nbd->nmd", f, g), jnp.einsum("nbd,nbm->ndm", x, dpre))
+        return (
+            jnp.einsum("nbm,nmd->nbd", f, W_dec),
+            jnp.einsum("nbd,nmd->nbm", g, W_dec),
+            jnp.einsum("nbm,nbd->nmd", f, g),
+            jnp.einsum("nbd,nbm->ndm", x, dpre),
+        )
 
     five = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec))
     jax.block_until_ready(five(x, g, dpre, W_enc, W_dec))
@@ -123,8 +133,10 @@ def bench_loop(sae, data, cfg: TrainConfig, n_saes_timed: int) -> float:
     state = init_state(sae, cfg, jnp.full((n,), 1e-3), jnp.ones((n,)))
     hp = {"lr": jnp.asarray(1e-3), "sparsity_coef": jnp.asarray(0.1), "aux_coef": jnp.asarray(1 / 32)}
     step = jax.jit(sae_step, static_argnums=6, donate_argnums=(0, 1, 2))
-    singles = [jax.tree.map(lambda a: a[i], (state.sae, state.opt_state, state.tokens_since_fired))
-               for i in range(n_saes_timed)]
+    singles = [
+        jax.tree.map(lambda a: a[i], (state.sae, state.opt_state, state.tokens_since_fired))
+        for i in range(n_saes_timed)
+    ]
     b, steps = cfg.batch_size, cfg.steps
     batches = [jnp.asarray(data[i % data.shape[0], :b]) for i in range(n_saes_timed)]
     s, o, t, _ = step(*singles[0], batches[0], hp, jnp.asarray(0), cfg)  # compile
@@ -151,8 +163,12 @@ def bench_torch(d: int, m: int, b: int, n_saes_timed: int, steps: int) -> float 
     params = []
     for _ in range(n_saes_timed):
         W_enc = torch.randn(d, m) * 0.1
-        ps = [W_enc.clone().requires_grad_(), torch.zeros(m, requires_grad=True),
-              W_enc.T.clone().requires_grad_(), torch.zeros(d, requires_grad=True)]
+        ps = [
+            W_enc.clone().requires_grad_(),
+            torch.zeros(m, requires_grad=True),
+            W_enc.T.clone().requires_grad_(),
+            torch.zeros(d, requires_grad=True),
+        ]
         params.append((ps, torch.optim.Adam(ps, lr=1e-3)))
     x = torch.randn(b, d)
 
@@ -187,8 +203,9 @@ def run_case(case: dict, steps: int, peak: float, quick: bool = False) -> dict:
     mesh = sae_mesh()
     repeats = 1 if quick else REPEATS
     vmapped = bench_vmapped(sae, data, cfg, mesh, repeats)
-    one_device = (bench_vmapped(sae, data, cfg, sae_mesh(jax.devices()[:1]), repeats) if mesh.devices.size > 1
-                  else vmapped)
+    one_device = (
+        bench_vmapped(sae, data, cfg, sae_mesh(jax.devices()[:1]), repeats) if mesh.devices.size > 1 else vmapped
+    )
     loop_n = min(n, 4 if quick else 24)
     loop_steps = max(steps // 10, 5)
     loop = bench_loop(sae, data, TrainConfig(steps=loop_steps, batch_size=b), loop_n)
@@ -196,16 +213,29 @@ def run_case(case: dict, steps: int, peak: float, quick: bool = False) -> dict:
     sl = saelens_rate("relu", d, m, b, n, steps, quick) if case.get("saelens") else None
     gflops = vmapped * flops_per_sae_step(d, m, b) / 1e9
     ceiling = step_matmuls_gflops(n, d, m, b, mesh)
-    return {**case, "n_saes": n, "arch": "relu", "sparse": False, "steps": steps, "devices": int(mesh.devices.size),
-            "sae_steps_per_s": vmapped, "vmapped_sae_steps_per_s": vmapped,
-            "vmapped_one_device_sae_steps_per_s": one_device, "loop_sae_steps_per_s": loop,
-            "torch_sae_steps_per_s": torch_rate, "vmapped_sae_tokens_per_s": vmapped * b,
-            "vmapped_gflops": gflops, "fraction_of_matmul_peak": gflops / peak,
-            "step_matmuls_gflops": ceiling, "step_matmuls_fraction_of_peak": ceiling / peak,
-            "fraction_of_step_matmuls": gflops / ceiling,
-            "speedup_vs_one_device": vmapped / one_device, "speedup_vs_loop": vmapped / loop,
-            "speedup_vs_torch": (vmapped / torch_rate) if torch_rate else None,
-            **saelens_keys(vmapped, sl)}
+    return {
+        **case,
+        "n_saes": n,
+        "arch": "relu",
+        "sparse": False,
+        "steps": steps,
+        "devices": int(mesh.devices.size),
+        "sae_steps_per_s": vmapped,
+        "vmapped_sae_steps_per_s": vmapped,
+        "vmapped_one_device_sae_steps_per_s": one_device,
+        "loop_sae_steps_per_s": loop,
+        "torch_sae_steps_per_s": torch_rate,
+        "vmapped_sae_tokens_per_s": vmapped * b,
+        "vmapped_gflops": gflops,
+        "fraction_of_matmul_peak": gflops / peak,
+        "step_matmuls_gflops": ceiling,
+        "step_matmuls_fraction_of_peak": ceiling / peak,
+        "fraction_of_step_matmuls": gflops / ceiling,
+        "speedup_vs_one_device": vmapped / one_device,
+        "speedup_vs_loop": vmapped / loop,
+        "speedup_vs_torch": (vmapped / torch_rate) if torch_rate else None,
+        **saelens_keys(vmapped, sl),
+    }
 
 
 def saelens_rate(arch: str, d: int, m: int, b: int, n: int, steps: int, quick: bool) -> float | None:
@@ -227,8 +257,19 @@ def arch_stack(arch: str, sparse: bool, n: int, d: int, m: int):
     return stack(topk.init, keys, d, m, k=K, sparse=sparse)
 
 
-def run_arch_case(arch: str, sparse: bool, d: int, m: int, n: int, steps: int, b: int, peak: float,
-                  repeats: int, with_saelens: bool, quick: bool) -> dict:
+def run_arch_case(
+    arch: str,
+    sparse: bool,
+    d: int,
+    m: int,
+    n: int,
+    steps: int,
+    b: int,
+    peak: float,
+    repeats: int,
+    with_saelens: bool,
+    quick: bool,
+) -> dict:
     """SAE-steps/s of ``train`` for one (architecture, path, size) on every device."""
     n = -(-n // jax.device_count()) * jax.device_count()  # a multiple of the device count
     data = np.random.default_rng(0).normal(size=(n, 4 * b, d)).astype(np.float32)
@@ -237,10 +278,22 @@ def run_arch_case(arch: str, sparse: bool, d: int, m: int, n: int, steps: int, b
     gflops = rate * flops_per_sae_step(d, m, b) / 1e9
     # SAELens' TopK beside jsae's dense TopK (the default path at this size); its ReLU sits on the wide case
     sl = saelens_rate(arch, d, m, b, n, steps, quick) if with_saelens and arch == "topk" and not sparse else None
-    return {"name": f"{arch}{' sparse' if sparse else ''} d={d} m={m}", "arch": arch, "sparse": sparse,
-            "k": K if arch == "topk" else None, "n_saes": n, "d_in": d, "d_sae": m, "batch": b, "steps": steps,
-            "sae_steps_per_s": rate, "sae_tokens_per_s": rate * b, "dense_equivalent_gflops": gflops,
-            "fraction_of_matmul_peak": gflops / peak, **saelens_keys(rate, sl)}
+    return {
+        "name": f"{arch}{' sparse' if sparse else ''} d={d} m={m}",
+        "arch": arch,
+        "sparse": sparse,
+        "k": K if arch == "topk" else None,
+        "n_saes": n,
+        "d_in": d,
+        "d_sae": m,
+        "batch": b,
+        "steps": steps,
+        "sae_steps_per_s": rate,
+        "sae_tokens_per_s": rate * b,
+        "dense_equivalent_gflops": gflops,
+        "fraction_of_matmul_peak": gflops / peak,
+        **saelens_keys(rate, sl),
+    }
 
 
 def run_arch_cases(peak: float, quick: bool) -> list[dict]:
@@ -252,13 +305,18 @@ def run_arch_cases(peak: float, quick: bool) -> list[dict]:
         if quick:
             n, steps = jax.device_count(), 2
         for arch, sparse in ARCHS:
-            r = run_arch_case(arch, sparse, d, m, n, steps, b, peak, 1 if quick else 2,
-                              (d, m) == SAELENS_SIZE, quick)
+            r = run_arch_case(arch, sparse, d, m, n, steps, b, peak, 1 if quick else 2, (d, m) == SAELENS_SIZE, quick)
             out.append(r)
-            sl = (f" | SAELens {r['saelens_sae_steps_per_s']:,.1f} (x{r['speedup_vs_saelens']:.2f})"
-                  if "saelens_sae_steps_per_s" in r else "")
-            print(f"{r['name']:>24} N={r['n_saes']:3d} B={b} | {r['sae_steps_per_s']:9,.1f} SAE-steps/s "
-                  f"({r['dense_equivalent_gflops']:.1f} dense-equivalent GFLOP/s){sl}", flush=True)
+            sl = (
+                f" | SAELens {r['saelens_sae_steps_per_s']:,.1f} (x{r['speedup_vs_saelens']:.2f})"
+                if "saelens_sae_steps_per_s" in r
+                else ""
+            )
+            print(
+                f"{r['name']:>24} N={r['n_saes']:3d} B={b} | {r['sae_steps_per_s']:9,.1f} SAE-steps/s "
+                f"({r['dense_equivalent_gflops']:.1f} dense-equivalent GFLOP/s){sl}",
+                flush=True,
+            )
     return out
 
 
@@ -268,26 +326,41 @@ def ratio_table(arch_cases: list[dict]) -> list[dict]:
     rows = []
     for d, m in dict.fromkeys((c["d_in"], c["d_sae"]) for c in arch_cases):
         sparse, relu_rate, dense = by[("topk", True, d, m)], by[("relu", False, d, m)], by[("topk", False, d, m)]
-        rows.append({"d_in": d, "d_sae": m, "sparse_topk_vs_dense_relu": sparse / relu_rate,
-                     "sparse_topk_vs_dense_topk": sparse / dense})
+        rows.append(
+            {
+                "d_in": d,
+                "d_sae": m,
+                "sparse_topk_vs_dense_relu": sparse / relu_rate,
+                "sparse_topk_vs_dense_topk": sparse / dense,
+            }
+        )
     return rows
 
 
 def targets(cases: list[dict], ratios: list[dict], arch_cases: list[dict]) -> dict:
     """Each target of the benchmark: the measured figure, the bar, and whether it is met."""
+
     def t(value, bar):
         return {"value": value, "target": bar, "met": None if value is None else bool(value >= bar)}
 
     named = {c["name"]: c for c in cases}
-    out = {"per_head_tiny_speedup_vs_torch": t(named["per-head tiny"]["speedup_vs_torch"], 10.0),
-           "wide_batch_fraction_of_matmul_peak": t(named["wide batch"]["fraction_of_matmul_peak"], 0.6)}
+    out = {
+        "per_head_tiny_speedup_vs_torch": t(named["per-head tiny"]["speedup_vs_torch"], 10.0),
+        "wide_batch_fraction_of_matmul_peak": t(named["wide batch"]["fraction_of_matmul_peak"], 0.6),
+    }
     for r in ratios:
         if r["d_sae"] == 8192:
             out[f"d{r['d_in']}_m8192_sparse_topk_vs_dense_relu"] = t(r["sparse_topk_vs_dense_relu"], 1.0)
             out[f"d{r['d_in']}_m8192_sparse_topk_vs_dense_topk"] = t(r["sparse_topk_vs_dense_topk"], 3.0)
     relu_sl = named["wide batch"].get("speedup_vs_saelens")
-    topk_sl = next((c["speedup_vs_saelens"] for c in arch_cases
-                    if c["arch"] == "topk" and not c["sparse"] and "speedup_vs_saelens" in c), None)
+    topk_sl = next(
+        (
+            c["speedup_vs_saelens"]
+            for c in arch_cases
+            if c["arch"] == "topk" and not c["sparse"] and "speedup_vs_saelens" in c
+        ),
+        None,
+    )
     if relu_sl is not None or topk_sl is not None:
         out["wide_batch_relu_speedup_vs_saelens"] = t(relu_sl, 3.0)
         out["wide_batch_topk_speedup_vs_saelens"] = t(topk_sl, 3.0)
@@ -295,10 +368,16 @@ def targets(cases: list[dict], ratios: list[dict], arch_cases: list[dict]) -> di
 
 
 def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_train.json") -> None:
-    ap.add_argument("--quick", action="store_true", help="a smoke run: small stacks, a few steps, 3 of the 6 sizes "
-                    "(rates not comparable with a full run)")
-    ap.add_argument("--out", default=out, help="JSON file to write (default: "
-                    + (out or "bench_train.json in a new run directory under --runs") + ")")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small stacks, a few steps, 3 of the 6 sizes (rates not comparable with a full run)",
+    )
+    ap.add_argument(
+        "--out",
+        default=out,
+        help="JSON file to write (default: " + (out or "bench_train.json in a new run directory under --runs") + ")",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,21 +399,29 @@ def run(args: argparse.Namespace) -> None:
         r = run_case(case, steps if case["n_saes"] < 1000 else max(steps // 4, 5), peak, args.quick)
         cases.append(r)
         torch_txt = f"{r['torch_sae_steps_per_s']:,.0f}" if r["torch_sae_steps_per_s"] else "n/a"
-        sl_txt = (f" | SAELens {r['saelens_sae_steps_per_s']:,.0f} (x{r['speedup_vs_saelens']:.2f})"
-                  if "saelens_sae_steps_per_s" in r else "")
-        print(f"{r['name']:>14} N={r['n_saes']:5d} d={r['d_in']} m={r['d_sae']} B={r['batch']:5d} | "
-              f"vmapped {r['vmapped_sae_steps_per_s']:9,.0f} SAE-steps/s ({r['vmapped_gflops']:.1f} GFLOP/s, "
-              f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak; 1 device {r['vmapped_one_device_sae_steps_per_s']:,.0f}) | "
-              f"loop {r['loop_sae_steps_per_s']:8,.0f} | "
-              f"torch {torch_txt} | x{r['speedup_vs_loop']:.1f} vs loop | its 5 matmuls alone: "
-              f"{r['step_matmuls_gflops']:.1f} GFLOP/s ({100 * r['step_matmuls_fraction_of_peak']:.0f}% of peak)"
-              f"{sl_txt}", flush=True)
+        sl_txt = (
+            f" | SAELens {r['saelens_sae_steps_per_s']:,.0f} (x{r['speedup_vs_saelens']:.2f})"
+            if "saelens_sae_steps_per_s" in r
+            else ""
+        )
+        print(
+            f"{r['name']:>14} N={r['n_saes']:5d} d={r['d_in']} m={r['d_sae']} B={r['batch']:5d} | "
+            f"vmapped {r['vmapped_sae_steps_per_s']:9,.0f} SAE-steps/s ({r['vmapped_gflops']:.1f} GFLOP/s, "
+            f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak; 1 device {r['vmapped_one_device_sae_steps_per_s']:,.0f}) | "
+            f"loop {r['loop_sae_steps_per_s']:8,.0f} | "
+            f"torch {torch_txt} | x{r['speedup_vs_loop']:.1f} vs loop | its 5 matmuls alone: "
+            f"{r['step_matmuls_gflops']:.1f} GFLOP/s ({100 * r['step_matmuls_fraction_of_peak']:.0f}% of peak)"
+            f"{sl_txt}",
+            flush=True,
+        )
     arch_cases = run_arch_cases(peak, args.quick)
     ratios = ratio_table(arch_cases)
     print(f"{'d_in':>5} {'d_sae':>6} | sparse TopK / dense ReLU | sparse TopK / dense TopK")
     for r in ratios:
-        print(f"{r['d_in']:>5} {r['d_sae']:>6} | {r['sparse_topk_vs_dense_relu']:24.2f} | "
-              f"{r['sparse_topk_vs_dense_topk']:24.2f}")
+        print(
+            f"{r['d_in']:>5} {r['d_sae']:>6} | {r['sparse_topk_vs_dense_relu']:24.2f} | "
+            f"{r['sparse_topk_vs_dense_topk']:24.2f}"
+        )
     met = targets(cases, ratios, arch_cases)
     if args.quick:
         print("(--quick: a smoke run with small stacks and a few steps; these figures are not the benchmark's)")
@@ -344,13 +431,21 @@ def run(args: argparse.Namespace) -> None:
         print(f"target {name}: {value} (>= {t['target']}) {verdict}")
     peak_after = matmul_peak_gflops()
     print(f"float32 matmul peak again at the end: {peak_after:.1f} GFLOP/s")
-    out = {"machine": machine(), "devices": jax.device_count(),
-           "jax": jax.__version__, "quick": bool(args.quick),
-           "flops_per_sae_step": "10 * batch * d_in * d_sae", "matmul_peak_gflops": peak,
-           "matmul_peak_gflops_at_end": peak_after,
-           "step_matmuls": "the 5 matmuls of a stack step alone, batched over N (bounds any XLA trainer)",
-           "saelens": _saelens_version(), "torch_threads": _torch_threads(),
-           "cases": cases + arch_cases, "sparse_topk_ratios": ratios, "targets": met}
+    out = {
+        "machine": machine(),
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "quick": bool(args.quick),
+        "flops_per_sae_step": "10 * batch * d_in * d_sae",
+        "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_at_end": peak_after,
+        "step_matmuls": "the 5 matmuls of a stack step alone, batched over N (bounds any XLA trainer)",
+        "saelens": _saelens_version(),
+        "torch_threads": _torch_threads(),
+        "cases": cases + arch_cases,
+        "sparse_topk_ratios": ratios,
+        "targets": met,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

@@ -26,33 +26,68 @@ from jsae.rundir import new_run_dir, to_jsonable, write_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("absorption", help="measure feature absorption (first-letter task) of SAEs on a model",
-                       description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p = sub.add_parser(
+        "absorption",
+        help="measure feature absorption (first-letter task) of SAEs on a model",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
     p.add_argument("--model", default="smollm2-135m", help="model name or path (default: %(default)s)")
     p.add_argument("--layer", type=int, default=3, help="residual stream layer (resid_post) (default: %(default)s)")
-    p.add_argument("--sae", nargs="+", default=None,
-                   help="SAELens directories of SAEs trained on this layer's resid_post; without it SAEs are trained")
-    p.add_argument("--widths", type=int, nargs="+", default=[1152, 2304],
-                   help="latents per SAE for on-the-fly training, one stack per width (default: %(default)s)")
-    p.add_argument("--sparsity", type=float, nargs="+", default=[1.0, 2.0, 4.0],
-                   help="L1 coefficients of the on-the-fly ReLU sweep, one SAE each (default: %(default)s)")
+    p.add_argument(
+        "--sae",
+        nargs="+",
+        default=None,
+        help="SAELens directories of SAEs trained on this layer's resid_post; without it SAEs are trained",
+    )
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        default=[1152, 2304],
+        help="latents per SAE for on-the-fly training, one stack per width (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0, 4.0],
+        help="L1 coefficients of the on-the-fly ReLU sweep, one SAE each (default: %(default)s)",
+    )
     p.add_argument("--steps", type=int, default=1500, help="training steps per SAE (default: %(default)s)")
     p.add_argument("--batch", type=int, default=512, help="tokens per SAE per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--text-tokens", type=int, default=120_000,
-                   help="training tokens harvested from the stdlib reference manual (default: %(default)s)")
+    p.add_argument(
+        "--text-tokens",
+        type=int,
+        default=120_000,
+        help="training tokens harvested from the stdlib reference manual (default: %(default)s)",
+    )
     p.add_argument("--ctx", type=int, default=128, help="tokens per training window (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=3000, help="probe training words (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=1000, help="test words (default: %(default)s)")
     p.add_argument("--max-k", type=int, default=10, help="k-sparse probing: largest k (default: %(default)s)")
     p.add_argument("--tau-fs", type=float, default=0.03, help="feature-split F1 jump threshold (default: %(default)s)")
-    p.add_argument("--selection", default="mean_diff", choices=("mean_diff", "l1"),
-                   help="k-sparse probing latent selection (default: %(default)s)")
-    p.add_argument("--ig-steps", type=int, default=4, help="integrated-gradient steps, paper metric (default: %(default)s)")
-    p.add_argument("--paper-candidates", type=int, default=2,
-                   help="paper metric: candidates per letter sent through IG (0 skips it) (default: %(default)s)")
-    p.add_argument("--min-probe-f1", type=float, default=0.6, help="letters below this probe F1 are excluded "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--selection",
+        default="mean_diff",
+        choices=("mean_diff", "l1"),
+        help="k-sparse probing latent selection (default: %(default)s)",
+    )
+    p.add_argument(
+        "--ig-steps", type=int, default=4, help="integrated-gradient steps, paper metric (default: %(default)s)"
+    )
+    p.add_argument(
+        "--paper-candidates",
+        type=int,
+        default=2,
+        help="paper metric: candidates per letter sent through IG (0 skips it) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-probe-f1",
+        type=float,
+        default=0.6,
+        help="letters below this probe F1 are excluded (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
     p.add_argument("--out", default="runs", help="folder for run directories (default: %(default)s)")
 
@@ -79,8 +114,9 @@ def text_windows(tokenizer, text: str, ctx: int, max_tokens: int) -> np.ndarray:
     return ids[: n * ctx].reshape(n, ctx)
 
 
-def training_activations(model, tokenizer, layer: int, *, max_tokens: int, ctx: int = 128,
-                         batch_size: int = 16) -> np.ndarray:
+def training_activations(
+    model, tokenizer, layer: int, *, max_tokens: int, ctx: int = 128, batch_size: int = 16
+) -> np.ndarray:
     """resid_post of ``layer`` at every token but the first of each window, ``[n_tokens, d_model]``."""
     from jsae.models import capture, forward, layer_range
 
@@ -96,8 +132,9 @@ def training_activations(model, tokenizer, layer: int, *, max_tokens: int, ctx: 
     return np.concatenate(out)
 
 
-def train_relu_sweep(acts: np.ndarray, widths: list[int], sparsity: list[float], *, steps: int, batch: int,
-                     lr: float, seed: int) -> list[dict]:
+def train_relu_sweep(
+    acts: np.ndarray, widths: list[int], sparsity: list[float], *, steps: int, batch: int, lr: float, seed: int
+) -> list[dict]:
     """One vmapped ReLU-L1 stack per width over the ``sparsity`` coefficients; a list of
     ``{"width", "sparsity", "sae", "train_metrics", "train_seconds"}`` (one per SAE)."""
     from jsae.sae import index
@@ -108,15 +145,30 @@ def train_relu_sweep(acts: np.ndarray, widths: list[int], sparsity: list[float],
     for w_i, width in enumerate(widths):
         key = jax.random.fold_in(jax.random.key(seed), w_i)
         stack = init_stack("relu", key, len(sparsity), acts.shape[1], width)
-        cfg = TrainConfig(steps=steps, batch_size=batch, lr=lr, sparsity_coef=list(sparsity),
-                          lr_warmup_steps=min(100, steps // 10), lr_decay="linear",
-                          sparsity_warmup_steps=steps // 5, chunk_steps=min(steps, 500),
-                          normalise_activations=True, dead_after_tokens=batch * 200, seed=seed)
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=batch,
+            lr=lr,
+            sparsity_coef=list(sparsity),
+            lr_warmup_steps=min(100, steps // 10),
+            lr_decay="linear",
+            sparsity_warmup_steps=steps // 5,
+            chunk_steps=min(steps, 500),
+            normalise_activations=True,
+            dead_after_tokens=batch * 200,
+            seed=seed,
+        )
         res = train(stack, acts, cfg, progress=False)
         for i, coef in enumerate(sparsity):
-            out.append({"width": width, "sparsity": coef, "sae": index(res.sae, i),
-                        "train_metrics": {k: float(v[i]) for k, v in res.metrics.items()},
-                        "train_seconds": res.seconds / len(sparsity)})
+            out.append(
+                {
+                    "width": width,
+                    "sparsity": coef,
+                    "sae": index(res.sae, i),
+                    "train_metrics": {k: float(v[i]) for k, v in res.metrics.items()},
+                    "train_seconds": res.seconds / len(sparsity),
+                }
+            )
     return out
 
 
@@ -132,8 +184,10 @@ def load_saes(paths: list[str], layer: int) -> list[dict]:
         if hook:
             h_layer, point = parse_hook_name(hook)
             if (h_layer, point) != (layer, "resid_post"):
-                raise ValueError(f"{p} was trained on {hook} ({point} of layer {h_layer}), but --layer {layer} "
-                                 f"measures resid_post of layer {layer}; pass --layer {h_layer} or another SAE")
+                raise ValueError(
+                    f"{p} was trained on {hook} ({point} of layer {h_layer}), but --layer {layer} "
+                    f"measures resid_post of layer {layer}; pass --layer {h_layer} or another SAE"
+                )
         out.append({"width": int(sae.d_sae), "sparsity": None, "sae": sae, "path": str(p)})
     return out
 
@@ -146,9 +200,21 @@ def _encode(sae, x):
     return sae.encode(x)
 
 
-def evaluate_sae(sae, data, model, layer: int, answer_ids, *, max_k: int = 10, tau_fs: float = 0.03,
-                 selection: str = "mean_diff", ig_steps: int = 4, paper_candidates: int = 2,
-                 min_probe_f1: float = 0.6, seed: int = 0) -> dict:
+def evaluate_sae(
+    sae,
+    data,
+    model,
+    layer: int,
+    answer_ids,
+    *,
+    max_k: int = 10,
+    tau_fs: float = 0.03,
+    selection: str = "mean_diff",
+    ig_steps: int = 4,
+    paper_candidates: int = 2,
+    min_probe_f1: float = 0.6,
+    seed: int = 0,
+) -> dict:
     """k-sparse probing + both absorption metrics for one SAE; a JSON-ready dict with per-letter rows."""
     from jsae.analysis.absorption import aggregate, letter_absorption
     from jsae.analysis.sparse_probing import k_sparse_probing
@@ -156,15 +222,31 @@ def evaluate_sae(sae, data, model, layer: int, answer_ids, *, max_k: int = 10, t
     t0 = time.perf_counter()
     lat_train = np.asarray(_encode(sae, jnp.asarray(data.train_acts)))
     lat_test = np.asarray(_encode(sae, jnp.asarray(data.test_acts)))
-    sp = k_sparse_probing(lat_train, data.train_letters, lat_test, data.test_letters, 26, max_k=max_k,
-                          method=selection, tau_fs=tau_fs)
-    letters = letter_absorption(sae, data, sp.main_latents, model=model, layer=layer, answer_ids=answer_ids,
-                                ig_steps=ig_steps, max_paper_candidates=paper_candidates,
-                                min_probe_f1=min_probe_f1, seed=seed)
+    sp = k_sparse_probing(
+        lat_train, data.train_letters, lat_test, data.test_letters, 26, max_k=max_k, method=selection, tau_fs=tau_fs
+    )
+    letters = letter_absorption(
+        sae,
+        data,
+        sp.main_latents,
+        model=model,
+        layer=layer,
+        answer_ids=answer_ids,
+        ig_steps=ig_steps,
+        max_paper_candidates=paper_candidates,
+        min_probe_f1=min_probe_f1,
+        seed=seed,
+    )
     summary = aggregate(letters, min_probe_f1)
     l0 = float(np.mean(np.sum(lat_test != 0, axis=1)))
-    return {"width": int(sae.d_sae), "l0": l0, **summary, "seconds": time.perf_counter() - t0,
-            "k_sparse_f1": sp.f1, "per_letter": [vars(r) for r in letters]}
+    return {
+        "width": int(sae.d_sae),
+        "l0": l0,
+        **summary,
+        "seconds": time.perf_counter() - t0,
+        "k_sparse_f1": sp.f1,
+        "per_letter": [vars(r) for r in letters],
+    }
 
 
 def plot_results(results: list[dict], run: Path) -> list[Path]:
@@ -214,31 +296,49 @@ def run(args) -> None:
     data = prepare_probe_data(model, tokenizer, args.layer, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     answer_ids = answer_token_ids(tokenizer)
     setup_s = time.perf_counter() - t0
-    print(f"jsae absorption: {args.model} layer {args.layer}; probe on {len(data.train_letters)} words, "
-          f"{int((data.probe_f1 >= args.min_probe_f1).sum())}/26 letters with test F1 >= {args.min_probe_f1} "
-          f"(mean F1 {data.probe_f1.mean():.3f}); setup {setup_s:.1f} s")
+    print(
+        f"jsae absorption: {args.model} layer {args.layer}; probe on {len(data.train_letters)} words, "
+        f"{int((data.probe_f1 >= args.min_probe_f1).sum())}/26 letters with test F1 >= {args.min_probe_f1} "
+        f"(mean F1 {data.probe_f1.mean():.3f}); setup {setup_s:.1f} s"
+    )
     if saes is not None:
         train_s = 0.0
     else:
         t1 = time.perf_counter()
         acts = training_activations(model, tokenizer, args.layer, max_tokens=args.text_tokens, ctx=args.ctx)
-        saes = train_relu_sweep(acts, args.widths, args.sparsity, steps=args.steps, batch=args.batch, lr=args.lr,
-                                seed=args.seed)
+        saes = train_relu_sweep(
+            acts, args.widths, args.sparsity, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed
+        )
         train_s = time.perf_counter() - t1
         print(f"trained {len(saes)} ReLU SAEs on {len(acts)} stdlib-text tokens in {train_s:.1f} s")
     results = []
     for entry in saes:
-        r = evaluate_sae(entry["sae"], data, model, args.layer, answer_ids, max_k=args.max_k, tau_fs=args.tau_fs,
-                         selection=args.selection, ig_steps=args.ig_steps, paper_candidates=args.paper_candidates,
-                         min_probe_f1=args.min_probe_f1, seed=args.seed)
+        r = evaluate_sae(
+            entry["sae"],
+            data,
+            model,
+            args.layer,
+            answer_ids,
+            max_k=args.max_k,
+            tau_fs=args.tau_fs,
+            selection=args.selection,
+            ig_steps=args.ig_steps,
+            paper_candidates=args.paper_candidates,
+            min_probe_f1=args.min_probe_f1,
+            seed=args.seed,
+        )
         r.update({k: v for k, v in entry.items() if k != "sae"})
         results.append(r)
-        print(f"  width {r['width']:5d}  L0 {r['l0']:7.1f}  absorption fraction {r['absorption_fraction']:.3f}  "
-              f"full {r['full_absorption']:.3f}  paper {r['paper_absorption_rate']:.3f}  "
-              f"({r['n_letters']} letters, {r['seconds']:.1f} s)")
+        print(
+            f"  width {r['width']:5d}  L0 {r['l0']:7.1f}  absorption fraction {r['absorption_fraction']:.3f}  "
+            f"full {r['full_absorption']:.3f}  paper {r['paper_absorption_rate']:.3f}  "
+            f"({r['n_letters']} letters, {r['seconds']:.1f} s)"
+        )
     out = new_run_dir(args.out, "absorption")
     write_json(out / "config.json", {"command": "absorption", **vars(args)})
-    write_json(out / "results.json", {"setup_seconds": setup_s, "train_seconds": train_s,
-                                      "probe_f1": data.probe_f1, "saes": to_jsonable(results)})
+    write_json(
+        out / "results.json",
+        {"setup_seconds": setup_s, "train_seconds": train_s, "probe_f1": data.probe_f1, "saes": to_jsonable(results)},
+    )
     plot_results(results, out)
     print(f"results in {out}")

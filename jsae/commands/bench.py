@@ -12,22 +12,29 @@ BENCHMARKS = {
     "models": "SmolLM2-135M forward tokens/s, jsae vs transformers, and harvest throughput (about 2 min)",
     "evals": "spliced-CE evaluation of N SAEs, vectorised vs one at a time (a few minutes)",
     "stream": "text -> SmolLM2 -> 270 per-head SAEs: forward alone, streamed training, training from a cache "
-              "(about 5 min)",
+    "(about 5 min)",
 }
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="run the benchmarks behind the README's speed tables",
-                       description="Each benchmark measures jsae and its comparison side by side in one run "
-                       "and writes JSON to a run directory (or --out). 'all' runs them one after another.")
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmarks behind the README's speed tables",
+        description="Each benchmark measures jsae and its comparison side by side in one run "
+        "and writes JSON to a run directory (or --out). 'all' runs them one after another.",
+    )
     which = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, text in BENCHMARKS.items():
         q = which.add_parser(name, help=text, description=text)
         importlib.import_module(f"jsae.bench.{name}").add_arguments(q, out=None)
-        q.add_argument("--runs", default="runs", help="folder for run directories when --out is not given "
-                       "(default: %(default)s)")
-    q = which.add_parser("all", help="every benchmark, one after another", description="Run "
-                         + ", ".join(BENCHMARKS) + " with their defaults, each writing <run dir>/bench_<name>.json.")
+        q.add_argument(
+            "--runs", default="runs", help="folder for run directories when --out is not given (default: %(default)s)"
+        )
+    q = which.add_parser(
+        "all",
+        help="every benchmark, one after another",
+        description="Run " + ", ".join(BENCHMARKS) + " with their defaults, each writing <run dir>/bench_<name>.json.",
+    )
     q.add_argument("--runs", default="runs", help="folder for run directories (default: %(default)s)")
 
 

@@ -8,15 +8,22 @@ from jsae.commands.train import add_model_options, open_contexts, parse_tokens
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cache", help="write a model's activations at chosen hook points to an on-disk cache",
-                       description="One model pass over the text writes the activations of every chosen hook "
-                       "point as a chunked, checksummed zarr array; `jsae train --cache DIR` then trains any number "
-                       "of stacks from it, shuffled across chunks. An interrupted run resumes where it stopped "
-                       "when run again with the same arguments.")
+    p = sub.add_parser(
+        "cache",
+        help="write a model's activations at chosen hook points to an on-disk cache",
+        description="One model pass over the text writes the activations of every chosen hook "
+        "point as a chunked, checksummed zarr array; `jsae train --cache DIR` then trains any number "
+        "of stacks from it, shuffled across chunks. An interrupted run resumes where it stopped "
+        "when run again with the same arguments.",
+    )
     p.add_argument("out", help="cache folder to write (or to resume)")
     add_model_options(p, tokens="2M")
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"),
-                   help="on-disk dtype; bfloat16 halves the disk, reads give float32 (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16"),
+        help="on-disk dtype; bfloat16 halves the disk, reads give float32 (default: %(default)s)",
+    )
 
 
 def run(args) -> None:
@@ -30,9 +37,17 @@ def run(args) -> None:
     inputs = parse_inputs(model.cfg, args.points, heads=args.heads, layers=args.layers)
     contexts = open_contexts(args, tok)
     t0 = time.perf_counter()
-    cache = write_cache(model, contexts, inputs, args.out, tokens=parse_tokens(args.tokens), dtype=args.dtype,
-                        config={"model": args.model, "points": args.points, "heads": args.heads,
-                                "layers": args.layers})
+    cache = write_cache(
+        model,
+        contexts,
+        inputs,
+        args.out,
+        tokens=parse_tokens(args.tokens),
+        dtype=args.dtype,
+        config={"model": args.model, "points": args.points, "heads": args.heads, "layers": args.layers},
+    )
     gb = cache.n_rows * cache.n_tokens * cache.d * (2 if args.dtype == "bfloat16" else 4) / 2**30
-    print(f"jsae cache: {cache.n_tokens:,} tokens x {cache.n_rows} inputs x d={cache.d} ({gb:.2f} GB, {args.dtype}) "
-          f"in {time.perf_counter() - t0:.0f} s -> {args.out}\n(next: jsae train --cache {args.out})")
+    print(
+        f"jsae cache: {cache.n_tokens:,} tokens x {cache.n_rows} inputs x d={cache.d} ({gb:.2f} GB, {args.dtype}) "
+        f"in {time.perf_counter() - t0:.0f} s -> {args.out}\n(next: jsae train --cache {args.out})"
+    )

@@ -12,14 +12,32 @@ def add_train_options(p, *, steps: int | None, d_sae: int, k: int = 8, batch: in
     """Options shared by the subcommands that train SAEs (a None default is resolved by the command)."""
     p.add_argument("--arch", default="topk", choices=ARCHITECTURES, help="SAE architecture (default: %(default)s)")
     p.add_argument("--d-sae", type=int, default=d_sae, help="latents per SAE (default: %(default)s)")
-    p.add_argument("--k", type=int, default=k, help="active latents per token for topk/batchtopk/matryoshka "
-                   "(default: %(default)s)")
-    p.add_argument("--sparsity", type=float, nargs="+", default=None,
-                   help="L1/L0 coefficient(s) for relu/jumprelu/gated; several values sweep them, one SAE each")
-    p.add_argument("--steps", type=int, default=steps, help="optimizer steps (default: %(default)s"
-                   + ("" if steps else "; from --tokens when streaming, one epoch of a cache, 2000 for a .npy") + ")")
-    p.add_argument("--batch", type=int, default=batch, help="tokens per SAE per step (default: %(default)s"
-                   + ("" if batch else "; 1024 streaming or from a cache, 256 for a .npy") + ")")
+    p.add_argument(
+        "--k", type=int, default=k, help="active latents per token for topk/batchtopk/matryoshka (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        nargs="+",
+        default=None,
+        help="L1/L0 coefficient(s) for relu/jumprelu/gated; several values sweep them, one SAE each",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=steps,
+        help="optimizer steps (default: %(default)s"
+        + ("" if steps else "; from --tokens when streaming, one epoch of a cache, 2000 for a .npy")
+        + ")",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=batch,
+        help="tokens per SAE per step (default: %(default)s"
+        + ("" if batch else "; 1024 streaming or from a cache, 256 for a .npy")
+        + ")",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
     p.add_argument("--out", default="runs", help="folder for run directories (default: %(default)s)")
@@ -40,17 +58,30 @@ def stack_and_config(args, key, n: int, d_in: int, sample=None):
     n = max(n, len(sparsity))
     sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if args.arch in USES_K else None, data=sample)
     chunk = min(args.steps, 250)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-                      sparsity_coef=sparsity if len(sparsity) > 1 else sparsity[0], lr_warmup_steps=min(100, args.steps // 10),
-                      lr_decay="linear", chunk_steps=chunk, checkpoint_every=chunk if args.checkpoint else 0,
-                      normalise_activations=True, dead_after_tokens=max(args.batch * 200, 10_000))
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        sparsity_coef=sparsity if len(sparsity) > 1 else sparsity[0],
+        lr_warmup_steps=min(100, args.steps // 10),
+        lr_decay="linear",
+        chunk_steps=chunk,
+        checkpoint_every=chunk if args.checkpoint else 0,
+        normalise_activations=True,
+        dead_after_tokens=max(args.batch * 200, 10_000),
+    )
     return sae, cfg
 
 
 def metric_table(metrics: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None, max_rows: int = 12) -> str:
     """A short text table: one row per SAE (the first and last few when there are many)."""
-    cols = {"L0": metrics["l0"], "expl.var": metrics["explained_variance"], "dead": metrics["dead_fraction"],
-            **(extra or {})}
+    cols = {
+        "L0": metrics["l0"],
+        "expl.var": metrics["explained_variance"],
+        "dead": metrics["dead_fraction"],
+        **(extra or {}),
+    }
     n = len(metrics["l0"])
     rows = list(range(n)) if n <= max_rows else [*range(max_rows // 2), -1, *range(n - max_rows // 2, n)]
     lines = ["  SAE  " + "".join(f"{c:>10}" for c in cols)]

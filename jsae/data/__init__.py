@@ -19,6 +19,15 @@ from .source import ConcatSource, Record, TextSource
 from .stream import ContextStream
 
 __all__ = [
-    "ConcatSource", "ContextStream", "DataError", "HFDataset", "JsonlFile", "ParquetFile", "PythonCorpus",
-    "Record", "TextSource", "TxtFile", "open_text",
+    "ConcatSource",
+    "ContextStream",
+    "DataError",
+    "HFDataset",
+    "JsonlFile",
+    "ParquetFile",
+    "PythonCorpus",
+    "Record",
+    "TextSource",
+    "TxtFile",
+    "open_text",
 ]

@@ -116,8 +116,14 @@ class TxtFile(TextSource):
         return Record(text, i == len(self) - 1)
 
     def describe(self) -> dict:
-        return {"kind": "txt", "name": self.path.name, "path": str(self.path), "records": len(self),
-                "documents": 1, "fingerprint": self._sha}
+        return {
+            "kind": "txt",
+            "name": self.path.name,
+            "path": str(self.path),
+            "records": len(self),
+            "documents": 1,
+            "fingerprint": self._sha,
+        }
 
 
 def _jsonl_text(path: Path, line: bytes, lineno: int, offset: int, field: str) -> str:
@@ -129,15 +135,18 @@ def _jsonl_text(path: Path, line: bytes, lineno: int, offset: int, field: str) -
     try:
         obj = json.loads(s)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}{where}: not valid JSON ({e.msg} at column {e.colno}); "
-                        "each line of a .jsonl file must be one JSON object such as {\"text\": \"...\"}") from None
+        raise DataError(
+            f"{path}{where}: not valid JSON ({e.msg} at column {e.colno}); "
+            'each line of a .jsonl file must be one JSON object such as {"text": "..."}'
+        ) from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path}{where}: the line is a JSON {type(obj).__name__}, not an object with a "
-                        f"{field!r} field")
+        raise DataError(f"{path}{where}: the line is a JSON {type(obj).__name__}, not an object with a {field!r} field")
     if field not in obj:
         keys = ", ".join(map(repr, list(obj)[:10])) or "none"
-        raise DataError(f"{path}{where}: no field {field!r} (fields: {keys}); pass field=NAME (CLI --text-field) "
-                        "to read another field")
+        raise DataError(
+            f"{path}{where}: no field {field!r} (fields: {keys}); pass field=NAME (CLI --text-field) "
+            "to read another field"
+        )
     text = obj[field]
     if text is None:
         return ""
@@ -184,8 +193,15 @@ class JsonlFile(TextSource):
             raise
 
     def describe(self) -> dict:
-        return {"kind": "jsonl", "name": self.path.name, "path": str(self.path), "field": self.field,
-                "records": len(self), "documents": len(self), "fingerprint": self._sha}
+        return {
+            "kind": "jsonl",
+            "name": self.path.name,
+            "path": str(self.path),
+            "field": self.field,
+            "records": len(self),
+            "documents": len(self),
+            "fingerprint": self._sha,
+        }
 
 
 def import_pyarrow():
@@ -193,8 +209,9 @@ def import_pyarrow():
         import pyarrow
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError("reading .parquet files needs pyarrow: `pip install 'jsae[data]'` "
-                        "(or `pip install pyarrow`)") from None
+        raise DataError(
+            "reading .parquet files needs pyarrow: `pip install 'jsae[data]'` (or `pip install pyarrow`)"
+        ) from None
     return pyarrow, pq
 
 
@@ -223,11 +240,16 @@ class ParquetFile(TextSource):
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError with its own text
             raise DataError(f"{self.path} cannot be read as Parquet ({e}); check that the file is complete") from None
         if field not in schema.names:
-            raise DataError(f"{self.path} has no column {field!r} (columns: {', '.join(schema.names)}); "
-                            "pass field=NAME (CLI --text-field) to read another column")
+            raise DataError(
+                f"{self.path} has no column {field!r} (columns: {', '.join(schema.names)}); "
+                "pass field=NAME (CLI --text-field) to read another column"
+            )
         kind = schema.field(field).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-                or getattr(pa.types, "is_string_view", lambda _: False)(kind)):
+        if not (
+            pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or getattr(pa.types, "is_string_view", lambda _: False)(kind)
+        ):
             raise DataError(f"{self.path}: column {field!r} has type {kind}, not string; choose a text column")
         self._group_ends = np.cumsum(np.asarray(groups, np.int64))
         if not len(self._group_ends) or self._group_ends[-1] == 0:
@@ -251,5 +273,12 @@ class ParquetFile(TextSource):
         return Record(text or "", True)
 
     def describe(self) -> dict:
-        return {"kind": "parquet", "name": self.path.name, "path": str(self.path), "field": self.field,
-                "records": len(self), "documents": len(self), "fingerprint": self._sha}
+        return {
+            "kind": "parquet",
+            "name": self.path.name,
+            "path": str(self.path),
+            "field": self.field,
+            "records": len(self),
+            "documents": len(self),
+            "fingerprint": self._sha,
+        }

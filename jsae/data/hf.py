@@ -20,8 +20,10 @@ def import_datasets():
     try:
         import datasets
     except ImportError:
-        raise DataError("reading a Hugging Face dataset needs the `datasets` package: "
-                        "`pip install 'jsae[data]'` (or `pip install datasets`)") from None
+        raise DataError(
+            "reading a Hugging Face dataset needs the `datasets` package: "
+            "`pip install 'jsae[data]'` (or `pip install datasets`)"
+        ) from None
     return datasets
 
 
@@ -40,11 +42,14 @@ def load(dataset, *, split: str = "train", path: Path | None = None):
             raise DataError(f"the dataset has no split {split!r} (splits: {', '.join(dataset)}); pass split=NAME")
         dataset = dataset[split]
     if isinstance(dataset, (datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise DataError("streaming (iterable) datasets have no fixed order to resume from; load it with "
-                        "streaming=False, or save it with `save_to_disk` and pass that folder")
+        raise DataError(
+            "streaming (iterable) datasets have no fixed order to resume from; load it with "
+            "streaming=False, or save it with `save_to_disk` and pass that folder"
+        )
     if not isinstance(dataset, datasets.Dataset):
-        raise DataError("dataset= must be a datasets.Dataset, a DatasetDict, a name or a folder, "
-                        f"not {type(dataset).__name__}")
+        raise DataError(
+            f"dataset= must be a datasets.Dataset, a DatasetDict, a name or a folder, not {type(dataset).__name__}"
+        )
     return dataset
 
 
@@ -54,8 +59,10 @@ class HFDataset(TextSource):
     def __init__(self, dataset, *, field: str = "text", name: str = ""):
         columns = list(dataset.column_names)
         if field not in columns:
-            raise DataError(f"the dataset has no column {field!r} (columns: {', '.join(columns)}); "
-                            "pass field=NAME (CLI --text-field) to read another column")
+            raise DataError(
+                f"the dataset has no column {field!r} (columns: {', '.join(columns)}); "
+                "pass field=NAME (CLI --text-field) to read another column"
+            )
         if len(dataset) == 0:
             raise DataError("the dataset has no rows; give a dataset with text rows")
         self.field, self.name = field, name or str(getattr(dataset, "info", None) and dataset.info.dataset_name or "")
@@ -71,14 +78,22 @@ class HFDataset(TextSource):
         b = i // _BLOCK
         with self._lock:
             if b != self._block:
-                self._rows = self._ds[b * _BLOCK: (b + 1) * _BLOCK][self.field]
+                self._rows = self._ds[b * _BLOCK : (b + 1) * _BLOCK][self.field]
                 self._block = b
             text = self._rows[i - b * _BLOCK]
         if text is not None and not isinstance(text, str):
-            raise DataError(f"dataset row {i}: column {self.field!r} holds {type(text).__name__}, not a string; "
-                            "choose a text column")
+            raise DataError(
+                f"dataset row {i}: column {self.field!r} holds {type(text).__name__}, not a string; "
+                "choose a text column"
+            )
         return Record(text or "", True)
 
     def describe(self) -> dict:
-        return {"kind": "hf", "name": self.name, "field": self.field, "records": len(self),
-                "documents": len(self), "fingerprint": self._fp}
+        return {
+            "kind": "hf",
+            "name": self.name,
+            "field": self.field,
+            "records": len(self),
+            "documents": len(self),
+            "fingerprint": self._fp,
+        }

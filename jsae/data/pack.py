@@ -24,21 +24,23 @@ class PackedBatches(grain.IterDataset):
     """``int32 [batch_contexts, bos_positions + context_size]`` batches from an IterDataset of
     ``(record_index, tokens)`` (record indices count on across passes)."""
 
-    def __init__(self, parent: grain.IterDataset, stream: "ContextStream"):
+    def __init__(self, parent: grain.IterDataset, stream: ContextStream):
         super().__init__(parent)
         self._stream = stream
 
-    def __iter__(self) -> "PackedIterator":
+    def __iter__(self) -> PackedIterator:
         return PackedIterator(self._parent.__iter__(), self._stream)
 
     def __str__(self) -> str:
         s = self._stream
-        return (f"PackedBatches(batch_contexts={s.batch_contexts}, context_size={s.context_size}, "
-                f"bos_positions={s.bos_positions})")
+        return (
+            f"PackedBatches(batch_contexts={s.batch_contexts}, context_size={s.context_size}, "
+            f"bos_positions={s.bos_positions})"
+        )
 
 
 class PackedIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, stream: "ContextStream"):
+    def __init__(self, parent: grain.DatasetIterator, stream: ContextStream):
         super().__init__(parent)
         self._s = stream
         self._shard_len = stream.shard[1] - stream.shard[0]
@@ -83,7 +85,7 @@ class PackedIterator(grain.DatasetIterator):
                 self._next_record()
                 continue
             take = min(need - filled, len(self._piece) - self._pos)
-            flat[filled: filled + take] = self._piece[self._pos: self._pos + take]
+            flat[filled : filled + take] = self._piece[self._pos : self._pos + take]
             filled += take
             self._pos += take
         self._batches += 1
@@ -95,9 +97,15 @@ class PackedIterator(grain.DatasetIterator):
     # -- checkpointing ---------------------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """JSON-able: where the next batch starts, and the fingerprint of the stream it belongs to."""
-        return {"version": _VERSION, "fingerprint": self._fingerprint, "batch": self._batches,
-                "record_state": self._piece_state, "in_record": self._piece is not None,
-                "offset": self._pos, "pass_tokens": self._pass_tokens}
+        return {
+            "version": _VERSION,
+            "fingerprint": self._fingerprint,
+            "batch": self._batches,
+            "record_state": self._piece_state,
+            "in_record": self._piece is not None,
+            "offset": self._pos,
+            "pass_tokens": self._pass_tokens,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("version") != _VERSION:

@@ -13,12 +13,20 @@ from .source import ConcatSource, TextSource
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-_WHAT = ("a .txt file (one document), a .jsonl file (one document per line, field 'text'), a .parquet file "
-         "(column 'text'), a folder of these, or a folder written by datasets' save_to_disk")
+_WHAT = (
+    "a .txt file (one document), a .jsonl file (one document per line, field 'text'), a .parquet file "
+    "(column 'text'), a folder of these, or a folder written by datasets' save_to_disk"
+)
 
 
-def open_text(path: str | Path | None = None, *, field: str = "text", dataset=None, split: str = "train",
-              piece_bytes: int = PIECE_BYTES) -> TextSource:
+def open_text(
+    path: str | Path | None = None,
+    *,
+    field: str = "text",
+    dataset=None,
+    split: str = "train",
+    piece_bytes: int = PIECE_BYTES,
+) -> TextSource:
     """The text at ``path``; with no path and no dataset, Python's own docs and stdlib (:class:`PythonCorpus`).
 
     - ``.txt``: one document per file (blank lines do not split it), read in pieces of ``piece_bytes``;

@@ -106,11 +106,14 @@ class PythonCorpus(TextSource):
             elif part == "docstrings":
                 self._records += [("docstrings", str(p)) for p in files]
             else:
-                self._records += [("source", str(p)) for p in files
-                                  if p.relative_to(self.root).parts[0] not in _NOT_SOURCE]
+                self._records += [
+                    ("source", str(p)) for p in files if p.relative_to(self.root).parts[0] not in _NOT_SOURCE
+                ]
         if not self._records:
-            raise DataError(f"found no Python documentation or standard library under {self.root}; "
-                            "pass a text file or folder instead")
+            raise DataError(
+                f"found no Python documentation or standard library under {self.root}; "
+                "pass a text file or folder instead"
+            )
         h = hashlib.sha256(f"{sys.implementation.name} {sys.version}\0{parts}".encode())
         for k in sorted(topics):
             h.update(k.encode() + b"\0" + topics[k].encode())
@@ -136,5 +139,12 @@ class PythonCorpus(TextSource):
         return f"{part}:{key if part == 'topics' else Path(key).relative_to(self.root).as_posix()}"
 
     def describe(self) -> dict:
-        return {"kind": "python", "parts": list(self.parts), "python": sys.version.split()[0],
-                "path": str(self.root), "records": len(self), "documents": len(self), "fingerprint": self._fp}
+        return {
+            "kind": "python",
+            "parts": list(self.parts),
+            "python": sys.version.split()[0],
+            "path": str(self.root),
+            "records": len(self),
+            "documents": len(self),
+            "fingerprint": self._fp,
+        }

@@ -13,8 +13,9 @@ import abc
 import bisect
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 
 class Record(NamedTuple):
@@ -60,8 +61,15 @@ def sampled_file_digest(path: Path, sample: int = 1 << 20) -> str:
 class ConcatSource(TextSource):
     """Several sources one after another (a folder's files, in sorted order)."""
 
-    def __init__(self, sources: Sequence[TextSource], *, names: Sequence[str] | None = None, kind: str = "folder",
-                 path: str = "", extra: dict | None = None):
+    def __init__(
+        self,
+        sources: Sequence[TextSource],
+        *,
+        names: Sequence[str] | None = None,
+        kind: str = "folder",
+        path: str = "",
+        extra: dict | None = None,
+    ):
         self.sources = list(sources)
         self.names = list(names) if names is not None else [str(i) for i in range(len(self.sources))]
         self._ends = []
@@ -82,6 +90,12 @@ class ConcatSource(TextSource):
 
     def describe(self) -> dict:
         parts = [s.describe() for s in self.sources]
-        return {"kind": self._kind, "path": self._path, "files": len(parts), **self._extra,
-                "records": len(self), "documents": sum(p["documents"] for p in parts),
-                "fingerprint": digest(list(zip(self.names, (p["fingerprint"] for p in parts))))}
+        return {
+            "kind": self._kind,
+            "path": self._path,
+            "files": len(parts),
+            **self._extra,
+            "records": len(self),
+            "documents": sum(p["documents"] for p in parts),
+            "fingerprint": digest(list(zip(self.names, (p["fingerprint"] for p in parts)))),
+        }

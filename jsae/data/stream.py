@@ -90,9 +90,19 @@ class ContextStream:
       read_threads: grain threads that read and tokenize records ahead of the packer (0: inline).
     """
 
-    def __init__(self, source: TextSource, tokenizer, *, context_size: int = 128, batch_contexts: int = 32,
-                 repeat: bool | int = False, process_index: int | None = None, process_count: int | None = None,
-                 eos_id: int | None = None, read_threads: int = 2):
+    def __init__(
+        self,
+        source: TextSource,
+        tokenizer,
+        *,
+        context_size: int = 128,
+        batch_contexts: int = 32,
+        repeat: bool | int = False,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        eos_id: int | None = None,
+        read_threads: int = 2,
+    ):
         for name, v in (("context_size", context_size), ("batch_contexts", batch_contexts)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise DataError(f"{name} must be a positive integer, got {v!r}")
@@ -112,8 +122,10 @@ class ContextStream:
         p, P = self.process_index, self.process_count
         self.shard = (p * n // P, (p + 1) * n // P)
         if self.shard[0] == self.shard[1]:
-            raise DataError(f"the source has {n} records, too few for process {p} of {P} to get one; "
-                            "give more documents (e.g. a folder of files or a .jsonl) or use fewer processes")
+            raise DataError(
+                f"the source has {n} records, too few for process {p} of {P} to get one; "
+                "give more documents (e.g. a folder of files or a .jsonl) or use fewer processes"
+            )
         self.read_threads = int(read_threads)
         self._encode = _text_encoder(tokenizer)
         self._describe = self._make_describe()
@@ -130,14 +142,30 @@ class ContextStream:
 
     def _make_describe(self) -> dict:
         t = self.tokenizer
-        tok = {"fingerprint": tokenizer_fingerprint(t), "bos_id": t.bos_id, "eos_id": self.eos_id,
-               "add_bos": bool(getattr(t, "add_bos", False))}
-        cfg = {"context_size": self.context_size, "batch_contexts": self.batch_contexts,
-               "bos_positions": self.bos_positions, "passes": self.passes, "process_index": self.process_index,
-               "process_count": self.process_count, "shard_records": list(self.shard)}
+        tok = {
+            "fingerprint": tokenizer_fingerprint(t),
+            "bos_id": t.bos_id,
+            "eos_id": self.eos_id,
+            "add_bos": bool(getattr(t, "add_bos", False)),
+        }
+        cfg = {
+            "context_size": self.context_size,
+            "batch_contexts": self.batch_contexts,
+            "bos_positions": self.bos_positions,
+            "passes": self.passes,
+            "process_index": self.process_index,
+            "process_count": self.process_count,
+            "shard_records": list(self.shard),
+        }
         key = digest(self.source.fingerprint, tok, cfg, _STATE_VERSION)
-        return {"kind": "text", "source": self.source.describe(), "tokenizer": tok, **cfg,
-                "tokens_per_batch": self.tokens_per_batch, "fingerprint": key}
+        return {
+            "kind": "text",
+            "source": self.source.describe(),
+            "tokenizer": tok,
+            **cfg,
+            "tokens_per_batch": self.tokens_per_batch,
+            "fingerprint": key,
+        }
 
     def describe(self) -> dict:
         """JSON-able config: the source (with its content fingerprint), tokenizer, sizes, shard, fingerprint."""

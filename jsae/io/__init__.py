@@ -14,7 +14,17 @@ from jsae.io.saelens import (
 )
 
 __all__ = [
-    "RunFormatError", "SAELensFormatError", "hook_name", "is_run_dir", "load_run", "load_saelens",
-    "load_saelens_stack", "parse_hook_name", "read_cfg", "read_run_record", "save_run", "save_saelens",
+    "RunFormatError",
+    "SAELensFormatError",
+    "hook_name",
+    "is_run_dir",
+    "load_run",
+    "load_saelens",
+    "load_saelens_stack",
+    "parse_hook_name",
+    "read_cfg",
+    "read_run_record",
+    "save_run",
+    "save_saelens",
     "save_saelens_stack",
 ]

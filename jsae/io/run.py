@@ -55,7 +55,12 @@ SAES_DIR = "saes"
 FORMAT = "jsae-sae-stack"
 FORMAT_VERSION = 1
 UNKNOWN_INPUT = {"layer": None, "point": None, "head": None}
-CURVE_PANELS = {"loss": "loss", "L0": "l0", "explained variance": "explained_variance", "dead fraction": "dead_fraction"}
+CURVE_PANELS = {
+    "loss": "loss",
+    "L0": "l0",
+    "explained variance": "explained_variance",
+    "dead fraction": "dead_fraction",
+}
 
 
 class RunFormatError(ValueError):
@@ -71,24 +76,31 @@ def normalise_inputs(inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]], n:
     ``layer``, ``point`` and ``head`` (missing keys are None; further keys are kept as given)."""
     items = [inputs] * n if isinstance(inputs, Mapping) else list(inputs)
     if len(items) != n:
-        raise RunFormatError(f"inputs has {len(items)} entries for a stack of {n} SAEs; give one dict per SAE "
-                             "(or one dict shared by all)")
+        raise RunFormatError(
+            f"inputs has {len(items)} entries for a stack of {n} SAEs; give one dict per SAE "
+            "(or one dict shared by all)"
+        )
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping):
-            raise RunFormatError(f"inputs[{i}] is a {type(item).__name__}; expected a dict like "
-                                 "{'layer': 3, 'point': 'z', 'head': 5}")
+            raise RunFormatError(
+                f"inputs[{i}] is a {type(item).__name__}; expected a dict like {{'layer': 3, 'point': 'z', 'head': 5}}"
+            )
         d = {**UNKNOWN_INPUT, **item}
         layer, point, head = d["layer"], d["point"], d["head"]
         for key, v in (("layer", layer), ("head", head)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
                 raise RunFormatError(f"inputs[{i}]['{key}'] must be a non-negative integer or None, got {v!r}")
         if point is not None and point not in RESIDUAL_POINTS + HEAD_POINTS:
-            raise RunFormatError(f"inputs[{i}]['point'] is {point!r}; choose one of "
-                                 f"{', '.join(RESIDUAL_POINTS + HEAD_POINTS)} (or None for unknown activations)")
+            raise RunFormatError(
+                f"inputs[{i}]['point'] is {point!r}; choose one of "
+                f"{', '.join(RESIDUAL_POINTS + HEAD_POINTS)} (or None for unknown activations)"
+            )
         if head is not None and point not in HEAD_POINTS:
-            raise RunFormatError(f"inputs[{i}] names head {head} but point {point!r} has no heads; heads apply to "
-                                 f"{' and '.join(HEAD_POINTS)}")
+            raise RunFormatError(
+                f"inputs[{i}] names head {head} but point {point!r} has no heads; heads apply to "
+                f"{' and '.join(HEAD_POINTS)}"
+            )
         if point is not None and layer is None:
             raise RunFormatError(f"inputs[{i}] names point {point!r} but no layer")
         d.update(layer=None if layer is None else int(layer), head=None if head is None else int(head))
@@ -160,16 +172,20 @@ def _architecture(sae: SAE) -> str:
     arch = cls.__module__.rsplit(".", 1)[-1]
     known = cls.__module__ == f"jsae.sae.{arch}" and arch in ARCHITECTURES
     if not known or getattr(module(arch), cls.__name__, None) is not cls:
-        raise RunFormatError(f"save_run saves jsae's architectures ({', '.join(ARCHITECTURES)}); got a "
-                             f"{cls.__module__}.{cls.__name__}: save it with jsae.io.save_saelens_stack instead")
+        raise RunFormatError(
+            f"save_run saves jsae's architectures ({', '.join(ARCHITECTURES)}); got a "
+            f"{cls.__module__}.{cls.__name__}: save it with jsae.io.save_saelens_stack instead"
+        )
     return arch
 
 
 def _fields(cls) -> tuple[list[str], list[str]]:
     """Names of a module class's array fields and of its static fields."""
     fields = dataclasses.fields(cls)
-    return ([f.name for f in fields if not f.metadata.get("static", False)],
-            [f.name for f in fields if f.metadata.get("static", False)])
+    return (
+        [f.name for f in fields if not f.metadata.get("static", False)],
+        [f.name for f in fields if f.metadata.get("static", False)],
+    )
 
 
 def _host(a) -> np.ndarray | jax.Array:
@@ -197,13 +213,19 @@ def _history_json(history: Mapping[str, np.ndarray], n: int) -> dict[str, Any]:
             continue
         v = np.asarray(v, np.float64)
         if v.ndim < 2 or v.shape[:2] != (len(steps), n):
-            raise RunFormatError(f"history[{name!r}] has shape {v.shape}; expected [n_chunks={len(steps)}, N={n}] "
-                                 "(one value per chunk and SAE, as in TrainResult.history)")
+            raise RunFormatError(
+                f"history[{name!r}] has shape {v.shape}; expected [n_chunks={len(steps)}, N={n}] "
+                "(one value per chunk and SAE, as in TrainResult.history)"
+            )
         finite = np.where(np.isfinite(v), v, np.nan)
         with warnings.catch_warnings():  # an all-NaN chunk gives null in the JSON, which is right
             warnings.simplefilter("ignore", RuntimeWarning)
-            out[name] = {"mean": np.nanmean(finite, axis=1), "min": np.nanmin(finite, axis=1),
-                         "max": np.nanmax(finite, axis=1), "per_sae": v}
+            out[name] = {
+                "mean": np.nanmean(finite, axis=1),
+                "min": np.nanmin(finite, axis=1),
+                "max": np.nanmax(finite, axis=1),
+                "per_sae": v,
+            }
     return {"steps": steps, "history": out}
 
 
@@ -283,13 +305,16 @@ def save_run(
     old = run_dir / STACK_JSON
     if old.exists():
         if not overwrite:
-            raise RunFormatError(f"{run_dir} already holds a saved run ({STACK_JSON}); choose a new directory "
-                                 "or pass overwrite=True")
+            raise RunFormatError(
+                f"{run_dir} already holds a saved run ({STACK_JSON}); choose a new directory or pass overwrite=True"
+            )
         _remove_saved(run_dir)
     _write_json(run_dir / CONFIG_JSON, {} if config is None else config)
     if history_json is not None or final_json is not None:
-        _write_json(run_dir / METRICS_JSON, {"n_saes": n, **(history_json or {"steps": [], "history": {}}),
-                                             "final": final_json or {}})
+        _write_json(
+            run_dir / METRICS_JSON,
+            {"n_saes": n, **(history_json or {"steps": [], "history": {}}), "final": final_json or {}},
+        )
     if history is not None and len(np.asarray(history["step"])):
         _plot_curves(run_dir / CURVES_PNG, history, n, arch)
 
@@ -298,8 +323,14 @@ def save_run(
     for i, inp in enumerate(inputs):
         d = Path(SAES_DIR) / f"sae_{i:0{width}d}_{input_label(inp)}"
         one = jax.tree.map(lambda a: a[i], host)
-        save_saelens(one, run_dir / d, hook_name=input_hook_name(inp), model_name=model_name,
-                     hook_head_index=inp["head"], metadata={**(sae_metadata or {}), "jsae_stack_index": i})
+        save_saelens(
+            one,
+            run_dir / d,
+            hook_name=input_hook_name(inp),
+            model_name=model_name,
+            hook_head_index=inp["head"],
+            metadata={**(sae_metadata or {}), "jsae_stack_index": i},
+        )
         dirs.append(str(d))
 
     from safetensors.flax import save_file
@@ -307,11 +338,18 @@ def save_run(
     arrays = {name: jax.numpy.asarray(getattr(host, name)) for name in array_names}
     save_file(arrays, str(run_dir / STACK_WEIGHTS), metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
     record = {
-        "format": FORMAT, "version": FORMAT_VERSION, "architecture": arch, "class": cls.__name__,
-        "n_saes": n, "d_in": int(sae_stack.d_in), "d_sae": int(sae_stack.d_sae),
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "architecture": arch,
+        "class": cls.__name__,
+        "n_saes": n,
+        "d_in": int(sae_stack.d_in),
+        "d_sae": int(sae_stack.d_sae),
         "static": {name: getattr(sae_stack, name) for name in static_names},
         "arrays": {name: {"shape": list(arrays[name].shape), "dtype": str(arrays[name].dtype)} for name in array_names},
-        "model_name": model_name, "inputs": inputs, "saelens_dirs": dirs,
+        "model_name": model_name,
+        "inputs": inputs,
+        "saelens_dirs": dirs,
     }
     _write_json(run_dir / STACK_JSON, record)
     return run_dir
@@ -343,10 +381,15 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / STACK_JSON
     if not path.is_file():
-        hint = (" It holds SAELens folders: load them with jsae.io.load_saelens_stack." if (run_dir / SAES_DIR).is_dir()
-                else "")
-        raise RunFormatError(f"{run_dir} is not a complete jsae run directory: no {STACK_JSON} (written last by "
-                             f"jsae.io.save_run, so the save may have been interrupted).{hint}")
+        hint = (
+            " It holds SAELens folders: load them with jsae.io.load_saelens_stack."
+            if (run_dir / SAES_DIR).is_dir()
+            else ""
+        )
+        raise RunFormatError(
+            f"{run_dir} is not a complete jsae run directory: no {STACK_JSON} (written last by "
+            f"jsae.io.save_run, so the save may have been interrupted).{hint}"
+        )
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -354,8 +397,10 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise RunFormatError(f"{path} was not written by jsae.io.save_run (format is not {FORMAT!r})")
     if record.get("version") != FORMAT_VERSION:
-        raise RunFormatError(f"{path} has format version {record.get('version')!r}; this jsae reads version "
-                             f"{FORMAT_VERSION}: upgrade jsae")
+        raise RunFormatError(
+            f"{path} has format version {record.get('version')!r}; this jsae reads version "
+            f"{FORMAT_VERSION}: upgrade jsae"
+        )
     return record
 
 
@@ -373,14 +418,18 @@ def load_run(run_dir: str | Path) -> tuple[SAE, list[dict[str, Any]], dict[str, 
     record = read_run_record(run_dir)
     arch, cls_name = record.get("architecture"), record.get("class")
     if arch not in ARCHITECTURES or not isinstance(getattr(module(arch), str(cls_name), None), type):
-        raise RunFormatError(f"{run_dir / STACK_JSON}: unknown architecture {arch!r} / class {cls_name!r}; this jsae "
-                             f"has {', '.join(ARCHITECTURES)}")
+        raise RunFormatError(
+            f"{run_dir / STACK_JSON}: unknown architecture {arch!r} / class {cls_name!r}; this jsae "
+            f"has {', '.join(ARCHITECTURES)}"
+        )
     cls = getattr(module(arch), cls_name)
     array_names, static_names = _fields(cls)
     static = record.get("static") or {}
     if sorted(static) != sorted(static_names):
-        raise RunFormatError(f"{run_dir / STACK_JSON}: static fields {sorted(static)} do not match {cls_name}'s "
-                             f"{sorted(static_names)}; was it saved by another jsae version?")
+        raise RunFormatError(
+            f"{run_dir / STACK_JSON}: static fields {sorted(static)} do not match {cls_name}'s "
+            f"{sorted(static_names)}; was it saved by another jsae version?"
+        )
     weights = run_dir / STACK_WEIGHTS
     if not weights.is_file():
         raise RunFormatError(f"{run_dir} has {STACK_JSON} but no {STACK_WEIGHTS}")
@@ -395,8 +444,9 @@ def load_run(run_dir: str | Path) -> tuple[SAE, list[dict[str, Any]], dict[str, 
     for name, a in arrays.items():
         want = record.get("arrays", {}).get(name, {})
         if a.ndim < 1 or a.shape[0] != n or list(a.shape) != want.get("shape"):
-            raise RunFormatError(f"{weights}: {name} has shape {tuple(a.shape)} but {STACK_JSON} says "
-                                 f"{want.get('shape')} for {n} SAEs")
+            raise RunFormatError(
+                f"{weights}: {name} has shape {tuple(a.shape)} but {STACK_JSON} says {want.get('shape')} for {n} SAEs"
+            )
     sae = cls(**arrays, **{k: _tuples(v) for k, v in static.items()})
     inputs = normalise_inputs(record.get("inputs") or [], n)
     meta = {k: v for k, v in record.items() if k != "inputs"}

@@ -53,7 +53,9 @@ TENSORS: dict[str, tuple[str, ...]] = {
 NORMALISATIONS_OK = ("none", "expected_average_only_in")
 RESIDUAL_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")  # blocks.<l>.hook_<point>
 HEAD_POINTS = ("z", "result")  # blocks.<l>.attn.hook_<point>: per-head activations [.., n_heads, d]
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)|attn\.hook_(z|result))$")
+_HOOK_RE = re.compile(
+    r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)|attn\.hook_(z|result))$"
+)
 
 
 class SAELensFormatError(ValueError):
@@ -83,8 +85,9 @@ def hook_name(layer: int, point: str) -> str:
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
         raise SAELensFormatError(f"hook layer must be a non-negative integer, got {layer!r}")
     if point not in RESIDUAL_POINTS + HEAD_POINTS:
-        raise SAELensFormatError(f"hook point {point!r} has no SAELens hook name; choose one of "
-                                 f"{', '.join(RESIDUAL_POINTS + HEAD_POINTS)}")
+        raise SAELensFormatError(
+            f"hook point {point!r} has no SAELens hook name; choose one of {', '.join(RESIDUAL_POINTS + HEAD_POINTS)}"
+        )
     return f"blocks.{int(layer)}.attn.hook_{point}" if point in HEAD_POINTS else f"blocks.{int(layer)}.hook_{point}"
 
 
@@ -102,8 +105,14 @@ def _architecture_and_tensors(sae: SAE) -> tuple[str, dict[str, np.ndarray], dic
     if isinstance(sae, TopKSAE):
         return "topk", base, {"k": sae.k, "rescale_acts_by_decoder_norm": False}
     if isinstance(sae, GatedSAE):
-        tensors = {"W_enc": sae.W_enc, "b_gate": sae.b_enc, "b_mag": sae.b_mag, "r_mag": sae.r_mag,
-                   "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        tensors = {
+            "W_enc": sae.W_enc,
+            "b_gate": sae.b_enc,
+            "b_mag": sae.b_mag,
+            "r_mag": sae.r_mag,
+            "W_dec": sae.W_dec,
+            "b_dec": sae.b_dec,
+        }
         return "gated", tensors, {}
     if isinstance(sae, ReLUSAE):
         return "standard", base, {}
@@ -140,15 +149,30 @@ def save_saelens(
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()}
     save_file(arrays, str(path / WEIGHTS_FILENAME))
-    meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
-            "hook_name": hook_name, "model_name": model_name, "hook_head_index": hook_head_index,
-            "trained_with": "jsae", **(metadata or {})}
+    meta = {
+        "sae_lens_version": SAELENS_VERSION,
+        "sae_lens_training_version": SAELENS_VERSION,
+        "hook_name": hook_name,
+        "model_name": model_name,
+        "hook_head_index": hook_head_index,
+        "trained_with": "jsae",
+        **(metadata or {}),
+    }
     # an SAE on all heads of hook_z reads them flattened ([.., n_heads, d_head] -> [.., n_heads * d_head]), which
     # SAELens does itself when reshape_activations is "hook_z"; a per-head SAE (hook_head_index) reads one head
     all_heads_z = hook_name is not None and hook_name.endswith(".attn.hook_z") and hook_head_index is None
-    cfg = {"architecture": arch, "d_in": int(sae.d_in), "d_sae": int(sae.d_sae), "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input), "normalize_activations": "none",
-           "reshape_activations": "hook_z" if all_heads_z else "none", **extra, "metadata": meta}
+    cfg = {
+        "architecture": arch,
+        "d_in": int(sae.d_in),
+        "d_sae": int(sae.d_sae),
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if all_heads_z else "none",
+        **extra,
+        "metadata": meta,
+    }
     (path / CFG_FILENAME).write_text(json.dumps(cfg, indent=2))
     return path
 
@@ -169,11 +193,16 @@ def save_saelens_stack(
     names = [hook_names] * n if hook_names is None or isinstance(hook_names, str) else list(hook_names)
     heads = [None] * n if hook_head_indices is None else list(hook_head_indices)
     if len(names) != n or len(heads) != n:
-        raise SAELensFormatError(f"a stack of {n} SAEs needs {n} hook names and head indices, "
-                                 f"got {len(names)} and {len(heads)}")
+        raise SAELensFormatError(
+            f"a stack of {n} SAEs needs {n} hook names and head indices, got {len(names)} and {len(heads)}"
+        )
     width = max(3, len(str(n - 1)))
-    return [save_saelens(s, Path(root) / f"sae_{i:0{width}d}", hook_name=names[i], model_name=model_name,
-                         hook_head_index=heads[i]) for i, s in enumerate(unstack(stack))]
+    return [
+        save_saelens(
+            s, Path(root) / f"sae_{i:0{width}d}", hook_name=names[i], model_name=model_name, hook_head_index=heads[i]
+        )
+        for i, s in enumerate(unstack(stack))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,12 +214,14 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     from ``metadata`` (6.x) or renamed from older keys (``hook_point``)."""
     path = Path(path)
     if not path.is_dir():
-        raise SAELensFormatError(f"{path} is not a directory; a SAELens SAE is a folder with {CFG_FILENAME} "
-                                 f"and {WEIGHTS_FILENAME}")
+        raise SAELensFormatError(
+            f"{path} is not a directory; a SAELens SAE is a folder with {CFG_FILENAME} and {WEIGHTS_FILENAME}"
+        )
     cfg_path = path / CFG_FILENAME
     if not cfg_path.is_file():
-        raise SAELensFormatError(f"{path} has no {CFG_FILENAME}; a SAELens SAE folder holds {CFG_FILENAME} "
-                                 f"and {WEIGHTS_FILENAME}")
+        raise SAELensFormatError(
+            f"{path} has no {CFG_FILENAME}; a SAELens SAE folder holds {CFG_FILENAME} and {WEIGHTS_FILENAME}"
+        )
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -204,7 +235,9 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     arch = cfg.get("architecture")
     if arch is None:  # pre-6.0 files: standard unless the activation says topk
         kwargs = cfg.get("activation_fn_kwargs") or {}
-        arch = "topk" if cfg.get("activation_fn", cfg.get("activation_fn_str")) == "topk" and "k" in kwargs else "standard"
+        arch = (
+            "topk" if cfg.get("activation_fn", cfg.get("activation_fn_str")) == "topk" and "k" in kwargs else "standard"
+        )
         if arch == "topk":
             out["k"] = kwargs["k"]
     out["architecture"] = arch
@@ -247,18 +280,23 @@ def _check_tensors(arch: str, t: dict[str, jax.Array], d_in: int, d_sae: int, pa
         del t["scaling_factor"]
     missing = [k for k in expected if k not in t]
     if missing:
-        raise SAELensFormatError(f"{path / WEIGHTS_FILENAME} lacks {', '.join(missing)} needed by a {arch!r} SAE "
-                                 f"(it has {', '.join(sorted(t)) or 'no tensors'})")
+        raise SAELensFormatError(
+            f"{path / WEIGHTS_FILENAME} lacks {', '.join(missing)} needed by a {arch!r} SAE "
+            f"(it has {', '.join(sorted(t)) or 'no tensors'})"
+        )
     extra = sorted(set(t) - set(expected))
     if extra:
-        raise SAELensFormatError(f"{path / WEIGHTS_FILENAME} has tensors {', '.join(extra)} that a {arch!r} SAE "
-                                 f"does not use; is cfg.json's architecture right?")
+        raise SAELensFormatError(
+            f"{path / WEIGHTS_FILENAME} has tensors {', '.join(extra)} that a {arch!r} SAE "
+            f"does not use; is cfg.json's architecture right?"
+        )
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     for k in expected:
         want = shapes.get(k, (d_sae,))
         if tuple(t[k].shape) != want:
             raise SAELensFormatError(
-                f"{path}: {k} has shape {tuple(t[k].shape)} but cfg.json (d_in={d_in}, d_sae={d_sae}) needs {want}")
+                f"{path}: {k} has shape {tuple(t[k].shape)} but cfg.json (d_in={d_in}, d_sae={d_sae}) needs {want}"
+            )
 
 
 def load_saelens(path: str | Path) -> tuple[SAE, dict[str, Any]]:
@@ -272,23 +310,34 @@ def load_saelens(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     cfg = read_cfg(path)
     arch = cfg["architecture"]
     if arch not in ARCHITECTURES:
-        raise SAELensFormatError(f"{path / CFG_FILENAME}: architecture {arch!r} is not supported; jsae reads "
-                                 f"{', '.join(ARCHITECTURES)}")
+        raise SAELensFormatError(
+            f"{path / CFG_FILENAME}: architecture {arch!r} is not supported; jsae reads {', '.join(ARCHITECTURES)}"
+        )
     d_in, d_sae = _int_field(cfg, "d_in", path), _int_field(cfg, "d_sae", path)
     norm = cfg["normalize_activations"]
     if norm not in NORMALISATIONS_OK:
-        raise SAELensFormatError(f"{path / CFG_FILENAME}: normalize_activations={norm!r} is a run-time "
-                                 f"normalisation jsae does not implement; supported: {', '.join(NORMALISATIONS_OK)}")
+        raise SAELensFormatError(
+            f"{path / CFG_FILENAME}: normalize_activations={norm!r} is a run-time "
+            f"normalisation jsae does not implement; supported: {', '.join(NORMALISATIONS_OK)}"
+        )
     if norm == "expected_average_only_in":
-        warnings.warn(f"{path}: normalize_activations='expected_average_only_in' -- the SAE expects inputs "
-                      "scaled by its training scale factor (not stored in the SAE); fold it with sae.fold_scale(c)",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: normalize_activations='expected_average_only_in' -- the SAE expects inputs "
+            "scaled by its training scale factor (not stored in the SAE); fold it with sae.fold_scale(c)",
+            stacklevel=2,
+        )
     t = _read_tensors(path)
     _check_tensors(arch, t, d_in, d_sae, path)
     b_in = bool(cfg.get("apply_b_dec_to_input", True))
     if arch == "standard":
-        sae = ReLUSAE(W_enc=t["W_enc"], b_enc=t["b_enc"], W_dec=t["W_dec"], b_dec=t["b_dec"],
-                      apply_b_dec_to_input=b_in, unit_norm_decoder=False)
+        sae = ReLUSAE(
+            W_enc=t["W_enc"],
+            b_enc=t["b_enc"],
+            W_dec=t["W_dec"],
+            b_dec=t["b_dec"],
+            apply_b_dec_to_input=b_in,
+            unit_norm_decoder=False,
+        )
     elif arch == "topk":
         k = _int_field(cfg, "k", path)
         if k > d_sae:
@@ -297,18 +346,43 @@ def load_saelens(path: str | Path) -> tuple[SAE, dict[str, Any]]:
         if cfg.get("rescale_acts_by_decoder_norm", False):  # encode scales pre by |W_dec|, decode divides
             norms = jnp.linalg.norm(W_dec, axis=-1)
             W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
-        sae = TopKSAE(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=t["b_dec"], apply_b_dec_to_input=b_in,
-                      k=k, k_aux=resolve_k_aux(None, d_in, d_sae))
+        sae = TopKSAE(
+            W_enc=W_enc,
+            b_enc=b_enc,
+            W_dec=W_dec,
+            b_dec=t["b_dec"],
+            apply_b_dec_to_input=b_in,
+            k=k,
+            k_aux=resolve_k_aux(None, d_in, d_sae),
+        )
     elif arch == "jumprelu":
         if bool(jnp.any(t["threshold"] < 0)):
-            raise SAELensFormatError(f"{path}: negative JumpReLU thresholds; SAELens then applies a ReLU first, "
-                                     "jsae's JumpReLU assumes threshold >= 0")
-        sae = JumpReLUSAE(W_enc=t["W_enc"], b_enc=t["b_enc"], W_dec=t["W_dec"], b_dec=t["b_dec"],
-                          apply_b_dec_to_input=b_in, threshold=t["threshold"], bandwidth=0.001,
-                          unit_norm_decoder=False, l0_grad_to_pre=True)
+            raise SAELensFormatError(
+                f"{path}: negative JumpReLU thresholds; SAELens then applies a ReLU first, "
+                "jsae's JumpReLU assumes threshold >= 0"
+            )
+        sae = JumpReLUSAE(
+            W_enc=t["W_enc"],
+            b_enc=t["b_enc"],
+            W_dec=t["W_dec"],
+            b_dec=t["b_dec"],
+            apply_b_dec_to_input=b_in,
+            threshold=t["threshold"],
+            bandwidth=0.001,
+            unit_norm_decoder=False,
+            l0_grad_to_pre=True,
+        )
     else:
-        sae = GatedSAE(W_enc=t["W_enc"], b_enc=t["b_gate"], W_dec=t["W_dec"], b_dec=t["b_dec"],
-                       apply_b_dec_to_input=b_in, r_mag=t["r_mag"], b_mag=t["b_mag"], unit_norm_decoder=False)
+        sae = GatedSAE(
+            W_enc=t["W_enc"],
+            b_enc=t["b_gate"],
+            W_dec=t["W_dec"],
+            b_dec=t["b_dec"],
+            apply_b_dec_to_input=b_in,
+            r_mag=t["r_mag"],
+            b_mag=t["b_mag"],
+            unit_norm_decoder=False,
+        )
     return sae, cfg
 
 
@@ -338,12 +412,15 @@ def load_saelens_stack(paths: str | Path | Sequence[str | Path]) -> tuple[SAE, l
     loaded = [load_saelens(d) for d in dirs]
     first_sae, first_cfg = loaded[0]
     for d, (sae, cfg) in zip(dirs[1:], loaded[1:]):
-        same = (type(sae) is type(first_sae) and sae.W_enc.shape == first_sae.W_enc.shape
-                and jax.tree.structure(sae) == jax.tree.structure(first_sae))
+        same = (
+            type(sae) is type(first_sae)
+            and sae.W_enc.shape == first_sae.W_enc.shape
+            and jax.tree.structure(sae) == jax.tree.structure(first_sae)
+        )
         if not same:
             raise SAELensFormatError(
                 f"{d} ({cfg['architecture']}, d_in {sae.d_in}, d_sae {sae.d_sae}, k {cfg.get('k')}) cannot join a "
                 f"stack with {dirs[0]} ({first_cfg['architecture']}, d_in {first_sae.d_in}, d_sae {first_sae.d_sae}, "
-                f"k {first_cfg.get('k')}): a stack needs one architecture and one shape")
+                f"k {first_cfg.get('k')}): a stack needs one architecture and one shape"
+            )
     return concat([s for s, _ in loaded]), [c for _, c in loaded]
-

@@ -59,5 +59,12 @@ def from_flat_params(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> Transform
     """Inverse of :func:`flat_params`."""
     g = lambda k: jnp.asarray(flat[k]) if k in flat else None  # noqa: E731
     blocks = Blocks(**{f: g("blocks." + f) for f in BLOCK_FIELDS})
-    return Transformer(cfg=cfg, embed=g("embed"), pos_embed=g("pos_embed"), blocks=blocks,
-                       ln_f_w=g("ln_f_w"), ln_f_b=g("ln_f_b"), W_U=g("W_U"))
+    return Transformer(
+        cfg=cfg,
+        embed=g("embed"),
+        pos_embed=g("pos_embed"),
+        blocks=blocks,
+        ln_f_w=g("ln_f_w"),
+        ln_f_b=g("ln_f_b"),
+        W_U=g("W_U"),
+    )

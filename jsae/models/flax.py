@@ -69,7 +69,7 @@ class AttentionHeads:
             raise HookError(f"layout must be 'hd' or 'dh', got {self.layout!r}")
 
     @classmethod
-    def from_template(cls, template: str, n_layers: int, n_heads: int, **kw) -> "AttentionHeads":
+    def from_template(cls, template: str, n_layers: int, n_heads: int, **kw) -> AttentionHeads:
         """``template`` with ``{layer}``, e.g. ``"block_{layer}/attn/out"``."""
         if "{layer}" not in template:
             raise HookError(f"template {template!r} has no '{{layer}}' placeholder")
@@ -116,8 +116,10 @@ class _Recorder:
     def __call__(self, layer: int, z, kernel, out):
         result = _split(self.heads, z, kernel)
         if result.shape[-1] != out.shape[-1]:
-            raise HookError(f"per-head outputs have size {result.shape[-1]} but the projection outputs "
-                            f"{out.shape[-1]}; check the kernel name {self.heads.kernel!r}")
+            raise HookError(
+                f"per-head outputs have size {result.shape[-1]} but the projection outputs "
+                f"{out.shape[-1]}; check the kernel name {self.heads.kernel!r}"
+            )
         if layer in self.results:
             raise HookError(f"{self.heads.out_proj[layer]!r} ran twice in one forward; name one module per layer")
         self.results[layer] = result
@@ -244,8 +246,9 @@ def runner(model, heads: AttentionHeads, variables=None, method=None) -> Callabl
     if isinstance(model, nn.Module):
         if variables is None:
             raise ModelError("a linen module needs its variables: runner(module, heads, variables)")
-        return lambda *a, mask=None, value=None, **kw: run_linen(model, variables, heads, *a, mask=mask, value=value,
-                                                               method=method, **kw)
+        return lambda *a, mask=None, value=None, **kw: run_linen(
+            model, variables, heads, *a, mask=mask, value=value, method=method, **kw
+        )
     if isinstance(model, nnx.Module):
         return lambda *a, mask=None, value=None, **kw: run_nnx(model, heads, *a, mask=mask, value=value, **kw)
     raise ModelError(f"expected a flax linen or nnx Module, got {type(model).__name__}")
@@ -272,9 +275,17 @@ def _reduce(result, lengths, positions):
     return (result * valid[None, :, :, None, None]).sum(2) / lengths[None, :, None, None].astype(result.dtype)
 
 
-def harvest(model, heads: AttentionHeads, tokens: np.ndarray, lengths: np.ndarray | None = None, *,
-            variables=None, positions: Literal["all", "last", "mean"] = "mean", batch_size: int = 32,
-            method=None) -> np.ndarray:
+def harvest(
+    model,
+    heads: AttentionHeads,
+    tokens: np.ndarray,
+    lengths: np.ndarray | None = None,
+    *,
+    variables=None,
+    positions: Literal["all", "last", "mean"] = "mean",
+    batch_size: int = 32,
+    method=None,
+) -> np.ndarray:
     """Per-head outputs of every layer and head in the trainer's shape ``[L*H, n, D]`` (row ``l*H + h``).
 
     tokens: ``[N, T]`` right-padded ids (the model is called as ``model(tokens)``); lengths: ``[N]`` real
@@ -288,10 +299,10 @@ def harvest(model, heads: AttentionHeads, tokens: np.ndarray, lengths: np.ndarra
     step = jax.jit(lambda t, n: _reduce(run(t)[1], n, positions))
     parts = []
     for i in range(0, len(tokens), batch_size):
-        t, n = tokens[i:i + batch_size], lengths[i:i + batch_size]
+        t, n = tokens[i : i + batch_size], lengths[i : i + batch_size]
         r = np.asarray(step(jnp.asarray(t), jnp.asarray(n)))  # [L, b, (T,) H, D]
         if positions == "all":
-            r = np.concatenate([r[:, j, :n[j]] for j in range(len(t))], axis=1)  # [L, tokens, H, D]
+            r = np.concatenate([r[:, j, : n[j]] for j in range(len(t))], axis=1)  # [L, tokens, H, D]
         parts.append(r)
     r = np.concatenate(parts, axis=1)
     L, n, H, D = r.shape

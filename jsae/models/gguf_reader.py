@@ -21,8 +21,7 @@ def open_gguf(path: str | Path):
         return gguf.GGUFReader(str(p))
     except Exception as e:  # truncated files fail inside numpy memmap / struct parsing
         raise ModelFileError(
-            f"cannot read GGUF file {p} ({type(e).__name__}: {e}); it is truncated or not a GGUF file, "
-            "re-download it"
+            f"cannot read GGUF file {p} ({type(e).__name__}: {e}); it is truncated or not a GGUF file, re-download it"
         ) from e
 
 
@@ -48,7 +47,9 @@ def tensors(reader) -> dict[str, np.ndarray]:
         try:
             arr = dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
-            raise ModelFileError(f"tensor {t.name} uses quantisation {t.tensor_type.name}, which gguf cannot dequantise") from e
+            raise ModelFileError(
+                f"tensor {t.name} uses quantisation {t.tensor_type.name}, which gguf cannot dequantise"
+            ) from e
         shape = tuple(int(s) for s in reversed(t.shape))
         out[t.name] = np.asarray(arr, np.float32).reshape(shape)
     return out

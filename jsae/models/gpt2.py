@@ -22,9 +22,18 @@ def config_from_hf(c: dict, name: str = "") -> ModelConfig:
         raise UnsupportedArchitectureError(f"GPT-2 activation {act!r} is not supported (only the tanh GELU)")
     D, H = c["n_embd"], c["n_head"]
     return ModelConfig(
-        arch="gpt2", n_layers=c["n_layer"], d_model=D, n_heads=H, n_kv_heads=H, d_head=D // H,
-        d_mlp=c.get("n_inner") or 4 * D, vocab_size=c["vocab_size"], n_ctx=c["n_positions"],
-        norm_eps=c.get("layer_norm_epsilon", 1e-5), tied_embeddings=True, name=name,
+        arch="gpt2",
+        n_layers=c["n_layer"],
+        d_model=D,
+        n_heads=H,
+        n_kv_heads=H,
+        d_head=D // H,
+        d_mlp=c.get("n_inner") or 4 * D,
+        vocab_size=c["vocab_size"],
+        n_ctx=c["n_positions"],
+        norm_eps=c.get("layer_norm_epsilon", 1e-5),
+        tied_embeddings=True,
+        name=name,
     )
 
 
@@ -45,14 +54,24 @@ def from_hf(c: dict, t: dict[str, np.ndarray], name: str = "") -> Transformer:
         w_qkv, b_qkv = g(p + "attn.c_attn.weight"), g(p + "attn.c_attn.bias")  # [D, 3D], [3D]
         wq, wk, wv = np.split(w_qkv, 3, axis=1)
         bq, bk, bv = np.split(b_qkv, 3)
-        layers.append(dict(
-            ln1_w=g(p + "ln_1.weight"), ln1_b=g(p + "ln_1.bias"),
-            W_Q=wq.reshape(D, H, dh), W_K=wk.reshape(D, H, dh), W_V=wv.reshape(D, H, dh),
-            b_Q=bq.reshape(H, dh), b_K=bk.reshape(H, dh), b_V=bv.reshape(H, dh),
-            W_O=g(p + "attn.c_proj.weight").reshape(H, dh, D), b_O=g(p + "attn.c_proj.bias"),
-            ln2_w=g(p + "ln_2.weight"), ln2_b=g(p + "ln_2.bias"),
-            W_in=g(p + "mlp.c_fc.weight"), b_in=g(p + "mlp.c_fc.bias"),
-            W_out=g(p + "mlp.c_proj.weight"), b_out=g(p + "mlp.c_proj.bias"),
-        ))
-    return make_transformer(cfg, g("wte.weight"), layers, g("ln_f.weight"), g("ln_f.bias"),
-                            pos_embed=g("wpe.weight"))
+        layers.append(
+            dict(
+                ln1_w=g(p + "ln_1.weight"),
+                ln1_b=g(p + "ln_1.bias"),
+                W_Q=wq.reshape(D, H, dh),
+                W_K=wk.reshape(D, H, dh),
+                W_V=wv.reshape(D, H, dh),
+                b_Q=bq.reshape(H, dh),
+                b_K=bk.reshape(H, dh),
+                b_V=bv.reshape(H, dh),
+                W_O=g(p + "attn.c_proj.weight").reshape(H, dh, D),
+                b_O=g(p + "attn.c_proj.bias"),
+                ln2_w=g(p + "ln_2.weight"),
+                ln2_b=g(p + "ln_2.bias"),
+                W_in=g(p + "mlp.c_fc.weight"),
+                b_in=g(p + "mlp.c_fc.bias"),
+                W_out=g(p + "mlp.c_proj.weight"),
+                b_out=g(p + "mlp.c_proj.bias"),
+            )
+        )
+    return make_transformer(cfg, g("wte.weight"), layers, g("ln_f.weight"), g("ln_f.bias"), pos_embed=g("wpe.weight"))

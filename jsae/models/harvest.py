@@ -71,7 +71,7 @@ def harvest(
         raise ValueError("harvest got an empty sequence; every input needs at least one token")
     per_head = point in HEAD_AXIS
     H = cfg.n_heads if per_head else 1
-    d = (cfg.d_head if point == "z" else cfg.d_model)
+    d = cfg.d_head if point == "z" else cfg.d_model
     L = cfg.n_layers
     rows_out = L * H
     n_out = int(lengths.sum()) if positions == "all" else len(seqs)

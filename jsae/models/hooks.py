@@ -44,7 +44,14 @@ from .config import ModelConfig
 from .errors import HookError
 
 POINTS: tuple[str, ...] = (
-    "resid_pre", "z", "result", "pattern", "attn_out", "resid_mid", "mlp_out", "resid_post",
+    "resid_pre",
+    "z",
+    "result",
+    "pattern",
+    "attn_out",
+    "resid_mid",
+    "mlp_out",
+    "resid_post",
 )
 HEAD_AXIS: dict[str, int] = {"z": 2, "result": 2, "pattern": 1}  # head axis in the per-layer shape
 Reduce = Literal["all", "last", "mean"]
@@ -148,8 +155,12 @@ class HookSpec(eqx.Module):
     reduce: str = eqx.field(static=True)
     edits: dict[str, tuple[Edit, ...]]
 
-    def __init__(self, capture: Iterable[str] | str = (), reduce: Reduce = "all",
-                 edits: Mapping[str, Edit | Iterable[Edit]] | None = None):
+    def __init__(
+        self,
+        capture: Iterable[str] | str = (),
+        reduce: Reduce = "all",
+        edits: Mapping[str, Edit | Iterable[Edit]] | None = None,
+    ):
         self.capture = (capture,) if isinstance(capture, str) else tuple(capture)
         self.reduce = reduce
         norm = {}
@@ -157,7 +168,9 @@ class HookSpec(eqx.Module):
             es = (es,) if isinstance(es, Edit) or not isinstance(es, (list, tuple)) else tuple(es)
             for e in es:
                 if not isinstance(e, Edit):
-                    raise HookError(f"edits[{point!r}] must hold Edit objects (Replace, Add, Apply), got {type(e).__name__}")
+                    raise HookError(
+                        f"edits[{point!r}] must hold Edit objects (Replace, Add, Apply), got {type(e).__name__}"
+                    )
             norm[point] = es
         self.edits = norm
 
@@ -171,7 +184,7 @@ class HookSpec(eqx.Module):
         if self.reduce != "all" and "pattern" in self.capture:
             raise HookError("pattern can only be captured with reduce='all'")
 
-    def merge(self, other: "HookSpec") -> "HookSpec":
+    def merge(self, other: HookSpec) -> HookSpec:
         """Union of captures, edits of ``self`` then ``other``. Reductions must agree."""
         if self.capture and other.capture and self.reduce != other.reduce:
             raise HookError(f"cannot merge specs reducing by {self.reduce!r} and {other.reduce!r}")
@@ -182,7 +195,7 @@ class HookSpec(eqx.Module):
         reduce = self.reduce if self.capture else other.reduce
         return HookSpec(capture=capture, reduce=reduce, edits=edits)
 
-    def __add__(self, other: "HookSpec") -> "HookSpec":
+    def __add__(self, other: HookSpec) -> HookSpec:
         return self.merge(other)
 
 

@@ -40,8 +40,10 @@ from .config import ModelConfig
 from .errors import ModelError, UnsupportedArchitectureError
 from .transformer import Transformer
 
-SUPPORTED = ("penzai llamalike (Llama, Mistral), Gemma 1/2 and GPT-NeoX TransformerLM models, and models "
-             "made by jsae.models.to_penzai")
+SUPPORTED = (
+    "penzai llamalike (Llama, Mistral), Gemma 1/2 and GPT-NeoX TransformerLM models, and models "
+    "made by jsae.models.to_penzai"
+)
 MASKED = -2.3819763e38  # penzai's masked-out attention logit
 _HEAD_AXES = ("heads", "head_groups", "query_heads")  # the flat jsae head is (head_groups, query_heads)
 
@@ -76,7 +78,7 @@ class ReplaceHeads(pz.nn.Layer):
         return x + self.mask * (self.value - x)
 
     @classmethod
-    def zero(cls, n_heads: int, heads) -> "ReplaceHeads":
+    def zero(cls, n_heads: int, heads) -> ReplaceHeads:
         """Zero the listed heads (flat jsae indices) of a ``[.., heads, ..]`` activation."""
         return cls(mask=head_mask(n_heads, heads), value=pz.nx.wrap(jnp.zeros((), jnp.float32)))
 
@@ -122,14 +124,18 @@ def head_mask(n_heads: int, heads) -> pz.nx.NamedArray:
 
 def select_hooks(pz_model, point: str | None = None, layer: int | None = None):
     """``pz.select`` of the :class:`HookPoint` layers at ``point`` / ``layer`` (None: any)."""
-    sel = pz.select(pz_model).at_instances_of(HookPoint).where(
-        lambda h: (point is None or h.point == point) and (layer is None or h.layer == layer))
+    sel = (
+        pz.select(pz_model)
+        .at_instances_of(HookPoint)
+        .where(lambda h: (point is None or h.point == point) and (layer is None or h.layer == layer))
+    )
     if sel.count() == 0:
         found = sorted({(h.point, h.layer) for h in pz.select(pz_model).at_instances_of(HookPoint).get_sequence()})
         raise ModelError(
             f"no HookPoint with point={point!r}, layer={layer!r} in this model; it has "
-            f"{len(found)} hook points" + (f", e.g. {found[:3]}" if found else
-                                           ": make it hookable with jsae.models.penzai.add_hook_points"))
+            f"{len(found)} hook points"
+            + (f", e.g. {found[:3]}" if found else ": make it hookable with jsae.models.penzai.add_hook_points")
+        )
     return sel
 
 
@@ -173,12 +179,14 @@ def _per_head_attention(attn: pz.nn.Attention, layer: int) -> pz.nn.Attention:
     if len(einsums) != 1 or len(lins) != 1 or len(biases) > 1:
         raise UnsupportedArchitectureError(
             f"attention output of block {layer} is {[type(s).__name__ for s in subs]}; jsae needs "
-            "[NamedEinsum, Linear or Affine] as penzai's transformer builders make it")
+            "[NamedEinsum, Linear or Affine] as penzai's transformer builders make it"
+        )
     lin = lins[0]
     heads = tuple(a for a in _HEAD_AXES if a in lin.in_axis_names)
     w = _merge_heads(lin.weights.value, heads)
-    per_head = pz.nn.Linear(weights=_param(w, lin.weights.label), in_axis_names=("projection",),
-                            out_axis_names=lin.out_axis_names)
+    per_head = pz.nn.Linear(
+        weights=_param(w, lin.weights.label), in_axis_names=("projection",), out_axis_names=lin.out_axis_names
+    )
     seq = [einsums[0], MergeHeads(heads), HookPoint("z", layer), per_head, HookPoint("result", layer), SumHeads()]
     return dataclasses.replace(attn, attn_value_to_output=pz.nn.Sequential(seq + list(biases)))
 
@@ -191,17 +199,31 @@ def _hooked_block(block, layer: int):
         return block
     if len(subs) == 2 and all(isinstance(s, pz.nn.Residual) for s in subs):
         a, m = (list(s.delta.sublayers) for s in subs)
-        new = [hp("resid_pre"), pz.nn.Residual(pz.nn.Sequential(a + [hp("attn_out")])), hp("resid_mid"),
-               pz.nn.Residual(pz.nn.Sequential(m + [hp("mlp_out")])), hp("resid_post")]
+        new = [
+            hp("resid_pre"),
+            pz.nn.Residual(pz.nn.Sequential(a + [hp("attn_out")])),
+            hp("resid_mid"),
+            pz.nn.Residual(pz.nn.Sequential(m + [hp("mlp_out")])),
+            hp("resid_post"),
+        ]
     elif len(subs) == 1 and isinstance(subs[0], pz.nn.BranchAndAddTogether) and len(subs[0].branches) == 3:
         ident, a, m = subs[0].branches
-        new = [hp("resid_pre"), pz.nn.BranchAndAddTogether([
-            ident, pz.nn.Sequential(list(a.sublayers) + [hp("attn_out")]),
-            pz.nn.Sequential(list(m.sublayers) + [hp("mlp_out")])]), hp("resid_post")]
+        new = [
+            hp("resid_pre"),
+            pz.nn.BranchAndAddTogether(
+                [
+                    ident,
+                    pz.nn.Sequential(list(a.sublayers) + [hp("attn_out")]),
+                    pz.nn.Sequential(list(m.sublayers) + [hp("mlp_out")]),
+                ]
+            ),
+            hp("resid_post"),
+        ]
     else:
         raise UnsupportedArchitectureError(
             f"block {layer} has sublayers {[type(s).__name__ for s in subs]}; jsae's hook points need a "
-            "serial block [Residual, Residual] or a parallel BranchAndAddTogether (GPT-NeoX)")
+            "serial block [Residual, Residual] or a parallel BranchAndAddTogether (GPT-NeoX)"
+        )
     return dataclasses.replace(block, sublayers=new)
 
 
@@ -214,11 +236,13 @@ def add_hook_points(pz_model):
     if pz.select(pz_model).at_instances_of(pz.nn.LayerStack).count():
         raise UnsupportedArchitectureError(
             "the model's blocks are a penzai LayerStack, which has one block for all layers; hook points "
-            "need unrolled blocks: build it with use_layer_stack=False, or use to_penzai(from_penzai(model))")
+            "need unrolled blocks: build it with use_layer_stack=False, or use to_penzai(from_penzai(model))"
+        )
     blocks = pz.select(pz_model).at_instances_of(model_parts.TransformerBlock)
     if blocks.count() == 0:
         raise UnsupportedArchitectureError(
-            f"no TransformerBlock found in a {type(pz_model).__name__}; supported: {SUPPORTED}")
+            f"no TransformerBlock found in a {type(pz_model).__name__}; supported: {SUPPORTED}"
+        )
     return blocks.set_sequence([_hooked_block(b, i) for i, b in enumerate(blocks.get_sequence())])
 
 
@@ -231,16 +255,28 @@ def _llamalike_config(cfg: ModelConfig) -> llc.LlamalikeTransformerConfig:
     variants = {"silu": "swiglu", "gelu_tanh": "geglu_approx"}
     if act not in variants:
         raise UnsupportedArchitectureError(
-            f"gated MLP activation {act!r} has no penzai llamalike variant; supported: {sorted(variants)}")
-    window = [llc.AttentionTypeSlidingWindowCausal(w) if w else llc.AttentionTypeGlobalCausal()
-              for w in cfg.attn_window] or llc.AttentionTypeGlobalCausal()
+            f"gated MLP activation {act!r} has no penzai llamalike variant; supported: {sorted(variants)}"
+        )
+    window = [
+        llc.AttentionTypeSlidingWindowCausal(w) if w else llc.AttentionTypeGlobalCausal() for w in cfg.attn_window
+    ] or llc.AttentionTypeGlobalCausal()
     return llc.LlamalikeTransformerConfig(
-        num_kv_heads=cfg.n_kv_heads, query_head_multiplier=cfg.group_size, embedding_dim=cfg.d_model,
-        projection_dim=cfg.d_head, mlp_hidden_dim=cfg.d_mlp, num_decoder_blocks=cfg.n_layers,
-        vocab_size=cfg.vocab_size, mlp_variant=variants[act], tie_embedder_and_logits=cfg.tied_embeddings,
-        rope_wavelength=cfg.rope_theta, rms_norm_eps=cfg.norm_eps, attention_type=window,
-        use_post_attn_norm=cfg.post_norms, use_post_ffw_norm=cfg.post_norms,
-        final_logit_softcap=cfg.final_softcap, attn_logits_soft_cap=cfg.attn_softcap,
+        num_kv_heads=cfg.n_kv_heads,
+        query_head_multiplier=cfg.group_size,
+        embedding_dim=cfg.d_model,
+        projection_dim=cfg.d_head,
+        mlp_hidden_dim=cfg.d_mlp,
+        num_decoder_blocks=cfg.n_layers,
+        vocab_size=cfg.vocab_size,
+        mlp_variant=variants[act],
+        tie_embedder_and_logits=cfg.tied_embeddings,
+        rope_wavelength=cfg.rope_theta,
+        rms_norm_eps=cfg.norm_eps,
+        attention_type=window,
+        use_post_attn_norm=cfg.post_norms,
+        use_post_ffw_norm=cfg.post_norms,
+        final_logit_softcap=cfg.final_softcap,
+        attn_logits_soft_cap=cfg.attn_softcap,
         query_scaling_factor="default" if cfg.query_scale is None else cfg.query_scale,
     )
 
@@ -252,32 +288,54 @@ def _llama_to_penzai(model: Transformer):
         raise UnsupportedArchitectureError(
             f"this Llama-family model has {unsupported or ''}{' partial rotary' if cfg.rotary_dim else ''}"
             f"{' parallel blocks' if cfg.parallel_block else ''}, which penzai's llamalike builder does not "
-            "have; to_penzai supports bias-free Llama/Mistral/Gemma models and GPT-2")
+            "have; to_penzai supports bias-free Llama/Mistral/Gemma models and GPT-2"
+        )
     pcfg = _llamalike_config(cfg)
     L, K, G = cfg.n_layers, cfg.n_kv_heads, cfg.group_size
-    heads = lambda w, *pre, post=("projection",): (  # noqa: E731  flat jsae heads -> penzai's head axes
-        _named(w.reshape(w.shape[: len(pre)] + (K, G) + w.shape[len(pre) + 1:]),
-               *pre, "head_groups", "query_heads", *post)
-        if K > 1 and G > 1 else _named(w, *pre, "heads" if G == 1 else "query_heads", *post))
-    kv = lambda w: _named(w, "embedding", "heads", "projection") if G == 1 else (  # noqa: E731
-        _named(w[:, 0], "embedding", "projection") if K == 1 else _named(w, "embedding", "head_groups", "projection"))
-    vals = {"embedder.embeddings": _named(model.embed, "vocabulary", "embedding"),
-            "final_norm/scale.weights": _named(model.ln_f_w, "embedding")}
+    heads = (
+        lambda w, *pre, post=("projection",): (  # noqa: E731  flat jsae heads -> penzai's head axes
+            _named(
+                w.reshape(w.shape[: len(pre)] + (K, G) + w.shape[len(pre) + 1 :]),
+                *pre,
+                "head_groups",
+                "query_heads",
+                *post,
+            )
+            if K > 1 and G > 1
+            else _named(w, *pre, "heads" if G == 1 else "query_heads", *post)
+        )
+    )
+    kv = lambda w: (
+        _named(w, "embedding", "heads", "projection")
+        if G == 1
+        # noqa: E731
+        else (
+            _named(w[:, 0], "embedding", "projection")
+            if K == 1
+            else _named(w, "embedding", "head_groups", "projection")
+        )
+    )
+    vals = {
+        "embedder.embeddings": _named(model.embed, "vocabulary", "embedding"),
+        "final_norm/scale.weights": _named(model.ln_f_w, "embedding"),
+    }
     if not cfg.tied_embeddings:
         vals["lm_head.weights"] = _named(model.W_U, "embedding", "vocabulary")
     for i in range(L):
         p = f"block_{i}/"
-        vals.update({
-            p + "pre_attention_norm/scale.weights": _named(b.ln1_w[i], "embedding"),
-            p + "pre_ffw_norm/scale.weights": _named(b.ln2_w[i], "embedding"),
-            p + "attention/query.weights": heads(b.W_Q[i], "embedding"),
-            p + "attention/key.weights": kv(b.W_K[i]),
-            p + "attention/value.weights": kv(b.W_V[i]),
-            p + "attention/output.weights": heads(b.W_O[i], post=("projection", "embedding")),
-            p + "mlp/gating_linear.weights": _named(b.W_gate[i], "embedding", "neurons"),
-            p + "mlp/value_linear.weights": _named(b.W_in[i], "embedding", "neurons"),
-            p + "mlp/out_linear.weights": _named(b.W_out[i], "neurons", "embedding"),
-        })
+        vals.update(
+            {
+                p + "pre_attention_norm/scale.weights": _named(b.ln1_w[i], "embedding"),
+                p + "pre_ffw_norm/scale.weights": _named(b.ln2_w[i], "embedding"),
+                p + "attention/query.weights": heads(b.W_Q[i], "embedding"),
+                p + "attention/key.weights": kv(b.W_K[i]),
+                p + "attention/value.weights": kv(b.W_V[i]),
+                p + "attention/output.weights": heads(b.W_O[i], post=("projection", "embedding")),
+                p + "mlp/gating_linear.weights": _named(b.W_gate[i], "embedding", "neurons"),
+                p + "mlp/value_linear.weights": _named(b.W_in[i], "embedding", "neurons"),
+                p + "mlp/out_linear.weights": _named(b.W_out[i], "neurons", "embedding"),
+            }
+        )
         if cfg.post_norms:
             vals[p + "post_attention_norm/scale.weights"] = _named(b.ln1_post_w[i], "embedding")
             vals[p + "post_ffw_norm/scale.weights"] = _named(b.ln2_post_w[i], "embedding")
@@ -298,12 +356,15 @@ def _affine(w, b, ins, outs, label):
 
 
 def _layernorm(w, b, eps, label):
-    return pz.nn.LayerNorm([
-        pz.nn.Standardize(across=("embedding",), epsilon=eps),
-        pz.nn.Linear(weights=_param(_named(w, "embedding"), label + "/scale.weights"),
-                     in_axis_names=(), out_axis_names=()),
-        pz.nn.AddBias(bias=_param(_named(b, "embedding"), label + "/shift.bias"), new_axis_names=()),
-    ])
+    return pz.nn.LayerNorm(
+        [
+            pz.nn.Standardize(across=("embedding",), epsilon=eps),
+            pz.nn.Linear(
+                weights=_param(_named(w, "embedding"), label + "/scale.weights"), in_axis_names=(), out_axis_names=()
+            ),
+            pz.nn.AddBias(bias=_param(_named(b, "embedding"), label + "/shift.bias"), new_axis_names=()),
+        ]
+    )
 
 
 def _gpt2_to_penzai(model: Transformer):
@@ -313,7 +374,8 @@ def _gpt2_to_penzai(model: Transformer):
     if not gpt2_like or cfg.mlp_act not in (None, "gelu_tanh"):
         raise UnsupportedArchitectureError(
             "to_penzai supports GPT-2 (learned positions, serial blocks, tanh GELU, tied unembedding) and "
-            "bias-free Llama-family models; this LayerNorm model is another variant (e.g. GPT-NeoX)")
+            "bias-free Llama-family models; this LayerNorm model is another variant (e.g. GPT-NeoX)"
+        )
     embeddings = _param(_named(model.embed, "vocabulary", "embedding"), "transformer/embedder.embeddings")
     table = pz.nn.EmbeddingTable(embeddings=embeddings, vocabulary_axis="vocabulary")
     qk = ({"seq": "tq", "heads": "h", "projection": "p"}, {"seq": "tkv", "heads": "h", "projection": "p"})
@@ -321,8 +383,13 @@ def _gpt2_to_penzai(model: Transformer):
     hpp = ("heads", "projection")
 
     def proj(w, bias, n, i):
-        return _affine(_named(w[i], "embedding", *hpp), _named(bias[i], *hpp), ("embedding",), hpp,
-                       f"transformer/block_{i}/attention/{n}")
+        return _affine(
+            _named(w[i], "embedding", *hpp),
+            _named(bias[i], *hpp),
+            ("embedding",),
+            hpp,
+            f"transformer/block_{i}/attention/{n}",
+        )
 
     def dense(w, bias, ins, outs, label):
         return _affine(_named(w, ins, outs), _named(bias, outs), (ins,), (outs,), label)
@@ -331,40 +398,72 @@ def _gpt2_to_penzai(model: Transformer):
     for i in range(cfg.n_layers):
         p = f"transformer/block_{i}/"
         attn = pz.nn.Attention(
-            input_to_query=pz.nn.Sequential([proj(b.W_Q, b.b_Q, "query", i),
-                                             pz.nn.ConstantRescale(by=jnp.asarray(dh**-0.5, jnp.float32))]),
+            input_to_query=pz.nn.Sequential(
+                [proj(b.W_Q, b.b_Q, "query", i), pz.nn.ConstantRescale(by=jnp.asarray(dh**-0.5, jnp.float32))]
+            ),
             input_to_key=pz.nn.Sequential([proj(b.W_K, b.b_K, "key", i)]),
             input_to_value=pz.nn.Sequential([proj(b.W_V, b.b_V, "value", i)]),
-            query_key_to_attn=pz.nn.Sequential([
-                pz.nn.NamedEinsum(qk, hp),
-                pz.nn.ApplyCausalAttentionMask(masked_out_value=jnp.asarray(MASKED, jnp.float32)),
-                pz.nn.Softmax("kv_seq")]),
-            attn_value_to_output=pz.nn.Sequential([
-                pz.nn.NamedEinsum((hp, qk[1]), qk[0]),
-                _affine(_named(b.W_O[i], "heads", "projection", "embedding"), _named(b.b_O[i], "embedding"),
-                        ("heads", "projection"), ("embedding",), p + "attention/output")]),
+            query_key_to_attn=pz.nn.Sequential(
+                [
+                    pz.nn.NamedEinsum(qk, hp),
+                    pz.nn.ApplyCausalAttentionMask(masked_out_value=jnp.asarray(MASKED, jnp.float32)),
+                    pz.nn.Softmax("kv_seq"),
+                ]
+            ),
+            attn_value_to_output=pz.nn.Sequential(
+                [
+                    pz.nn.NamedEinsum((hp, qk[1]), qk[0]),
+                    _affine(
+                        _named(b.W_O[i], "heads", "projection", "embedding"),
+                        _named(b.b_O[i], "embedding"),
+                        ("heads", "projection"),
+                        ("embedding",),
+                        p + "attention/output",
+                    ),
+                ]
+            ),
         )
-        mlp = model_parts.TransformerFeedForward([
-            dense(b.W_in[i], b.b_in[i], "embedding", "neurons", p + "mlp/in"),
-            pz.nn.Elementwise(functools.partial(jax.nn.gelu, approximate=True)),
-            dense(b.W_out[i], b.b_out[i], "neurons", "embedding", p + "mlp/out"),
-        ])
-        blocks.append(model_parts.TransformerBlock([
-            pz.nn.Residual(pz.nn.Sequential([
-                _layernorm(b.ln1_w[i], b.ln1_b[i], cfg.norm_eps, p + "pre_attention_norm"), attn])),
-            pz.nn.Residual(pz.nn.Sequential([
-                _layernorm(b.ln2_w[i], b.ln2_b[i], cfg.norm_eps, p + "pre_ffw_norm"), mlp])),
-        ]))
-    body = pz.nn.Sequential([
-        pz.nn.EmbeddingLookup(table),
-        LearnedPositions(_param(_named(model.pos_embed, "position", "embedding"), "transformer/positions.embeddings")),
-        *blocks,
-        _layernorm(model.ln_f_w, model.ln_f_b, cfg.norm_eps, "transformer/final_norm"),
-        pz.nn.EmbeddingDecode(table),
-    ])
+        mlp = model_parts.TransformerFeedForward(
+            [
+                dense(b.W_in[i], b.b_in[i], "embedding", "neurons", p + "mlp/in"),
+                pz.nn.Elementwise(functools.partial(jax.nn.gelu, approximate=True)),
+                dense(b.W_out[i], b.b_out[i], "neurons", "embedding", p + "mlp/out"),
+            ]
+        )
+        blocks.append(
+            model_parts.TransformerBlock(
+                [
+                    pz.nn.Residual(
+                        pz.nn.Sequential(
+                            [_layernorm(b.ln1_w[i], b.ln1_b[i], cfg.norm_eps, p + "pre_attention_norm"), attn]
+                        )
+                    ),
+                    pz.nn.Residual(
+                        pz.nn.Sequential([_layernorm(b.ln2_w[i], b.ln2_b[i], cfg.norm_eps, p + "pre_ffw_norm"), mlp])
+                    ),
+                ]
+            )
+        )
+    body = pz.nn.Sequential(
+        [
+            pz.nn.EmbeddingLookup(table),
+            LearnedPositions(
+                _param(_named(model.pos_embed, "position", "embedding"), "transformer/positions.embeddings")
+            ),
+            *blocks,
+            _layernorm(model.ln_f_w, model.ln_f_b, cfg.norm_eps, "transformer/final_norm"),
+            pz.nn.EmbeddingDecode(table),
+        ]
+    )
     meta = model_parts.TransformerMetadata(
-        common_head_axes={"heads": H}, query_only_head_axes={}, embedding_dim=cfg.d_model, projection_dim=dh,
-        mlp_hidden_dim=cfg.d_mlp, vocab_size=cfg.vocab_size, activation_dtype=jnp.float32)
+        common_head_axes={"heads": H},
+        query_only_head_axes={},
+        embedding_dim=cfg.d_model,
+        projection_dim=dh,
+        mlp_hidden_dim=cfg.d_mlp,
+        vocab_size=cfg.vocab_size,
+        activation_dtype=jnp.float32,
+    )
     return model_parts.TransformerLM(metadata=meta, body=body)
 
 
@@ -407,7 +506,7 @@ def _np(named: pz.nx.NamedArray, *names: str, stack: str | None) -> np.ndarray:
     if "H" in names:  # merge the head axes into one (or add a size-1 axis for MQA keys/values)
         k = len(pre) + names.index("H")
         nh = len(out) - len(names) + 1
-        a = a.reshape(a.shape[:k] + (-1,) + a.shape[k + nh:]) if nh else np.expand_dims(a, k)
+        a = a.reshape(a.shape[:k] + (-1,) + a.shape[k + nh :]) if nh else np.expand_dims(a, k)
     return a
 
 
@@ -501,8 +600,12 @@ def _block(block, stack) -> tuple[dict, dict]:
     if len(subs) == 2 and all(isinstance(s, pz.nn.Residual) for s in subs):
         info["parallel"] = False
         attn_seq, mlp_seq = (_strip(s.delta.sublayers) for s in subs)
-    elif len(subs) == 1 and isinstance(subs[0], pz.nn.BranchAndAddTogether) and len(subs[0].branches) == 3 \
-            and isinstance(subs[0].branches[0], pz.nn.Identity):
+    elif (
+        len(subs) == 1
+        and isinstance(subs[0], pz.nn.BranchAndAddTogether)
+        and len(subs[0].branches) == 3
+        and isinstance(subs[0].branches[0], pz.nn.Identity)
+    ):
         info["parallel"] = True
         attn_seq, mlp_seq = (_strip(s.sublayers) for s in subs[0].branches[1:])
     else:
@@ -510,8 +613,9 @@ def _block(block, stack) -> tuple[dict, dict]:
     if not (2 <= len(attn_seq) <= 3 and isinstance(attn_seq[1], pz.nn.Attention)):
         raise _unsupported("an attention branch [norm, Attention, optional norm]", [type(s).__name__ for s in attn_seq])
     if not (2 <= len(mlp_seq) <= 3 and isinstance(mlp_seq[1], model_parts.TransformerFeedForward | pz.nn.Sequential)):
-        raise _unsupported("an MLP branch [norm, TransformerFeedForward, optional norm]",
-                           [type(s).__name__ for s in mlp_seq])
+        raise _unsupported(
+            "an MLP branch [norm, TransformerFeedForward, optional norm]", [type(s).__name__ for s in mlp_seq]
+        )
     norm1, norm2 = _norm_params(attn_seq[0], stack), _norm_params(mlp_seq[0], stack)
     info["norm"], info["eps"] = norm1[0], norm1[3]
     d.update(ln1_w=norm1[1], ln1_b=norm1[2], ln2_w=norm2[1], ln2_b=norm2[2])
@@ -569,7 +673,8 @@ def from_penzai(pz_model, n_ctx: int = 8192, name: str = "") -> Transformer:
     head, final_softcap = rest[1], None
     if isinstance(head, pz.nn.EmbeddingDecode):
         tied = head.table.embeddings is table.embeddings or np.array_equal(
-            _np(head.table.embeddings.value, "vocabulary", "embedding", stack=None), embed)
+            _np(head.table.embeddings.value, "vocabulary", "embedding", stack=None), embed
+        )
         W_U = None if tied else _np(head.table.embeddings.value, "embedding", "vocabulary", stack=None)
     elif isinstance(head, pz.nn.Linear):
         tied, W_U = False, _np(head.weights.value, "embedding", "vocabulary", stack=None)
@@ -589,12 +694,17 @@ def _config(infos, lay0, embed, pos_embed, kind, n_ctx, name, tied, embed_scale,
         if any(info.get(key) != i0.get(key) for info in infos):
             raise _unsupported(f"blocks that differ in {key!r}", sorted({str(info.get(key)) for info in infos}))
     if (i0["norm"] == "rms") != i0["gated"]:
-        raise _unsupported("norm and MLP", f"{i0['norm']} norms with a {'gated' if i0['gated'] else 'plain'} MLP "
-                           "(jsae pairs RMSNorm with gated MLPs and LayerNorm with plain ones)")
+        raise _unsupported(
+            "norm and MLP",
+            f"{i0['norm']} norms with a {'gated' if i0['gated'] else 'plain'} MLP "
+            "(jsae pairs RMSNorm with gated MLPs and LayerNorm with plain ones)",
+        )
     rope = i0.get("rope")
     if (rope is None) == (pos_embed is None):
-        raise _unsupported("position information",
-                           "both rotary and learned positions" if rope else "neither rotary nor learned positions")
+        raise _unsupported(
+            "position information",
+            "both rotary and learned positions" if rope else "neither rotary nor learned positions",
+        )
     _, H, dh = lay0["W_Q"].shape
     K = lay0["W_K"].shape[1]
     default_scale = 1.0 / math.sqrt(dh)
@@ -603,13 +713,26 @@ def _config(infos, lay0, embed, pos_embed, kind, n_ctx, name, tied, embed_scale,
     n = len(windows)  # the shortest repeating pattern of per-layer windows
     period = next(p for p in range(1, n + 1) if windows == (windows[:p] * n)[:n])
     return ModelConfig(
-        arch="llama" if i0["norm"] == "rms" else "gpt2", n_layers=len(infos), d_model=embed.shape[1], n_heads=H,
-        n_kv_heads=K, d_head=dh, d_mlp=lay0["W_in"].shape[1], vocab_size=embed.shape[0],
-        n_ctx=pos_embed.shape[0] if pos_embed is not None else n_ctx, norm_eps=i0["eps"],
-        rope_theta=rope[0] if rope else 10000.0, tied_embeddings=tied, name=name,
+        arch="llama" if i0["norm"] == "rms" else "gpt2",
+        n_layers=len(infos),
+        d_model=embed.shape[1],
+        n_heads=H,
+        n_kv_heads=K,
+        d_head=dh,
+        d_mlp=lay0["W_in"].shape[1],
+        vocab_size=embed.shape[0],
+        n_ctx=pos_embed.shape[0] if pos_embed is not None else n_ctx,
+        norm_eps=i0["eps"],
+        rope_theta=rope[0] if rope else 10000.0,
+        tied_embeddings=tied,
+        name=name,
         mlp_act=None if i0["act"] == ("silu" if i0["gated"] else "gelu_tanh") else i0["act"],
-        embed_scale=embed_scale, query_scale=None if abs(qs - default_scale) < 1e-7 * default_scale else qs,
-        attn_softcap=i0["attn_softcap"], final_softcap=final_softcap,
-        attn_window=windows[:period] if any(windows) else (), post_norms=i0["post_norms"],
-        parallel_block=i0["parallel"], rotary_dim=rope[1] if rope and rope[1] not in (None, dh) else None,
+        embed_scale=embed_scale,
+        query_scale=None if abs(qs - default_scale) < 1e-7 * default_scale else qs,
+        attn_softcap=i0["attn_softcap"],
+        final_softcap=final_softcap,
+        attn_window=windows[:period] if any(windows) else (),
+        post_norms=i0["post_norms"],
+        parallel_block=i0["parallel"],
+        rotary_dim=rope[1] if rope and rope[1] not in (None, dh) else None,
     )

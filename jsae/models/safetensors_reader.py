@@ -21,8 +21,18 @@ def read_config(directory: str | Path) -> dict:
         raise ModelFileError(f"{path} is not valid JSON ({e}); re-download or re-save the checkpoint") from e
 
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
@@ -39,7 +49,9 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
             raise ModelFileError(f"{path} is truncated (no header); re-download or re-save it")
         n = int.from_bytes(head, "little")
         if n > size - 8:
-            raise ModelFileError(f"{path} is truncated: its header says {n} bytes but the file has {size}; re-download it")
+            raise ModelFileError(
+                f"{path} is truncated: its header says {n} bytes but the file has {size}; re-download it"
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

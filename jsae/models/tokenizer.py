@@ -19,7 +19,8 @@ PRE_TOKENIZERS = ("default", "gpt-2", "gpt2", "smollm", "llama3", "llama-bpe", "
 
 
 def _pre_tokenizer(pre: str | None):
-    from tokenizers import Regex, pre_tokenizers as pt
+    from tokenizers import Regex
+    from tokenizers import pre_tokenizers as pt
 
     byte_level = pt.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in (None, "default", "gpt-2", "gpt2"):
@@ -27,8 +28,9 @@ def _pre_tokenizer(pre: str | None):
     if pre == "smollm":  # llama.cpp: digits one by one, then the GPT-2 regex
         return pt.Sequence([pt.Digits(individual_digits=True), byte_level])
     if pre in ("llama3", "llama-bpe", "llama-v3"):
-        return pt.Sequence([pt.Split(Regex(_LLAMA3_REGEX), behavior="isolated"),
-                            pt.ByteLevel(add_prefix_space=False, use_regex=False)])
+        return pt.Sequence(
+            [pt.Split(Regex(_LLAMA3_REGEX), behavior="isolated"), pt.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
     raise UnsupportedArchitectureError(
         f"GGUF pre-tokenizer {pre!r} is not supported (known: {', '.join(PRE_TOKENIZERS)})"
     )
@@ -40,8 +42,15 @@ class Tokenizer:
     bos_id/eos_id/pad_id: special ids (None if absent); add_bos: prepend BOS when encoding.
     """
 
-    def __init__(self, backend, *, bos_id: int | None = None, eos_id: int | None = None,
-                 pad_id: int | None = None, add_bos: bool = False):
+    def __init__(
+        self,
+        backend,
+        *,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+        add_bos: bool = False,
+    ):
         self.backend = backend
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
         self.pad_id = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
@@ -55,8 +64,9 @@ class Tokenizer:
         ids = self.backend.encode(text, add_special_tokens=False).ids
         return ([self.bos_id] + ids) if self.add_bos and self.bos_id is not None else ids
 
-    def encode_batch(self, texts: Sequence[str], *, pad_to: int | None = None, multiple_of: int = 1
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(
+        self, texts: Sequence[str], *, pad_to: int | None = None, multiple_of: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded ``tokens [B, T]`` int32 and ``lengths [B]``; T is the longest length rounded up
         to ``multiple_of`` (or ``pad_to``)."""
         seqs = [self.encode(t) for t in texts]
@@ -81,9 +91,10 @@ class Tokenizer:
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_gguf_metadata(cls, meta: dict) -> "Tokenizer":
+    def from_gguf_metadata(cls, meta: dict) -> Tokenizer:
         """Byte-level BPE from ``tokenizer.ggml.*`` metadata (model ``gpt2``)."""
-        from tokenizers import AddedToken, Tokenizer as HFTok, decoders, models
+        from tokenizers import AddedToken, decoders, models
+        from tokenizers import Tokenizer as HFTok
 
         kind = meta.get("tokenizer.ggml.model")
         if kind != "gpt2":
@@ -101,11 +112,16 @@ class Tokenizer:
         if control:
             backend.add_special_tokens(control)
         g = meta.get
-        return cls(backend, bos_id=g("tokenizer.ggml.bos_token_id"), eos_id=g("tokenizer.ggml.eos_token_id"),
-                   pad_id=g("tokenizer.ggml.padding_token_id"), add_bos=bool(g("tokenizer.ggml.add_bos_token", False)))
+        return cls(
+            backend,
+            bos_id=g("tokenizer.ggml.bos_token_id"),
+            eos_id=g("tokenizer.ggml.eos_token_id"),
+            pad_id=g("tokenizer.ggml.padding_token_id"),
+            add_bos=bool(g("tokenizer.ggml.add_bos_token", False)),
+        )
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "Tokenizer | None":
+    def from_dir(cls, directory: str | Path) -> Tokenizer | None:
         """From ``tokenizer.json`` (or GPT-2's ``vocab.json`` + ``merges.txt``); None if neither exists."""
         import json
 
@@ -129,8 +145,13 @@ class Tokenizer:
             special = json.loads(cfg_path.read_text())
         tok_id = lambda name: backend.token_to_id(_tok_str(special.get(name))) if special.get(name) else None  # noqa: E731
         eos = tok_id("eos_token") or backend.token_to_id("<|endoftext|>")
-        return cls(backend, bos_id=tok_id("bos_token"), eos_id=eos, pad_id=tok_id("pad_token"),
-                   add_bos=bool(special.get("add_bos_token", False)))
+        return cls(
+            backend,
+            bos_id=tok_id("bos_token"),
+            eos_id=eos,
+            pad_id=tok_id("pad_token"),
+            add_bos=bool(special.get("add_bos_token", False)),
+        )
 
     def save(self, path: str | Path) -> None:
         self.backend.save(str(path))
@@ -140,8 +161,9 @@ def _tok_str(t) -> str:
     return t["content"] if isinstance(t, dict) else t
 
 
-def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, *, pad_to: int | None = None,
-                  multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, pad_to: int | None = None, multiple_of: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token lists into ``tokens [B, T]`` int32 and ``lengths [B]`` int32."""
     lengths = np.array([len(s) for s in seqs], np.int32)
     if lengths.size and lengths.min() == 0:

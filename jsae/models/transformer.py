@@ -69,8 +69,8 @@ class Transformer(eqx.Module):
     embed: Float[Array, "V D"]
     pos_embed: Float[Array, "n_ctx D"] | None
     blocks: Blocks
-    ln_f_w: Float[Array, "D"]
-    ln_f_b: Float[Array, "D"] | None
+    ln_f_w: Float[Array, " D"]
+    ln_f_b: Float[Array, " D"] | None
     W_U: Float[Array, "D V"] | None  # None: tied to ``embed``
 
     def unembed_matrix(self) -> Float[Array, "D V"]:
@@ -110,8 +110,12 @@ def _gelu_tanh(x: Array) -> Array:
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-_ACTS = {"silu": jax.nn.silu, "gelu_tanh": _gelu_tanh, "relu": jax.nn.relu,
-         "gelu": lambda x: jax.nn.gelu(x, approximate=False)}
+_ACTS = {
+    "silu": jax.nn.silu,
+    "gelu_tanh": _gelu_tanh,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
 
 
 def _act(cfg: ModelConfig, x: Array) -> Array:
@@ -122,7 +126,7 @@ def _softcap(x: Array, cap: float | None) -> Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def _reduce(x: Array, how: str, lengths: Int[Array, "B"], point: str) -> Array:
+def _reduce(x: Array, how: str, lengths: Int[Array, " B"], point: str) -> Array:
     """Reduce the position axis (axis 1) of a captured ``[B, T, ...]`` activation."""
     if how == "all" or point == "pattern":
         return x
@@ -243,7 +247,7 @@ def layer_range(model: Transformer, start: int = 0, stop: int | None = None) -> 
 
     blocks = jax.tree.map(lambda a: a[start:stop], model.blocks)
     w = model.cfg.attn_window  # keep each layer's sliding window when indices restart at 0
-    w = w[start % len(w):] + w[:start % len(w)] if w else w
+    w = w[start % len(w) :] + w[: start % len(w)] if w else w
     cfg = dataclasses.replace(model.cfg, n_layers=stop - start, attn_window=w)
     return dataclasses.replace(model, cfg=cfg, blocks=blocks)
 
@@ -263,8 +267,7 @@ def check_tokens(cfg: ModelConfig, tokens) -> None:
     if t.size and (t.min() < 0 or t.max() >= cfg.vocab_size):
         bad = int(t.min()) if t.min() < 0 else int(t.max())
         raise TokenOutOfRangeError(
-            f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size}); "
-            "tokenize with this model's tokenizer"
+            f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size}); tokenize with this model's tokenizer"
         )
 
 
@@ -273,7 +276,7 @@ def forward(
     tokens: Int[Array, "B T"],
     *,
     hooks: HookSpec | None = None,
-    lengths: Int[Array, "B"] | None = None,
+    lengths: Int[Array, " B"] | None = None,
     logits: bool | str = True,
 ) -> tuple[Float[Array, "B T V"] | None, dict[str, Array]]:
     """Run the model; returns ``(logits [B, T, V], cache)``.
@@ -295,4 +298,3 @@ def forward(
     if lengths is None:
         lengths = jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32)
     return _forward(model, tokens, as_spec(hooks), jnp.asarray(lengths, jnp.int32), logits)
-

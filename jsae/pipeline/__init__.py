@@ -9,5 +9,14 @@ from .contexts import ArrayContexts, ContextBatches
 from .memory import MemoryEstimate, available_bytes, check_fits, estimate
 from .stream import StreamPlan, plan, train_on_model
 
-__all__ = ["ArrayContexts", "ContextBatches", "MemoryEstimate", "StreamPlan", "available_bytes", "check_fits",
-           "estimate", "plan", "train_on_model"]
+__all__ = [
+    "ArrayContexts",
+    "ContextBatches",
+    "MemoryEstimate",
+    "StreamPlan",
+    "available_bytes",
+    "check_fits",
+    "estimate",
+    "plan",
+    "train_on_model",
+]

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -48,19 +48,34 @@ def write_cache(
     rows = contexts.batch_contexts * contexts.context_size
     n_chunks = -(-tokens // rows)
     cfg = {**(config or {}), "inputs": [i.to_json() for i in inputs], "contexts": contexts.describe()}
-    writer = create(path, n_rows=len(inputs), d=input_width(model.cfg, inputs[0].point), chunk_tokens=rows,
-                    n_chunks=n_chunks, dtype=dtype, config=cfg)
+    writer = create(
+        path,
+        n_rows=len(inputs),
+        d=input_width(model.cfg, inputs[0].point),
+        chunk_tokens=rows,
+        n_chunks=n_chunks,
+        dtype=dtype,
+        config=cfg,
+    )
     done = set(writer.done_chunks())
     run_model = model_for(model, inputs)
     reader = contexts.iterator()
-    with tqdm(total=n_chunks * rows, initial=len(done) * rows, unit="tok", unit_scale=True, disable=not progress,
-              desc=f"cache {len(inputs)} inputs") as bar:
+    with tqdm(
+        total=n_chunks * rows,
+        initial=len(done) * rows,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"cache {len(inputs)} inputs",
+    ) as bar:
         for i in range(n_chunks):
             try:
                 batch = next(reader)
             except StopIteration:
-                raise ValueError(f"the text ran out after {i} batches of contexts ({i * rows} tokens) but the cache "
-                                 f"needs {n_chunks}; give more text or fewer --tokens") from None
+                raise ValueError(
+                    f"the text ran out after {i} batches of contexts ({i * rows} tokens) but the cache "
+                    f"needs {n_chunks}; give more text or fewer --tokens"
+                ) from None
             if i in done:
                 continue
             rows_i = capture_rows_jit(run_model, jnp.asarray(batch, jnp.int32), inputs, contexts.bos_positions)
@@ -96,14 +111,24 @@ def train_from_cache(
     sample = cache.read_chunk(0, rows=rows)[:, :8192]
     if not isinstance(sae, SAE):
         sae = sae(jnp.asarray(sample))
-    scales = np.asarray(jax.vmap(normalisation_scale)(jnp.asarray(sample))) if cfg.normalise_activations \
+    scales = (
+        np.asarray(jax.vmap(normalisation_scale)(jnp.asarray(sample)))
+        if cfg.normalise_activations
         else np.ones(sample.shape[0], np.float32)
+    )
     # batches in the on-disk dtype (bf16 stays bf16 to the device); the step applies the scales
     batches = functools.partial(cache.batches, cfg.batch_size, seed=cfg.seed, rows=rows, out_dtype=cache.dtype)
     import dataclasses
 
-    result = train(sae, batches, dataclasses.replace(cfg, normalise_activations=False), checkpoint_dir=checkpoint_dir,
-                   progress=progress, input_scale=scales, **train_kwargs)
+    result = train(
+        sae,
+        batches,
+        dataclasses.replace(cfg, normalise_activations=False),
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        input_scale=scales,
+        **train_kwargs,
+    )
     if cfg.normalise_activations:
         folded = eqx.filter_vmap(lambda s, c: s.fold_scale(c))(result.sae, jnp.asarray(scales))
         result = dataclasses.replace(result, sae=folded)

@@ -13,7 +13,8 @@ serves contexts that are already tokenized):
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class ContextBatches(Protocol):
 
 
 class _ArrayIterator:
-    def __init__(self, owner: "ArrayContexts", start: int):
+    def __init__(self, owner: ArrayContexts, start: int):
         self.owner, self.position = owner, start
 
     def __iter__(self):
@@ -53,8 +54,10 @@ class ArrayContexts:
     def __init__(self, tokens: np.ndarray, batch_contexts: int, bos_positions: int = 0):
         tokens = np.asarray(tokens, np.int32)
         if tokens.ndim != 2 or tokens.shape[1] <= bos_positions:
-            raise ValueError(f"contexts must be [n_contexts, positions] with more than {bos_positions} positions, "
-                             f"got shape {tokens.shape}")
+            raise ValueError(
+                f"contexts must be [n_contexts, positions] with more than {bos_positions} positions, "
+                f"got shape {tokens.shape}"
+            )
         if len(tokens) < batch_contexts:
             raise ValueError(f"{len(tokens)} contexts are fewer than one batch of {batch_contexts}")
         self.tokens, self.batch_contexts, self.bos_positions = tokens, int(batch_contexts), int(bos_positions)
@@ -64,5 +67,10 @@ class ArrayContexts:
         return _ArrayIterator(self, int((state or {}).get("batch", 0)))
 
     def describe(self) -> dict:
-        return {"kind": "array", "n_contexts": len(self.tokens), "context_size": self.context_size,
-                "bos_positions": self.bos_positions, "batch_contexts": self.batch_contexts}
+        return {
+            "kind": "array",
+            "n_contexts": len(self.tokens),
+            "context_size": self.context_size,
+            "bos_positions": self.bos_positions,
+            "batch_contexts": self.batch_contexts,
+        }

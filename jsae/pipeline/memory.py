@@ -36,8 +36,13 @@ class MemoryEstimate:
         return self.model + self.forward + self.buffer + self.saes + self.step
 
     def describe(self) -> str:
-        parts = {"model": self.model, "forward": self.forward, "buffer": self.buffer, "SAE state": self.saes,
-                 "SAE step": self.step}
+        parts = {
+            "model": self.model,
+            "forward": self.forward,
+            "buffer": self.buffer,
+            "SAE state": self.saes,
+            "SAE step": self.step,
+        }
         return ", ".join(f"{k} {v / GB:.2f} GB" for k, v in parts.items())
 
 
@@ -59,8 +64,10 @@ def estimate(
     ``z``, ``H * d_head``)."""
     tokens = batch_contexts * context_len
     captured = captured_per_layer if captured_per_layer is not None else cfg.n_heads * cfg.d_head
-    per_layer = tokens * (4 * cfg.d_model + 3 * cfg.d_mlp + 2 * cfg.n_heads * cfg.d_head) + \
-        batch_contexts * cfg.n_heads * context_len * context_len * 2
+    per_layer = (
+        tokens * (4 * cfg.d_model + 3 * cfg.d_mlp + 2 * cfg.n_heads * cfg.d_head)
+        + batch_contexts * cfg.n_heads * context_len * context_len * 2
+    )
     forward = 4 * (per_layer + cfg.n_layers * tokens * captured)
     sae_params = 2 * d_in * d_sae + d_sae + d_in
     return MemoryEstimate(
@@ -91,8 +98,13 @@ def check_fits(est: MemoryEstimate, available: int | None, *, headroom: float = 
     """Raise MemoryError (before anything runs) when the estimate exceeds ``headroom`` of ``available``."""
     if available is None or est.total <= headroom * available:
         return
-    biggest = max(("buffer", est.buffer), ("forward", est.forward), ("SAE state", est.saes), ("SAE step", est.step),
-                  key=lambda kv: kv[1])[0]
+    biggest = max(
+        ("buffer", est.buffer),
+        ("forward", est.forward),
+        ("SAE state", est.saes),
+        ("SAE step", est.step),
+        key=lambda kv: kv[1],
+    )[0]
     advice = {
         "buffer": "lower --buffer-tokens (or use --buffer-dtype bfloat16)",
         "forward": "lower --batch-contexts or --context",
@@ -101,7 +113,8 @@ def check_fits(est: MemoryEstimate, available: int | None, *, headroom: float = 
     }[biggest]
     raise MemoryError(
         f"this run needs about {est.total / GB:.1f} GB ({est.describe()}) but only "
-        f"{available / GB:.1f} GB are available; the largest part is the {biggest}: {advice}")
+        f"{available / GB:.1f} GB are available; the largest part is the {biggest}: {advice}"
+    )
 
 
 def n_params(tree) -> int:

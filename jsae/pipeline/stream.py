@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jsae.activations.buffer import drain, exchange, exchange_key
@@ -37,8 +38,16 @@ from jsae.sae.stack import n_saes
 from jsae.train.checkpoint import Checkpointer
 from jsae.train.config import TrainConfig
 from jsae.train.loop import TrainResult, record_chunk, sae_group_for, train_result
-from jsae.train.sharding import AXIS, hint_cpu_cores, pad_leading, padded_size, replicate, sae_mesh, shard_leading, \
-    take_leading
+from jsae.train.sharding import (
+    AXIS,
+    hint_cpu_cores,
+    pad_leading,
+    padded_size,
+    replicate,
+    sae_mesh,
+    shard_leading,
+    take_leading,
+)
 from jsae.train.step import TrainState, init_state, run_chunk
 
 from .contexts import ContextBatches
@@ -71,10 +80,12 @@ def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: 
     rows = contexts.batch_contexts * contexts.context_size
     if rows % batch_size:
         good = [b for b in (256, 512, 1024, 2048, 4096) if rows % b == 0]
-        raise ValueError(f"a batch of {contexts.batch_contexts} contexts x {contexts.context_size} tokens = {rows} "
-                         f"tokens is not a multiple of the SAE batch size {batch_size}; choose a batch size "
-                         f"that divides it ({', '.join(map(str, good)) or 'e.g. a divisor of ' + str(rows)}) or change "
-                         "the number of contexts per batch")
+        raise ValueError(
+            f"a batch of {contexts.batch_contexts} contexts x {contexts.context_size} tokens = {rows} "
+            f"tokens is not a multiple of the SAE batch size {batch_size}; choose a batch size "
+            f"that divides it ({', '.join(map(str, good)) or 'e.g. a divisor of ' + str(rows)}) or change "
+            "the number of contexts per batch"
+        )
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens}")
     fill = -(-buffer_tokens // rows) if buffer_tokens > 0 else 0
@@ -82,8 +93,18 @@ def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: 
     return StreamPlan(rows, fill * rows, exchanges, fill, rows // batch_size, fill * rows // batch_size)
 
 
-def _programs(inputs, skip, cfg: TrainConfig, pl: StreamPlan, mesh, n_pad: int, group: int,
-              buffer_dtype, shuffle: bool, fused: bool):
+def _programs(
+    inputs,
+    skip,
+    cfg: TrainConfig,
+    pl: StreamPlan,
+    mesh,
+    n_pad: int,
+    group: int,
+    buffer_dtype,
+    shuffle: bool,
+    fused: bool,
+):
     """The programs of a run: ``fill(buffer, model, tokens, offset)``, ``step(carry, model, hp, start, tokens,
     key)`` (exchange + train) and ``finish(carry, hp, start, key)`` (drain + train).
 
@@ -106,8 +127,13 @@ def _programs(inputs, skip, cfg: TrainConfig, pl: StreamPlan, mesh, n_pad: int, 
 
             return run_chunk(state, hp, start, n_steps, batch_at, cfg, group, sae_data=rows)
 
-        return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, sae_axis),
-                             out_specs=(sae_axis, P(None, AXIS)), check_vma=False)(state, hp, start, rows)
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(sae_axis, sae_axis, whole, sae_axis),
+            out_specs=(sae_axis, P(None, AXIS)),
+            check_vma=False,
+        )(state, hp, start, rows)
 
     def update(carry, hp, start, new, key):
         state, buffer = carry
@@ -129,10 +155,13 @@ def _programs(inputs, skip, cfg: TrainConfig, pl: StreamPlan, mesh, n_pad: int, 
         return train_on(state, hp, start, drain(buffer, key), pl.drain_steps)
 
     if fused:
-        fill = jax.jit(lambda buffer, model, tokens, offset: put(buffer, rows_of(model, tokens), offset),
-                       donate_argnums=0)
-        step = jax.jit(lambda carry, model, hp, start, tokens, key: update(carry, hp, start, rows_of(model, tokens), key),
-                       donate_argnums=0)
+        fill = jax.jit(
+            lambda buffer, model, tokens, offset: put(buffer, rows_of(model, tokens), offset), donate_argnums=0
+        )
+        step = jax.jit(
+            lambda carry, model, hp, start, tokens, key: update(carry, hp, start, rows_of(model, tokens), key),
+            donate_argnums=0,
+        )
         return fill, step, finish
 
     rows_jit = jax.jit(rows_of)
@@ -200,8 +229,9 @@ def train_on_model(
     n = len(inputs)
     pl = plan(tokens, contexts, cfg.batch_size, buffer_tokens)
     every = -(-cfg.checkpoint_every // pl.steps_per_exchange) if cfg.checkpoint_every else 0
-    cfg = dataclasses.replace(cfg, steps=pl.steps, chunk_steps=pl.steps_per_exchange,
-                              checkpoint_every=every * pl.steps_per_exchange)
+    cfg = dataclasses.replace(
+        cfg, steps=pl.steps, chunk_steps=pl.steps_per_exchange, checkpoint_every=every * pl.steps_per_exchange
+    )
     hp_np = cfg.per_sae(n)
     shuffle = pl.buffer_tokens > 0
     run_model = model_for(model, inputs)
@@ -223,18 +253,28 @@ def train_on_model(
     if ckpt is not None and ckpt.latest_step() is not None:
         if not isinstance(sae, SAE):
             sae = _abstract_stack(template_sae)
-        template = (init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.ones((n,))),
-                    jax.ShapeDtypeStruct((n, max(pl.buffer_tokens, 1), d_in), buffer_dtype))
+        template = (
+            init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.ones((n,))),
+            jax.ShapeDtypeStruct((n, max(pl.buffer_tokens, 1), d_in), buffer_dtype),
+        )
         restored = ckpt.restore(template, cfg, arch, n)
-    fill, step_fn, finish = _programs(inputs, skip, cfg, pl, mesh, n_pad,
-                                      sae_group_for(cfg, n_pad // mesh.devices.size, d_in, template_sae.d_sae, mesh),
-                                      buffer_dtype, shuffle, fused)
+    fill, step_fn, finish = _programs(
+        inputs,
+        skip,
+        cfg,
+        pl,
+        mesh,
+        n_pad,
+        sae_group_for(cfg, n_pad // mesh.devices.size, d_in, template_sae.d_sae, mesh),
+        buffer_dtype,
+        shuffle,
+        fused,
+    )
     hp = shard_leading(pad_leading({k: jnp.asarray(v) for k, v in hp_np.items()}, n_pad), mesh)
 
     history: dict[str, list] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=pl.tokens, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
-               desc=f"{n} SAEs")
+    bar = tqdm(total=pl.tokens, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True, desc=f"{n} SAEs")
     try:
         if restored is not None:
             step, (state, buffer) = restored
@@ -247,7 +287,9 @@ def train_on_model(
             step, exchange_index, reader = 0, 0, contexts.iterator()
             buffer = shard_leading(jnp.zeros((n_pad, max(pl.buffer_tokens, 1), d_in), buffer_dtype), mesh)
             for i in range(pl.fill_exchanges):
-                buffer = fill(buffer, run_model, _device_tokens(_next(reader, i), mesh, fused), i * pl.rows_per_exchange)
+                buffer = fill(
+                    buffer, run_model, _device_tokens(_next(reader, i), mesh, fused), i * pl.rows_per_exchange
+                )
                 bar.update(pl.rows_per_exchange)
             exchange_index = pl.fill_exchanges
             sample = buffer[:n] if shuffle else None
@@ -263,26 +305,42 @@ def train_on_model(
                 state = _initial_state(sae, sample, cfg, hp_np, n_pad, mesh)
                 del sample
             t = time.perf_counter()
-            (state, buffer), metrics = step_fn((state, buffer), run_model, hp, jnp.asarray(step, jnp.int32), batch,
-                                               exchange_key(key, exchange_index))
+            (state, buffer), metrics = step_fn(
+                (state, buffer), run_model, hp, jnp.asarray(step, jnp.int32), batch, exchange_key(key, exchange_index)
+            )
             step, _ = record_chunk(history, metrics, step, pl.steps_per_exchange, n)
             exchange_index += 1
             tokens_this_call += pl.rows_per_exchange
             _progress(bar, history, pl.rows_per_exchange, time.perf_counter() - t, n)
-            if ckpt is not None and every and exchange_index < pl.exchanges and \
-                    (exchange_index - pl.fill_exchanges) % every == 0:
-                ckpt.save(step, (take_leading(state, n), take_leading(buffer, n)), cfg, arch, n,
-                          extra={"exchange": exchange_index, "reader": reader.get_state()})
+            if (
+                ckpt is not None
+                and every
+                and exchange_index < pl.exchanges
+                and (exchange_index - pl.fill_exchanges) % every == 0
+            ):
+                ckpt.save(
+                    step,
+                    (take_leading(state, n), take_leading(buffer, n)),
+                    cfg,
+                    arch,
+                    n,
+                    extra={"exchange": exchange_index, "reader": reader.get_state()},
+                )
             if on_exchange is not None:
                 on_exchange(exchange_index)
         if pl.drain_steps and step < pl.steps:
-            state, metrics = finish((state, buffer), hp, jnp.asarray(step, jnp.int32),
-                                    exchange_key(key, pl.exchanges))
+            state, metrics = finish((state, buffer), hp, jnp.asarray(step, jnp.int32), exchange_key(key, pl.exchanges))
             step, _ = record_chunk(history, metrics, step, pl.drain_steps, n)
         final = take_leading(state, n)
         if ckpt is not None and step > resumed_from:
-            ckpt.save(step, (final, take_leading(buffer, n)), cfg, arch, n,
-                      extra={"exchange": exchange_index, "reader": reader.get_state()})
+            ckpt.save(
+                step,
+                (final, take_leading(buffer, n)),
+                cfg,
+                arch,
+                n,
+                extra={"exchange": exchange_index, "reader": reader.get_state()},
+            )
     finally:
         bar.close()
         if ckpt is not None:
@@ -312,12 +370,16 @@ def _next(reader, index: int) -> np.ndarray:
     try:
         return np.asarray(next(reader), np.int32)
     except StopIteration:
-        raise ValueError(f"the text ran out after {index} batches of contexts; give more text, ask for fewer "
-                         "tokens, or let the reader repeat the text") from None
+        raise ValueError(
+            f"the text ran out after {index} batches of contexts; give more text, ask for fewer "
+            "tokens, or let the reader repeat the text"
+        ) from None
 
 
 def _progress(bar, history: dict, rows: int, seconds: float, n: int) -> None:
     rate = rows / max(seconds, 1e-9)
     bar.update(rows)
-    bar.set_postfix_str(f"model tok/s {rate:,.0f} | SAE-tok/s {n * rate:,.0f} | L0 {history['l0'][-1].mean():.1f} | "
-                        f"EV {history['explained_variance'][-1].mean():.3f}")
+    bar.set_postfix_str(
+        f"model tok/s {rate:,.0f} | SAE-tok/s {n * rate:,.0f} | L0 {history['l0'][-1].mean():.1f} | "
+        f"EV {history['explained_variance'][-1].mean():.3f}"
+    )

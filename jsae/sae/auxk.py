@@ -14,7 +14,8 @@ no latent is dead or when the residual has no variance.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,8 +123,7 @@ class Active(NamedTuple):
     shape: tuple[int, int]
 
 
-def active_latents(sae: SAE, x: Float[Array, "B d_in"], dead: Bool[Array, " d_sae"] | None,
-                   entries: Entries) -> Active:
+def active_latents(sae: SAE, x: Float[Array, "B d_in"], dead: Bool[Array, " d_sae"] | None, entries: Entries) -> Active:
     """Pre-activations once without a gradient, the entries chosen by ``entries(pre) -> (rows, cols)``
     (and AuxK's), and their values through ``sparse.active_pre`` (one call for both)."""
     pre = jax.lax.stop_gradient(sae.pre_acts(x))
@@ -133,8 +133,16 @@ def active_latents(sae: SAE, x: Float[Array, "B d_in"], dead: Bool[Array, " d_sa
         vals = sp.active_pre(x, sae.b_dec, sae.W_enc, sae.b_enc, pre, rows, cols, sae.apply_b_dec_to_input)
         return Active(rows, cols, jax.nn.relu(vals), None, None, None, pre.shape)
     aux_rows, aux_cols = sp.auxk_entries(pre, dead, sae.k_aux)
-    vals = sp.active_pre(x, sae.b_dec, sae.W_enc, sae.b_enc, pre, jnp.concatenate([rows, aux_rows]),
-                         jnp.concatenate([cols, aux_cols]), sae.apply_b_dec_to_input)
+    vals = sp.active_pre(
+        x,
+        sae.b_dec,
+        sae.W_enc,
+        sae.b_enc,
+        pre,
+        jnp.concatenate([rows, aux_rows]),
+        jnp.concatenate([cols, aux_cols]),
+        sae.apply_b_dec_to_input,
+    )
     aux_z = jnp.where(dead[aux_cols], jax.nn.relu(vals[n_main:]), 0.0)
     return Active(rows, cols, jax.nn.relu(vals[:n_main]), aux_rows, aux_cols, aux_z, pre.shape)
 

@@ -80,13 +80,13 @@ class SAE(eqx.Module):
     ) -> tuple[Float[Array, ""], tuple[Metrics, Float[Array, "B d_sae"]]]:
         raise NotImplementedError
 
-    def update_buffers(self, f: Float[Array, "B d_sae"]) -> "SAE":
+    def update_buffers(self, f: Float[Array, "B d_sae"]) -> SAE:
         return self
 
-    def constrain(self) -> "SAE":
+    def constrain(self) -> SAE:
         return self
 
-    def fold_scale(self, c: Float[Array, ""]) -> "SAE":
+    def fold_scale(self, c: Float[Array, ""]) -> SAE:
         """Return the SAE that, on raw ``x``, does what this one does on ``c * x`` (outputs unscaled)."""
         return eqx.tree_at(
             lambda s: (s.W_enc, s.W_dec, s.b_dec), self, (self.W_enc * c, self.W_dec / c, self.b_dec / c)
@@ -158,9 +158,7 @@ def squared_error(x: Float[Array, "B d"], x_hat: Float[Array, "B d"]) -> Float[A
     return jnp.mean(jnp.sum((x_hat - x) ** 2, axis=-1))
 
 
-def reconstruction_metrics(
-    x: Float[Array, "B d"], x_hat: Float[Array, "B d"], f: Float[Array, "B m"]
-) -> Metrics:
+def reconstruction_metrics(x: Float[Array, "B d"], x_hat: Float[Array, "B d"], f: Float[Array, "B m"]) -> Metrics:
     """L0 (mean active latents per token), per-element MSE and explained variance of a batch."""
     err = jnp.sum((x_hat - x) ** 2)
     total = jnp.sum((x - jnp.mean(x, axis=0)) ** 2)
@@ -171,9 +169,7 @@ def reconstruction_metrics(
     }
 
 
-def geometric_median(
-    x: Float[Array, "n d"], iters: int = 50, eps: float = 1e-6
-) -> Float[Array, " d"]:
+def geometric_median(x: Float[Array, "n d"], iters: int = 50, eps: float = 1e-6) -> Float[Array, " d"]:
     """Weiszfeld's algorithm: the point minimising the summed Euclidean distance to the rows of x."""
 
     def step(y, _):

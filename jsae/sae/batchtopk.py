@@ -27,8 +27,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from jsae.sae import sparse as sp
-from jsae.sae.auxk import (check_k, keep_top_k_flat, reconstruction_with_auxk, resolve_k_aux,
-                           sparse_reconstruction_with_auxk, use_sparse)
+from jsae.sae.auxk import (
+    check_k,
+    keep_top_k_flat,
+    reconstruction_with_auxk,
+    resolve_k_aux,
+    sparse_reconstruction_with_auxk,
+    use_sparse,
+)
 from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows
 from jsae.sae.jumprelu import JumpReLUSAE
 from jsae.sae.topk import resolve_b_dec_init
@@ -55,10 +61,11 @@ class BatchTopKSAE(SAE):
     def loss(self, x: Float[Array, "B d_in"], hp: Hyper, dead: Bool[Array, " d_sae"] | None):
         if use_sparse(self.sparse, self.d_sae, self.k, self.d_in):
             return sparse_reconstruction_with_auxk(
-                self, x, hp, dead, lambda pre: sp.flat_topk_entries(pre, self.k * pre.shape[0]), None)
+                self, x, hp, dead, lambda pre: sp.flat_topk_entries(pre, self.k * pre.shape[0]), None
+            )
         return reconstruction_with_auxk(self, x, hp, dead, self.batch_activation)
 
-    def update_buffers(self, f: Float[Array, "B d_sae"]) -> "BatchTopKSAE":
+    def update_buffers(self, f: Float[Array, "B d_sae"]) -> BatchTopKSAE:
         f = jax.lax.stop_gradient(f)
         batch_min = jnp.min(jnp.where(f > 0, f, jnp.inf))
         old = self.threshold
@@ -66,7 +73,7 @@ class BatchTopKSAE(SAE):
         new = jnp.where(jnp.isfinite(batch_min), ema, old).astype(old.dtype)
         return eqx.tree_at(lambda s: s.threshold, self, new)
 
-    def constrain(self) -> "BatchTopKSAE":
+    def constrain(self) -> BatchTopKSAE:
         return eqx.tree_at(lambda s: s.W_dec, self, unit_rows(self.W_dec))
 
 
@@ -109,12 +116,14 @@ def init(
       sparse: train on the active entries only (True), densely (False), or by size (None, see
         ``jsae.sae.auxk.use_sparse``).
     """
-    return BatchTopKSAE(**init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init,
-                                      apply_b_dec_to_input, sparse))
+    return BatchTopKSAE(
+        **init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input, sparse)
+    )
 
 
-def init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input,
-                sparse=None) -> dict:
+def init_fields(
+    key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input, sparse=None
+) -> dict:
     """The constructor arguments shared by BatchTopK and its subclasses (Matryoshka)."""
     k = check_k(k, d_sae)
     if not 0.0 <= threshold_decay < 1.0:

@@ -29,10 +29,10 @@ from jsae.sae.base import (
     BDecInit,
     Hyper,
     centered_matmul,
-    matmul,
     decoder_norms,
     init_tied_weights,
     initial_b_dec,
+    matmul,
     reconstruction_metrics,
     squared_error,
     unit_rows,
@@ -50,8 +50,10 @@ class GatedSAE(SAE):
         """The two pre-activations (pi_gate, pi_mag)."""
         W_mag = (self.W_enc * jnp.exp(self.r_mag)).astype(self.W_enc.dtype)  # the compute dtype under mixed precision
         if self.apply_b_dec_to_input:
-            return (centered_matmul(x, self.b_dec, self.W_enc) + self.b_enc,
-                    centered_matmul(x, self.b_dec, W_mag) + self.b_mag)
+            return (
+                centered_matmul(x, self.b_dec, self.W_enc) + self.b_enc,
+                centered_matmul(x, self.b_dec, W_mag) + self.b_mag,
+            )
         return matmul(x, self.W_enc) + self.b_enc, matmul(x, W_mag) + self.b_mag
 
     def activation(self, pre):
@@ -73,11 +75,16 @@ class GatedSAE(SAE):
         sparsity = jnp.mean(gate @ decoder_norms(self.W_dec))
         aux = squared_error(x, matmul(gate, jax.lax.stop_gradient(self.W_dec)) + jax.lax.stop_gradient(self.b_dec))
         total = recon + hp["sparsity_coef"] * sparsity + hp.get("aux_coef", 1.0) * aux
-        metrics = {"loss": total, "recon": recon, "sparsity": sparsity, "aux": aux,
-                   **reconstruction_metrics(x, x_hat, f)}
+        metrics = {
+            "loss": total,
+            "recon": recon,
+            "sparsity": sparsity,
+            "aux": aux,
+            **reconstruction_metrics(x, x_hat, f),
+        }
         return total, (metrics, f)
 
-    def constrain(self) -> "GatedSAE":
+    def constrain(self) -> GatedSAE:
         if not self.unit_norm_decoder:
             return self
         return eqx.tree_at(lambda s: s.W_dec, self, unit_rows(self.W_dec))

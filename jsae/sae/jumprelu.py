@@ -125,7 +125,7 @@ class JumpReLUSAE(SAE):
         metrics = {"loss": total, "recon": recon, "l0_penalty": l0_penalty, **reconstruction_metrics(x, x_hat, f)}
         return total, (metrics, f)
 
-    def constrain(self) -> "JumpReLUSAE":
+    def constrain(self) -> JumpReLUSAE:
         W_dec = self.W_dec
         if self.unit_norm_decoder:
             W_dec = unit_rows(W_dec)
@@ -190,8 +190,12 @@ def from_weights(
     W_enc, b_enc, W_dec, b_dec, threshold = (jnp.asarray(a) for a in (W_enc, b_enc, W_dec, b_dec, threshold))
     d_in, d_sae = W_enc.shape[-2:]
     lead = W_enc.shape[:-2]
-    expected = {"b_enc": lead + (d_sae,), "W_dec": lead + (d_sae, d_in), "b_dec": lead + (d_in,),
-                "threshold": lead + (d_sae,)}
+    expected = {
+        "b_enc": lead + (d_sae,),
+        "W_dec": lead + (d_sae, d_in),
+        "b_dec": lead + (d_in,),
+        "threshold": lead + (d_sae,),
+    }
     for name, a in zip(expected, (b_enc, W_dec, b_dec, threshold)):
         if a.shape != expected[name]:
             raise ValueError(f"{name} has shape {a.shape}; expected {expected[name]} for W_enc {W_enc.shape}")

@@ -42,7 +42,7 @@ class ReLUSAE(SAE):
         total = recon + hp["sparsity_coef"] * l1
         return total, ({"loss": total, "recon": recon, "l1": l1, **reconstruction_metrics(x, x_hat, f)}, f)
 
-    def constrain(self) -> "ReLUSAE":
+    def constrain(self) -> ReLUSAE:
         if not self.unit_norm_decoder:
             return self
         return eqx.tree_at(lambda s: s.W_dec, self, unit_rows(self.W_dec))

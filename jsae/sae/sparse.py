@@ -40,8 +40,14 @@ def flat_topk_entries(pre: Float[Array, "B m"], k_total: int) -> tuple[Int[Array
 
 @partial(jax.custom_vjp, nondiff_argnums=(7,))
 def active_pre(
-    x: Float[Array, "B d"], b_dec: Float[Array, " d"], W_enc: Float[Array, "d m"], b_enc: Float[Array, " m"],
-    pre: Float[Array, "B m"], rows: Int[Array, " E"], cols: Int[Array, " E"], centered: bool,
+    x: Float[Array, "B d"],
+    b_dec: Float[Array, " d"],
+    W_enc: Float[Array, "d m"],
+    b_enc: Float[Array, " m"],
+    pre: Float[Array, "B m"],
+    rows: Int[Array, " E"],
+    cols: Int[Array, " E"],
+    centered: bool,
 ) -> Float[Array, " E"]:
     """``pre[rows, cols]`` where ``pre = (x - b_dec if centered else x) @ W_enc + b_enc`` was computed
     already (pass it through ``stop_gradient``); gradients reach x, b_dec, W_enc and b_enc, never pre."""
@@ -63,16 +69,27 @@ def _active_pre_bwd(centered, res, dv):
     dxc = jnp.zeros(x.shape, acc).at[rows].add(dv[:, None] * W_enc.T[cols].astype(acc))  # unused in training: DCE'd
     # d/d b_dec of sum_e dv_e * ((x - b_dec) @ W_enc)[e] = -W_enc @ (dv summed per latent) = -W_enc @ db_enc
     db_dec = -(W_enc.astype(acc) @ db_enc) if centered else jnp.zeros(b_dec.shape, acc)
-    return (dxc.astype(x.dtype), db_dec.astype(b_dec.dtype), dW_enc.astype(W_enc.dtype), db_enc.astype(b_enc.dtype),
-            jnp.zeros((x.shape[0], m), pre_dtype_of.dtype), None, None)
+    return (
+        dxc.astype(x.dtype),
+        db_dec.astype(b_dec.dtype),
+        dW_enc.astype(W_enc.dtype),
+        db_enc.astype(b_enc.dtype),
+        jnp.zeros((x.shape[0], m), pre_dtype_of.dtype),
+        None,
+        None,
+    )
 
 
 active_pre.defvjp(_active_pre_fwd, _active_pre_bwd)
 
 
 def decode_entries(
-    vals: Float[Array, " E"], rows: Int[Array, " E"], cols: Int[Array, " E"], W_dec: Float[Array, "m d"],
-    n_rows: int, per_row: int | None = None,
+    vals: Float[Array, " E"],
+    rows: Int[Array, " E"],
+    cols: Int[Array, " E"],
+    W_dec: Float[Array, "m d"],
+    n_rows: int,
+    per_row: int | None = None,
 ) -> Float[Array, "B d"]:
     """``sum_e vals[e] * W_dec[cols[e]]`` into row ``rows[e]`` (no bias), in at least float32.
     ``per_row=k`` says the entries are k per row in row-major order (TopK): a reshape and sum instead

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -49,8 +49,10 @@ def stack(
 def n_saes(sae: SAE) -> int:
     """Size of the leading (SAE) axis of a stack."""
     if sae.W_enc.ndim != 3:
-        raise ValueError(f"expected a stack with W_enc [N, d_in, d_sae], got shape {sae.W_enc.shape}; "
-                         "build one with jsae.sae.stack (N=1 for a single SAE)")
+        raise ValueError(
+            f"expected a stack with W_enc [N, d_in, d_sae], got shape {sae.W_enc.shape}; "
+            "build one with jsae.sae.stack (N=1 for a single SAE)"
+        )
     return sae.W_enc.shape[0]
 
 

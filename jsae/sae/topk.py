@@ -25,8 +25,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from jsae.sae import sparse as sp
-from jsae.sae.auxk import (check_k, keep_top_k, reconstruction_with_auxk, resolve_k_aux,
-                           sparse_reconstruction_with_auxk, use_sparse)
+from jsae.sae.auxk import (
+    check_k,
+    keep_top_k,
+    reconstruction_with_auxk,
+    resolve_k_aux,
+    sparse_reconstruction_with_auxk,
+    use_sparse,
+)
 from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows
 
 
@@ -44,7 +50,7 @@ class TopKSAE(SAE):
             return sparse_reconstruction_with_auxk(self, x, hp, dead, lambda pre: sp.topk_entries(pre, self.k), self.k)
         return reconstruction_with_auxk(self, x, hp, dead, self.activation)
 
-    def constrain(self) -> "TopKSAE":
+    def constrain(self) -> TopKSAE:
         return eqx.tree_at(lambda s: s.W_dec, self, unit_rows(self.W_dec))
 
 

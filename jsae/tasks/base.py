@@ -93,11 +93,18 @@ class Task:
     def __len__(self) -> int:
         return len(self.clean)
 
-    def subset(self, idx) -> "Task":
+    def subset(self, idx) -> Task:
         """The prompts at ``idx`` (an index array or boolean mask)."""
         idx = np.arange(len(self))[np.asarray(idx)]
-        return Task(self.name, [self.clean[i] for i in idx], [self.corrupted[i] for i in idx],
-                    self.correct[idx], self.incorrect[idx], self.metric, self.note)
+        return Task(
+            self.name,
+            [self.clean[i] for i in idx],
+            [self.corrupted[i] for i in idx],
+            self.correct[idx],
+            self.incorrect[idx],
+            self.metric,
+            self.note,
+        )
 
 
 def _masked_gather(values, ids):

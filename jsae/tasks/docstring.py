@@ -50,10 +50,12 @@ def docstring(tokenizer, n: int, *, seed: int = 0) -> Task:
         picks = list(rng.choice(words, 2 * N_ARGS + 6, replace=False))
         fn, args, other = picks[0], picks[1 : 1 + N_ARGS], picks[1 + N_ARGS : 1 + 2 * N_ARGS]
         desc = picks[1 + 2 * N_ARGS :]
-        body = (f'    """{desc[0]} {desc[1]}\n\n'
-                f"    :param {args[0]}: {desc[2]} {desc[3]}\n"
-                f"    :param {args[1]}: {desc[4]}\n"
-                f"    :param")
+        body = (
+            f'    """{desc[0]} {desc[1]}\n\n'
+            f"    :param {args[0]}: {desc[2]} {desc[3]}\n"
+            f"    :param {args[1]}: {desc[4]}\n"
+            f"    :param"
+        )
         good = f"def {fn}(self, {', '.join(args)}):\n" + body
         bad = f"def {fn}(self, {', '.join(other)}):\n" + body
         if len(token_ids(tokenizer, good)) != len(token_ids(tokenizer, bad)):

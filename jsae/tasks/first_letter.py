@@ -40,7 +40,7 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.words)
 
-    def subset(self, rows: np.ndarray) -> "Vocabulary":
+    def subset(self, rows: np.ndarray) -> Vocabulary:
         rows = np.asarray(rows)
         return Vocabulary(self.ids[rows], tuple(self.words[i] for i in rows), self.letters[rows])
 
@@ -77,8 +77,11 @@ def alphabetic_vocabulary(tokenizer: Tokenizer, min_letters: int = 1) -> Vocabul
     keep = [j for j, e in enumerate(encoded) if e.ids == [ids[j]]]
     if not keep:
         raise ValueError("the tokenizer has no alphabetic single tokens; the first-letter task needs some")
-    return Vocabulary(np.asarray(ids)[keep], tuple(words[j] for j in keep),
-                      np.asarray([first_letter(words[j]) for j in keep], np.int32))
+    return Vocabulary(
+        np.asarray(ids)[keep],
+        tuple(words[j] for j in keep),
+        np.asarray([first_letter(words[j]) for j in keep], np.int32),
+    )
 
 
 def train_test_split(vocab: Vocabulary, seed: int = 0, train_fraction: float = 0.8) -> tuple[Vocabulary, Vocabulary]:
@@ -112,7 +115,12 @@ def word_token_position(tokenizer: Tokenizer, text: str, target: str) -> tuple[l
 
 
 def build_prompts(
-    tokenizer: Tokenizer, targets: Vocabulary, example_pool: Vocabulary, *, n_examples: int = 10, seed: int = 0,
+    tokenizer: Tokenizer,
+    targets: Vocabulary,
+    example_pool: Vocabulary,
+    *,
+    n_examples: int = 10,
+    seed: int = 0,
     pad_multiple: int = 8,
 ) -> Prompts:
     """ICL prompts for every target word (examples drawn from ``example_pool``, never the target).
@@ -143,8 +151,14 @@ def build_prompts(
     tokens = np.full((len(seqs), T), tokenizer.pad_id, np.int32)
     for r, s in enumerate(seqs):
         tokens[r, : len(s)] = s
-    return Prompts(tokens, lengths, np.asarray(pos, np.int32), np.asarray(letters, np.int32),
-                   np.asarray(word_ids, np.int32), tuple(texts))
+    return Prompts(
+        tokens,
+        lengths,
+        np.asarray(pos, np.int32),
+        np.asarray(letters, np.int32),
+        np.asarray(word_ids, np.int32),
+        tuple(texts),
+    )
 
 
 def answer_token_ids(tokenizer: Tokenizer) -> np.ndarray:

@@ -36,12 +36,14 @@ def tokenization(tokenizer) -> str:
     two = single_token_id(tokenizer, "32")
     if two is not None and token_ids(tokenizer, " 1732")[-1:] == [two]:
         return "two_digit"
-    if all(single_token_id(tokenizer, str(d)) is not None for d in range(10)) and token_ids(tokenizer, " 1732")[-2:] == [
-        single_token_id(tokenizer, "3"), single_token_id(tokenizer, "2")
-    ]:
+    if all(single_token_id(tokenizer, str(d)) is not None for d in range(10)) and token_ids(tokenizer, " 1732")[
+        -2:
+    ] == [single_token_id(tokenizer, "3"), single_token_id(tokenizer, "2")]:
         return "digits"
-    raise ValueError("greater-than needs years that split into a two-digit token or into single digits; "
-                     f"this tokenizer splits ' 1732' as {token_ids(tokenizer, ' 1732')}")
+    raise ValueError(
+        "greater-than needs years that split into a two-digit token or into single digits; "
+        f"this tokenizer splits ' 1732' as {token_ids(tokenizer, ' 1732')}"
+    )
 
 
 def greater_than(tokenizer, n: int, *, seed: int = 0) -> Task:
@@ -80,7 +82,10 @@ def greater_than(tokenizer, n: int, *, seed: int = 0) -> Task:
         corrupted.append(bad)
         correct.append(good_ids)
         incorrect.append(bad_ids)
-    note = ("two-digit year tokens (Hanna et al.): next token YY', correct YY' > YY" if mode == "two_digit" else
-            "digits are single tokens: the next token is the end year's tens digit; start years end in 9 "
-            "(YY = 10t+9) so tens digit > t <=> later year; correct = digits > t, incorrect = digits <= t")
+    note = (
+        "two-digit year tokens (Hanna et al.): next token YY', correct YY' > YY"
+        if mode == "two_digit"
+        else "digits are single tokens: the next token is the end year's tens digit; start years end in 9 "
+        "(YY = 10t+9) so tens digit > t <=> later year; correct = digits > t, incorrect = digits <= t"
+    )
     return Task("greater_than", clean, corrupted, pad_answers(correct), pad_answers(incorrect), "prob_diff", note)

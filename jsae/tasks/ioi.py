@@ -73,6 +73,8 @@ def ioi(tokenizer, n: int, *, seed: int = 0, order: str = "mixed") -> Task:
         corrupted.append(bad)
         correct.append([single_token_id(tokenizer, " " + a)])
         incorrect.append([single_token_id(tokenizer, " " + b)])
-    note = (f"{len(names)} single-token names, {len(places)} places, {len(objects)} objects; "
-            "negatives: ABC corruption (first-clause names replaced)")
+    note = (
+        f"{len(names)} single-token names, {len(places)} places, {len(objects)} objects; "
+        "negatives: ABC corruption (first-clause names replaced)"
+    )
     return Task("ioi", clean, corrupted, pad_answers(correct), pad_answers(incorrect), "logit_diff", note)

@@ -51,8 +51,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state, config: TrainConfig, architecture: str, n_saes: int,
-             extra: dict | None = None) -> None:
+    def save(
+        self, step: int, state, config: TrainConfig, architecture: str, n_saes: int, extra: dict | None = None
+    ) -> None:
         """Save ``state`` at ``step``; ``extra`` (JSON) rides along in the metadata, e.g. a data position."""
         meta = {
             "format": FORMAT,
@@ -64,7 +65,8 @@ class Checkpointer:
             "extra": extra or {},
         }
         self._manager.save(
-            int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(_leaves(state)), meta=ocp.args.JsonSave(meta))
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_leaves(state)), meta=ocp.args.JsonSave(meta)),
         )
 
     def close(self) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -87,8 +88,10 @@ class TrainConfig:
                 f"chunk_steps={self.chunk_steps} (checkpoints are taken between chunks)"
             )
         if self.compute_dtype not in (None, "float32", "bfloat16"):
-            raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; use 'float32', 'bfloat16' or None "
-                             "(bfloat16 on TPU, float32 elsewhere)")
+            raise ValueError(
+                f"TrainConfig.compute_dtype={self.compute_dtype!r}; use 'float32', 'bfloat16' or None "
+                "(bfloat16 on TPU, float32 elsewhere)"
+            )
         for name in ("lr_warmup_steps", "sparsity_warmup_steps", "sae_group"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -106,7 +109,7 @@ class TrainConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
+    def from_json(cls, d: dict) -> TrainConfig:
         """The config of ``to_json``; a field missing from ``d`` (a config saved before it existed) takes
         its default."""
         return cls(**d)
@@ -114,9 +117,11 @@ class TrainConfig:
     @classmethod
     def complete_json(cls, d: dict) -> dict:
         """``d`` with every field it lacks set to its default (fields added since ``d`` was written)."""
-        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(cls)
-                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        defaults = {
+            f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
         return {**defaults, **d}
 
 

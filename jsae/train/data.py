@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,9 @@ def chunk_indices(
     return jax.lax.dynamic_slice(perms.reshape(-1), (offset,), (n_steps * batch,)).reshape(n_steps, batch)
 
 
-def gather_batch(data: Float[Array, "N T d"] | Float[Array, "T d"], rows: Int[Array, " B"], n: int) -> Float[Array, "N B d"]:
+def gather_batch(
+    data: Float[Array, "N T d"] | Float[Array, "T d"], rows: Int[Array, " B"], n: int
+) -> Float[Array, "N B d"]:
     if data.ndim == 3:
         return data[:, rows]
     return jnp.broadcast_to(data[rows], (n, rows.shape[0], data.shape[-1]))
@@ -50,13 +52,16 @@ def check_array(data, n: int, d_in: int, batch: int) -> None:
     if data.ndim not in (2, 3):
         raise ValueError(f"data must be [T, d_in] (shared) or [N, T, d_in] (per SAE); got shape {shape}")
     if shape[-1] != d_in:
-        raise ValueError(f"data has d={shape[-1]} features but the SAEs take d_in={d_in}; "
-                         "check the hook point / layer the activations came from")
+        raise ValueError(
+            f"data has d={shape[-1]} features but the SAEs take d_in={d_in}; "
+            "check the hook point / layer the activations came from"
+        )
     if data.ndim == 3 and shape[0] != n:
         raise ValueError(f"per-SAE data has {shape[0]} entries on its leading axis but the stack holds {n} SAEs")
     if shape[-2] < batch:
-        raise ValueError(f"data holds {shape[-2]} tokens per SAE, fewer than batch_size={batch}; "
-                         "lower batch_size or give more data")
+        raise ValueError(
+            f"data holds {shape[-2]} tokens per SAE, fewer than batch_size={batch}; lower batch_size or give more data"
+        )
     finite = np.asarray(jnp.all(jnp.isfinite(jnp.asarray(data)), axis=-1))
     if not finite.all():
         where = np.argwhere(~finite)[0]

@@ -24,13 +24,21 @@ from tqdm.auto import tqdm
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
 from jsae.train import data as data_mod
-from jsae.train.checkpoint import CheckpointError, Checkpointer
+from jsae.train.checkpoint import Checkpointer, CheckpointError
 from jsae.train.config import TrainConfig
 from jsae.train.grouping import free_device_bytes, group_size
 from jsae.train.optim import hyperparams_of, per_sae_hyperparams
 from jsae.train.precision import resolve_compute_dtype
-from jsae.train.sharding import (AXIS, hint_cpu_cores, pad_leading, padded_size, replicate, sae_mesh, shard_leading,
-                                 take_leading)
+from jsae.train.sharding import (
+    AXIS,
+    hint_cpu_cores,
+    pad_leading,
+    padded_size,
+    replicate,
+    sae_mesh,
+    shard_leading,
+    take_leading,
+)
 from jsae.train.step import LossFn, TrainState, init_state, run_chunk
 
 
@@ -77,9 +85,15 @@ def _input_scales(data, n: int, normalise: bool) -> np.ndarray:
 
 
 @functools.cache
-def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared_data: bool,
-               optimizer: optax.GradientTransformation | None, loss_fn: LossFn | None,
-               compute_dtype: str | None = None):
+def _chunk_fns(
+    static_cfg_json: str,
+    group: int,
+    mesh: jax.sharding.Mesh,
+    shared_data: bool,
+    optimizer: optax.GradientTransformation | None,
+    loss_fn: LossFn | None,
+    compute_dtype: str | None = None,
+):
     """Jitted chunk functions for one static configuration, optimizer and loss (per-SAE values travel
     as arrays; the optimizer's per-SAE hyperparameters live in its state).
 
@@ -103,30 +117,65 @@ def _chunk_fns(static_cfg_json: str, group: int, mesh: jax.sharding.Mesh, shared
         def local(state, hp, start, data, key):
             rows = data_mod.chunk_indices(key, start, n_steps, batch, data.shape[-2])
             if shared_data:
-                return run_chunk(state, hp, start, n_steps, lambda i, _, g: data_mod.gather_batch(data, rows[i], g),
-                                 cfg, group, **how)
-            return run_chunk(state, hp, start, n_steps, lambda i, own, g: data_mod.gather_batch(own, rows[i], g),
-                             cfg, group, sae_data=data, **how)
+                return run_chunk(
+                    state,
+                    hp,
+                    start,
+                    n_steps,
+                    lambda i, _, g: data_mod.gather_batch(data, rows[i], g),
+                    cfg,
+                    group,
+                    **how,
+                )
+            return run_chunk(
+                state,
+                hp,
+                start,
+                n_steps,
+                lambda i, own, g: data_mod.gather_batch(own, rows[i], g),
+                cfg,
+                group,
+                sae_data=data,
+                **how,
+            )
 
-        return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, data_spec, whole),
-                             out_specs=(sae_axis, metrics_spec), check_vma=False)(state, hp, start, data, key)
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(sae_axis, sae_axis, whole, data_spec, whole),
+            out_specs=(sae_axis, metrics_spec),
+            check_vma=False,
+        )(state, hp, start, data, key)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def from_batches(state, hp, start, xs):
         def local(state, hp, start, xs):
             # [steps, N, B, d] -> [N, steps, B, d], so each group of SAEs carries its own batches
-            return run_chunk(state, hp, start, xs.shape[0], lambda i, own, g: own[:, i].astype(jnp.float32), cfg, group,
-                             sae_data=xs.swapaxes(0, 1), **how)
+            return run_chunk(
+                state,
+                hp,
+                start,
+                xs.shape[0],
+                lambda i, own, g: own[:, i].astype(jnp.float32),
+                cfg,
+                group,
+                sae_data=xs.swapaxes(0, 1),
+                **how,
+            )
 
-        return jax.shard_map(local, mesh=mesh, in_specs=(sae_axis, sae_axis, whole, P(None, AXIS)),
-                             out_specs=(sae_axis, metrics_spec), check_vma=False)(state, hp, start, xs)
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(sae_axis, sae_axis, whole, P(None, AXIS)),
+            out_specs=(sae_axis, metrics_spec),
+            check_vma=False,
+        )(state, hp, start, xs)
 
     return from_array, from_batches
 
 
 def _static_json(cfg: TrainConfig) -> str:
-    static = dataclasses.replace(cfg, lr=0.0, sparsity_coef=0.0, aux_coef=0.0, extra_hp={}, seed=0,
-                                 checkpoint_every=0)
+    static = dataclasses.replace(cfg, lr=0.0, sparsity_coef=0.0, aux_coef=0.0, extra_hp={}, seed=0, checkpoint_every=0)
     return json.dumps(static.to_json(), sort_keys=True)
 
 
@@ -185,13 +234,18 @@ def train(
         raise ValueError("normalise_activations needs array data; scale an iterator's batches yourself")
     if input_scale is not None:
         if is_array or cfg.normalise_activations:
-            raise ValueError("input_scale is for iterator data without normalise_activations; arrays get their "
-                             "scales from cfg.normalise_activations")
+            raise ValueError(
+                "input_scale is for iterator data without normalise_activations; arrays get their "
+                "scales from cfg.normalise_activations"
+            )
         scales = np.broadcast_to(np.asarray(input_scale, np.float32), (n,)).copy()
     if optimizer is not None and np.ndim(cfg.lr) and "learning_rate" not in (optimizer_hp or {}):
-        warnings.warn("cfg.lr holds per-SAE rates, but a run with its own optimizer does not read cfg.lr: pass "
-                      "optimizer_hp={'learning_rate': cfg.lr} (with optax.inject_hyperparams in the chain)",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            "cfg.lr holds per-SAE rates, but a run with its own optimizer does not read cfg.lr: pass "
+            "optimizer_hp={'learning_rate': cfg.lr} (with optax.inject_hyperparams in the chain)",
+            UserWarning,
+            stacklevel=2,
+        )
     opt_hp = {k: jnp.asarray(v) for k, v in per_sae_hyperparams(optimizer_hp, n).items()}
     state = init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.asarray(scales), optimizer, opt_hp)
 
@@ -218,8 +272,9 @@ def train(
     else:
         batches = data_mod.iterator_from(data, start)
     group = sae_group_for(cfg, n_local, sae.d_in, sae.d_sae, mesh)  # after the data is placed: reads free memory
-    from_array, from_batches = _chunk_fns(_static_json(cfg), group, mesh, is_array and data.ndim == 2,
-                                          optimizer, loss_fn)
+    from_array, from_batches = _chunk_fns(
+        _static_json(cfg), group, mesh, is_array and data.ndim == 2, optimizer, loss_fn
+    )
 
     history: dict[str, list] = {}
     t0 = time.perf_counter()
@@ -231,8 +286,9 @@ def train(
             n_steps = min(cfg.chunk_steps, cfg.steps - step)
             t_chunk = time.perf_counter()
             if is_array:
-                state, metrics = from_array(state, hp, jnp.asarray(step, jnp.int32), data, key,
-                                            n_steps=n_steps, batch=cfg.batch_size)
+                state, metrics = from_array(
+                    state, hp, jnp.asarray(step, jnp.int32), data, key, n_steps=n_steps, batch=cfg.batch_size
+                )
                 batch = cfg.batch_size
             else:
                 xs = data_mod.next_chunk(batches, n_steps, n, sae.d_in, step)
@@ -287,8 +343,15 @@ def record_chunk(history: dict[str, list], metrics: dict, step: int, n_steps: in
     return step, metrics
 
 
-def train_result(final: TrainState, history: dict[str, list], cfg: TrainConfig, step: int, start: int,
-                 seconds: float, tokens_per_s: float) -> TrainResult:
+def train_result(
+    final: TrainState,
+    history: dict[str, list],
+    cfg: TrainConfig,
+    step: int,
+    start: int,
+    seconds: float,
+    tokens_per_s: float,
+) -> TrainResult:
     """The ``TrainResult`` of a finished run: the stack with its input scale folded back (when activations
     were normalised), the history stacked per metric and the last values."""
     trained = final.sae
@@ -302,14 +365,18 @@ def train_result(final: TrainState, history: dict[str, list], cfg: TrainConfig, 
 def _check_same_hyperparams(template: TrainState, restored: TrainState, where) -> None:
     """A resumed run must use the optimizer hyperparameters its checkpoint was trained with."""
     ours, theirs = hyperparams_of(template.opt_state), hyperparams_of(restored.opt_state)
-    diff = {k: (theirs.get(k), v) for k, v in ours.items()
-            if k not in theirs or np.shape(theirs[k]) != np.shape(v) or not np.array_equal(theirs[k], v)}
+    diff = {
+        k: (theirs.get(k), v)
+        for k, v in ours.items()
+        if k not in theirs or np.shape(theirs[k]) != np.shape(v) or not np.array_equal(theirs[k], v)
+    }
     if diff:
         name, (a, b) = next(iter(diff.items()))
         raise CheckpointError(
             f"checkpoint in {where} was trained with other optimizer hyperparameters ({name}: checkpoint "
             f"{np.asarray(a).tolist()} vs now {np.asarray(b).tolist()}); resume with the same optimizer_hp or pass "
-            "a new checkpoint directory")
+            "a new checkpoint directory"
+        )
 
 
 def _check_finite(loss: np.ndarray, start: int) -> None:

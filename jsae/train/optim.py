@@ -13,7 +13,8 @@ writes one value per SAE into it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,10 @@ def make_optimizer(cfg: TrainConfig, lr: Float[Array, ""] | float | None = None)
     """
     if lr is None:
         if np.ndim(cfg.lr) != 0:
-            raise ValueError(f"cfg.lr holds {np.size(cfg.lr)} per-SAE rates; pass lr= (the rate `init` stores), "
-                             "or let init_state / train set each SAE's rate")
+            raise ValueError(
+                f"cfg.lr holds {np.size(cfg.lr)} per-SAE rates; pass lr= (the rate `init` stores), "
+                "or let init_state / train set each SAE's rate"
+            )
         lr = float(cfg.lr)
     adam = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
@@ -76,11 +79,13 @@ def set_hyperparams(opt_state: PyTree, values: Mapping[str, Any]) -> PyTree:
             scheduled |= set(getattr(node, "hyperparams_states", {}) or {})
     for name in values:
         if name not in held:
-            why = ("it is injected as a schedule (a function of the step count): give it a number instead"
-                   if name in scheduled else
-                   f"the optimizer's inject_hyperparams states hold {sorted(held) or 'nothing'}; wrap the "
-                   f"transform that takes {name!r} in optax.inject_hyperparams, e.g. "
-                   f"optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)")
+            why = (
+                "it is injected as a schedule (a function of the step count): give it a number instead"
+                if name in scheduled
+                else f"the optimizer's inject_hyperparams states hold {sorted(held) or 'nothing'}; wrap the "
+                f"transform that takes {name!r} in optax.inject_hyperparams, e.g. "
+                f"optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)"
+            )
             raise ValueError(f"optimizer hyperparameter {name!r} cannot be set per SAE: {why}")
 
     def put(node):

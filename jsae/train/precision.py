@@ -37,8 +37,10 @@ def resolve_compute_dtype(name: str | None, backend: str | None = None) -> jnp.d
         name = default_compute_dtype(backend or jax.default_backend())
     name = jnp.dtype(name).name if not isinstance(name, str) else name
     if name not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype={name!r} is not supported; use 'float32', 'bfloat16' or None "
-                         "(bfloat16 on TPU, float32 elsewhere)")
+        raise ValueError(
+            f"compute_dtype={name!r} is not supported; use 'float32', 'bfloat16' or None "
+            "(bfloat16 on TPU, float32 elsewhere)"
+        )
     return jnp.dtype(name)
 
 
@@ -48,5 +50,8 @@ def compute_view(sae: SAE, dtype) -> SAE:
     dtype = jnp.dtype(dtype)
     if all(getattr(sae, k).dtype == dtype for k in WEIGHT_MATRICES):
         return sae
-    return eqx.tree_at(lambda s: [getattr(s, k) for k in WEIGHT_MATRICES], sae,
-                       [getattr(sae, k).astype(dtype) for k in WEIGHT_MATRICES])
+    return eqx.tree_at(
+        lambda s: [getattr(s, k) for k in WEIGHT_MATRICES],
+        sae,
+        [getattr(sae, k).astype(dtype) for k in WEIGHT_MATRICES],
+    )

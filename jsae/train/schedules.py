@@ -20,8 +20,11 @@ def lr_multiplier(cfg: TrainConfig) -> optax.Schedule:
     else:
         parts.append(optax.constant_schedule(1.0))
         boundaries.append(decay_start)
-        decay = (optax.linear_schedule(1.0, 0.0, decay_len) if cfg.lr_decay == "linear"
-                 else optax.cosine_decay_schedule(1.0, decay_len))
+        decay = (
+            optax.linear_schedule(1.0, 0.0, decay_len)
+            if cfg.lr_decay == "linear"
+            else optax.cosine_decay_schedule(1.0, decay_len)
+        )
         parts.append(decay)
     return optax.join_schedules(parts, boundaries) if boundaries else parts[0]
 

@@ -14,7 +14,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "sae"
 
@@ -86,14 +87,16 @@ def use_cpu_cores(n: int | None = None) -> int:
     n = cpu_cores() if n is None else int(n)
     if n < 1:
         raise ValueError(f"use_cpu_cores needs n >= 1, got {n}")
-    already = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or \
-        jax.config.jax_num_cpu_devices >= 0
+    already = (
+        "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or jax.config.jax_num_cpu_devices >= 0
+    )
     if not already:
         if xla_bridge.backends_are_initialized():
             raise RuntimeError(
                 "use_cpu_cores() must run before JAX computes anything (the CPU device count is fixed when "
                 "JAX starts): call it right after `import jax`, or set "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python")
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python"
+            )
         jax.config.update("jax_num_cpu_devices", n)
     return len(jax.devices("cpu"))
 
@@ -107,4 +110,6 @@ def hint_cpu_cores(n_saes: int) -> None:
             f"training {n_saes} SAEs on 1 CPU device of a {cpu_cores()}-core machine: XLA:CPU runs a stack's "
             "small matmuls on one core. Call jsae.train.use_cpu_cores() right after `import jax` (or set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={cpu_cores()}) to train a slice on every core",
-            PerformanceWarning, stacklevel=3)
+            PerformanceWarning,
+            stacklevel=3,
+        )

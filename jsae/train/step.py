@@ -20,7 +20,8 @@ research loss can add a term to an architecture's own:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -63,12 +64,17 @@ def trainable(sae: SAE) -> SAE:
     return eqx.filter(sae, eqx.is_inexact_array)
 
 
-def init_sae_state(sae: SAE, optimizer: optax.GradientTransformation,
-                   input_scale: Float[Array, ""] | float = 1.0) -> TrainState:
+def init_sae_state(
+    sae: SAE, optimizer: optax.GradientTransformation, input_scale: Float[Array, ""] | float = 1.0
+) -> TrainState:
     """The TrainState of one SAE (no stack axis), for a step from ``make_step``. ``input_scale``
     multiplies every batch (1: raw activations)."""
-    return TrainState(sae, optimizer.init(trainable(sae)), jnp.zeros(sae.b_enc.shape, jnp.int32),
-                      jnp.asarray(input_scale, jnp.float32))
+    return TrainState(
+        sae,
+        optimizer.init(trainable(sae)),
+        jnp.zeros(sae.b_enc.shape, jnp.int32),
+        jnp.asarray(input_scale, jnp.float32),
+    )
 
 
 def init_state(
@@ -116,12 +122,14 @@ def _freeze_buffers(sae: SAE, updates: SAE) -> SAE:
     names = type(sae).buffers
     if not names:
         return updates
-    return eqx.tree_at(lambda u: [getattr(u, k) for k in names], updates,
-                       [jnp.zeros_like(getattr(updates, k)) for k in names])
+    return eqx.tree_at(
+        lambda u: [getattr(u, k) for k in names], updates, [jnp.zeros_like(getattr(updates, k)) for k in names]
+    )
 
 
-def _apply(sae: SAE, opt_state, since, grads: SAE, metrics, f, optimizer: optax.GradientTransformation,
-           dead_after_tokens: int):
+def _apply(
+    sae: SAE, opt_state, since, grads: SAE, metrics, f, optimizer: optax.GradientTransformation, dead_after_tokens: int
+):
     params = trainable(sae)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     sae = eqx.apply_updates(sae, _freeze_buffers(sae, updates)).constrain().update_buffers(jax.lax.stop_gradient(f))
@@ -132,7 +140,10 @@ def _apply(sae: SAE, opt_state, since, grads: SAE, metrics, f, optimizer: optax.
 
 
 def make_step(
-    optimizer: optax.GradientTransformation, loss_fn: LossFn | None = None, *, dead_after_tokens: int = 1_000_000,
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn | None = None,
+    *,
+    dead_after_tokens: int = 1_000_000,
     compute_dtype: str | None = None,
 ) -> Step:
     """The training step of one SAE: ``step(state, x [B, d_in], hp) -> (state, metrics)``.
@@ -156,18 +167,24 @@ def make_step(
         x = x * state.input_scale
         dead = state.tokens_since_fired >= dead_after_tokens if type(state.sae).uses_dead_latents else None
         grads, metrics, f = _grads(state.sae, x, hp, dead, loss_fn, dtype)
-        sae, opt, since, metrics = _apply(state.sae, state.opt_state, state.tokens_since_fired, grads, metrics, f,
-                                          optimizer, dead_after_tokens)
+        sae, opt, since, metrics = _apply(
+            state.sae, state.opt_state, state.tokens_since_fired, grads, metrics, f, optimizer, dead_after_tokens
+        )
         return TrainState(sae, opt, since, state.input_scale), metrics
 
     return step
 
 
 def make_stack_step(
-    optimizer: optax.GradientTransformation, loss_fn: LossFn | None = None, *, dead_after_tokens: int = 1_000_000,
+    optimizer: optax.GradientTransformation,
+    loss_fn: LossFn | None = None,
+    *,
+    dead_after_tokens: int = 1_000_000,
     compute_dtype: str | None = None,
-) -> Callable[[TrainState, Float[Array, "N B d_in"], dict[str, Float[Array, " N"]]],
-              tuple[TrainState, dict[str, Float[Array, " N"]]]]:
+) -> Callable[
+    [TrainState, Float[Array, "N B d_in"], dict[str, Float[Array, " N"]]],
+    tuple[TrainState, dict[str, Float[Array, " N"]]],
+]:
     """``make_step`` for a stack (state, batch ``[N, B, d_in]`` and hyperparameters ``[N]``): the same
     values as ``jax.vmap(make_step(...))``, but while no latent of the whole stack is dead the loss
     gets ``dead=None`` and skips dead-latent terms (AuxK's extra top-k, 0 then anyway)."""
@@ -182,8 +199,9 @@ def make_stack_step(
             dead = state.tokens_since_fired >= dead_after_tokens
             # an unbatched cond: only the gradients are inside it (a cond that also carried the updated
             # state made XLA copy every parameter at every step)
-            grads, metrics, f = jax.lax.cond(jnp.any(dead), lambda: with_dead(state.sae, x, hp, dead),
-                                             lambda: none_dead(state.sae, x, hp))
+            grads, metrics, f = jax.lax.cond(
+                jnp.any(dead), lambda: with_dead(state.sae, x, hp, dead), lambda: none_dead(state.sae, x, hp)
+            )
         else:
             grads, metrics, f = none_dead(state.sae, x, hp)
         apply = jax.vmap(lambda s, o, t, g, mm, ff: _apply(s, o, t, g, mm, ff, optimizer, dead_after_tokens))
@@ -194,19 +212,36 @@ def make_stack_step(
 
 
 def sae_grads(
-    sae: SAE, x: Float[Array, "B d_in"], hp: Hyper, step: Int[Array, ""], cfg: TrainConfig,
-    dead: Bool[Array, " d_sae"] | None = None, loss_fn: LossFn | None = None, compute_dtype: str | None = None,
+    sae: SAE,
+    x: Float[Array, "B d_in"],
+    hp: Hyper,
+    step: Int[Array, ""],
+    cfg: TrainConfig,
+    dead: Bool[Array, " d_sae"] | None = None,
+    loss_fn: LossFn | None = None,
+    compute_dtype: str | None = None,
 ) -> tuple[SAE, dict[str, Float[Array, ""]], Float[Array, "B d_sae"]]:
     """The loss gradient of one SAE on one batch at ``step`` (sparsity warm-up of ``cfg`` applied), its
     metrics and its latent activations ``f``. ``dead``: the mask of dead latents (None: none is).
     ``compute_dtype``: the matmuls' dtype (None: ``cfg.compute_dtype``, see ``make_step``)."""
-    return _grads(sae, x, loss_hp(hp, step, cfg), dead, sae_loss if loss_fn is None else loss_fn,
-                  _cfg_compute_dtype(cfg, compute_dtype))
+    return _grads(
+        sae,
+        x,
+        loss_hp(hp, step, cfg),
+        dead,
+        sae_loss if loss_fn is None else loss_fn,
+        _cfg_compute_dtype(cfg, compute_dtype),
+    )
 
 
 def apply_grads(
-    sae: SAE, opt_state: PyTree, tokens_since_fired: Int[Array, " d_sae"], grads: SAE,
-    metrics: dict[str, Float[Array, ""]], f: Float[Array, "B d_sae"], cfg: TrainConfig,
+    sae: SAE,
+    opt_state: PyTree,
+    tokens_since_fired: Int[Array, " d_sae"],
+    grads: SAE,
+    metrics: dict[str, Float[Array, ""]],
+    f: Float[Array, "B d_sae"],
+    cfg: TrainConfig,
     optimizer: optax.GradientTransformation | None = None,
 ) -> tuple[SAE, PyTree, Int[Array, " d_sae"], dict[str, Float[Array, ""]]]:
     """The optimizer update of one SAE from :func:`sae_grads` (default optimizer: ``cfg``'s), then its
@@ -236,16 +271,26 @@ def sae_step(
 
 
 def stack_step(
-    state: TrainState, x: Float[Array, "N B d_in"], hp: dict[str, Float[Array, " N"]], step, cfg: TrainConfig,
-    *, optimizer: optax.GradientTransformation | None = None, loss_fn: LossFn | None = None,
+    state: TrainState,
+    x: Float[Array, "N B d_in"],
+    hp: dict[str, Float[Array, " N"]],
+    step,
+    cfg: TrainConfig,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    loss_fn: LossFn | None = None,
     compute_dtype: str | None = None,
 ) -> tuple[TrainState, dict[str, Float[Array, " N"]]]:
     """Step ``step`` of a run described by ``cfg`` for a whole stack: ``make_stack_step`` with the
     optimizer (default: ``cfg``'s), the loss hyperparameters' schedules of ``cfg`` and its compute
     dtype (``compute_dtype`` overrides ``cfg.compute_dtype``)."""
     optimizer = make_optimizer(cfg, 0.0) if optimizer is None else optimizer
-    stepper = make_stack_step(optimizer, loss_fn, dead_after_tokens=cfg.dead_after_tokens,
-                              compute_dtype=_cfg_compute_dtype(cfg, compute_dtype))
+    stepper = make_stack_step(
+        optimizer,
+        loss_fn,
+        dead_after_tokens=cfg.dead_after_tokens,
+        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype),
+    )
     return stepper(state, x, loss_hp(hp, step, cfg))
 
 
@@ -278,8 +323,12 @@ def run_chunk(
     n = state.input_scale.shape[0]
     group = group or n
     optimizer = make_optimizer(cfg, 0.0) if optimizer is None else optimizer
-    stepper = make_stack_step(optimizer, loss_fn, dead_after_tokens=cfg.dead_after_tokens,
-                              compute_dtype=_cfg_compute_dtype(cfg, compute_dtype))
+    stepper = make_stack_step(
+        optimizer,
+        loss_fn,
+        dead_after_tokens=cfg.dead_after_tokens,
+        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype),
+    )
 
     def steps(state, hp, data):
         g = state.input_scale.shape[0]
