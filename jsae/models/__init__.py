@@ -18,6 +18,7 @@ from .errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
+from .batched import map_batches, split_tokens
 from .harvest import harvest, head_means
 from .hooks import (
     POINTS,
@@ -72,10 +73,12 @@ __all__ = [
     "load",
     "load_gguf",
     "load_hf_dir",
+    "map_batches",
     "mean_ablate",
     "pad_sequences",
     "patch",
     "smollm2_gguf_path",
+    "split_tokens",
     "to_penzai",
     "unembed",
     "zero_ablate",
