@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test lint setup setup-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,13 @@ setup-test: $(VENV)/.installed-test
 demo: setup
 	$(BIN)/jsae demo
 
-test: setup-test
+# Lint, format and types first (seconds), then the tests.
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/basedpyright
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -53,6 +53,7 @@ def greater_than(tokenizer, n: int, *, seed: int = 0) -> Task:
     mode = tokenization(tokenizer)
     rng = np.random.default_rng(seed)
     clean, corrupted, correct, incorrect = [], [], [], []
+    two: dict[int, int | None] = {}
     if mode == "two_digit":
         two = {yy: single_token_id(tokenizer, f"{yy:02d}") for yy in range(100)}
         if any(v is None for v in two.values()):
