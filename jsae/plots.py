@@ -76,3 +76,37 @@ def band_curves(
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+def line_panels(
+    path: str | Path,
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    xlog: bool = False,
+    hline: float | None = None,
+    title: str = "",
+) -> Path:
+    """One row of panels; each panel a set of named series ``(x, y, yerr or None)`` drawn as lines with
+    markers (and error bars where given). ``xlog`` uses a symlog x axis (so x = 0 stays on the plot);
+    ``hline`` draws a dotted reference level."""
+    fig, axes = figure(4.6 * len(panels), 3.8, ncols=len(panels))
+    for ax, (name, series) in zip(np.atleast_1d(axes), panels.items()):
+        for label, (x, y, err) in series.items():
+            if err is None:
+                ax.plot(x, y, marker=".", label=label)
+            else:
+                ax.errorbar(x, y, yerr=err, marker=".", capsize=2, label=label)
+        if hline is not None:
+            ax.axhline(hline, linestyle=":", color="gray")
+        if xlog:
+            ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return save(fig, path)

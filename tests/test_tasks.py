@@ -113,3 +113,21 @@ def test_task_metric_and_correctness_hand_computed():
         ld, [np.log(0.6) - (np.log(0.1) + np.log(0.3)) / 2, (np.log(0.2) + np.log(0.3)) / 2 - np.log(0.5)], atol=1e-6
     )
     np.testing.assert_array_equal(predicts_correctly(logits, correct), [True, False])
+
+
+def test_sample_is_deterministic_nested_and_keeps_pairs():
+    from jsae.tasks.base import Task
+
+    n = 30
+    clean = [f"clean {i}" for i in range(n)]
+    task = Task(
+        "t", clean, [f"corrupted {i}" for i in range(n)], np.arange(n)[:, None], -np.ones((n, 1), int), "logit_diff"
+    )
+    a, b = task.sample(10, seed=4), task.sample(10, seed=4)
+    assert a.clean == b.clean and len(set(a.clean)) == 10
+    assert task.sample(5, seed=4).clean == a.clean[:5]  # nested in n under one seed
+    assert task.sample(10, seed=5).clean != a.clean
+    for c, x, r in zip(a.clean, a.corrupted, a.correct[:, 0]):
+        assert c.split()[1] == x.split()[1] == str(r)
+    with pytest.raises(ValueError, match="choose n in 1..30"):
+        task.sample(31, seed=0)

@@ -106,6 +106,15 @@ class Task:
             self.note,
         )
 
+    def sample(self, n: int, seed: int) -> Task:
+        """``n`` distinct prompts drawn from this task's prompts by ``np.random.default_rng(seed)`` (each
+        clean prompt stays with its own corruption and answers): the same ``(n, seed)`` always gives the
+        same prompts, and the draws for growing ``n`` under one seed are nested (a prefix of one
+        permutation), so an AUC-against-``n`` curve adds prompts instead of redrawing them."""
+        if not 1 <= n <= len(self):
+            raise ValueError(f"cannot sample {n} prompts from a task of {len(self)}; choose n in 1..{len(self)}")
+        return self.subset(np.random.default_rng(seed).permutation(len(self))[:n])
+
 
 def _masked_gather(values, ids):
     """``values [n, V]`` at ``ids [n, A]`` (-1 padded) -> (gathered [n, A], mask [n, A])."""

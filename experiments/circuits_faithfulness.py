@@ -1,0 +1,150 @@
+"""Grade every circuit method against the 100-prompt reference, and draw each ranking's faithfulness curve.
+
+    python experiments/circuits_reference.py     # first: results/circuits_reference.json
+    python experiments/circuits_smollm2.py       # and the methods' rankings: results/circuits_smollm2.json
+    python experiments/circuits_faithfulness.py  # -> results/circuits_faithfulness.json + .png
+
+Grading: each method's ranking (discovered from 200 prompts, seed 0) as an AUC against three references:
+the 12-prompt activation patching of circuits_smollm2.json (the old column), the top 10% by |effect| of
+the 100-prompt activation patching (seed 3, held out), and the heads whose 100-prompt effect is at least
+2 standard errors from 0.
+
+Faithfulness (``jsae.analysis.faithfulness``): on 40 more held-out prompts (seed 4, in neither the
+discovery nor the reference set), keep each ranking's top-k heads and patch every other head's ``result``
+from the corrupted prompt, for k on a log grid from 0 to 270; report the fraction of the clean metric
+recovered, the area under the curve and the smallest k recovering 80%. activation patching's own
+100-prompt ranking is the upper reference, ``random`` the floor.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jsae.runtime import prepare_process
+
+prepare_process()  # one CPU device per core, persistent compilation cache
+
+import jax.numpy as jnp  # noqa: E402  (after prepare_process: it fixes the CPU device count)
+
+from jsae.analysis.circuits import head_names, roc_auc  # noqa: E402
+from jsae.analysis.faithfulness import faithfulness_curve, log_grid  # noqa: E402
+from jsae.models import capture, forward, load, pad_sequences  # noqa: E402
+from jsae.plots import line_panels  # noqa: E402
+from jsae.tasks import greater_than, ioi  # noqa: E402
+from jsae.tasks.base import Task  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "results"
+TASKS = {"ioi": ioi, "greater_than": greater_than}
+N_FAITHFUL, FAITHFUL_SEED = 40, 4
+EXCLUDE = ((0, 200), (3, 400))  # (seed, n) of the discovery pool and of the reference draw
+
+
+def held_out(tok, gen, n: int, seed: int) -> Task:
+    """``n`` prompts of ``seed`` that are in none of the ``EXCLUDE`` draws."""
+    seen = set()
+    for s, m in EXCLUDE:
+        seen |= set(gen(tok, m, seed=s).clean)
+    task = gen(tok, 4 * n, seed=seed)
+    keep = [i for i, p in enumerate(task.clean) if p not in seen][:n]
+    if len(keep) < n:
+        raise RuntimeError(f"only {len(keep)} held-out prompts")
+    return task.subset(np.asarray(keep))
+
+
+def rankings(methods: dict, names: list[str], reference: dict) -> dict[str, np.ndarray]:
+    """Per-method ranking scores in head order (|effect| for the patching methods), plus the 100-prompt
+    activation patching ranking."""
+    out = {}
+    for m, r in methods.items():
+        s = np.array([r["scores"][h] for h in names], np.float64)
+        out[m] = np.abs(s) if m.endswith("patching") else s
+    out["activation_patching_100"] = np.abs(np.asarray(reference["effect"]))
+    return out
+
+
+def main() -> None:
+    t_start = time.perf_counter()
+    main_results = json.loads((OUT / "circuits_smollm2.json").read_text())
+    reference = json.loads((OUT / "circuits_reference.json").read_text())
+    model, tok, _ = load("smollm2-135m")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    names = head_names(L, H)
+    ks = log_grid(L * H, 16)
+    out, panels = {}, {}
+    for name, gen in TASKS.items():
+        ref = reference[name]
+        top10 = np.zeros(L * H, bool)
+        top10[ref["reference_top10"]] = True
+        certain = np.zeros(L * H, bool)
+        certain[ref["certain_2se"]] = True
+        ranks = rankings(main_results[name]["methods"], names, ref)
+        grading = {
+            m: {
+                "auc_reference_12": main_results[name]["methods"][m]["auc"]
+                if m in main_results[name]["methods"]
+                else None,
+                "auc_reference_100": roc_auc(s, top10),
+                "auc_certain_2se": roc_auc(s, certain),
+            }
+            for m, s in ranks.items()
+        }
+        task = held_out(tok, gen, N_FAITHFUL, FAITHFUL_SEED)
+        clean = [tok.encode(p) for p in task.clean]
+        T = max(len(s) for s in clean)
+        c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
+        x, _ = pad_sequences([tok.encode(p) for p in task.corrupted], tok.pad_id, pad_to=T)
+        _, cache = forward(model, jnp.asarray(x), hooks=capture("result"), lengths=jnp.asarray(lengths), logits=False)
+        source = np.asarray(cache["result"])
+        curves = {}
+        for m, s in ranks.items():
+            t0 = time.perf_counter()
+            curve = faithfulness_curve(model, c, lengths, task.correct, task.incorrect, task.metric, s, source, ks)
+            curves[m] = {
+                "ks": curve.ks.tolist(),
+                "recovered": curve.recovered.tolist(),
+                "area": curve.area,
+                "k_80": curve.smallest_k(0.8),
+                "seconds": time.perf_counter() - t0,
+            }
+            print(
+                f"{name} {m:26s} area {curve.area:.3f}  k(80%) {curve.smallest_k(0.8)}  "
+                f"AUC ref100 {grading[m]['auc_reference_100']:.3f}  certain {grading[m]['auc_certain_2se']:.3f}"
+            )
+        out[name] = {
+            "grading": grading,
+            "faithfulness": curves,
+            "metric_clean": curve.metric_clean,
+            "metric_all_patched": curve.metric_ablated,
+            "n_reference_top10": int(top10.sum()),
+            "n_certain_2se": int(certain.sum()),
+            "faithfulness_prompts": N_FAITHFUL,
+        }
+        panels[name] = {m: (np.asarray(v["ks"]), np.asarray(v["recovered"]), None) for m, v in curves.items()}
+    out["settings"] = {
+        "model": "smollm2-135m",
+        "rankings_from": "results/circuits_smollm2.json (200 discovery prompts, seed 0)",
+        "reference_from": "results/circuits_reference.json (100 prompts, seed 3)",
+        "faithfulness_prompts": f"{N_FAITHFUL} held-out prompts, seed {FAITHFUL_SEED}",
+        "ablation": "every head outside the top k patched from the corrupted prompt (result, all positions)",
+        "ks": ks.tolist(),
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    (OUT / "circuits_faithfulness.json").write_text(json.dumps(out, indent=1) + "\n")
+    line_panels(
+        OUT / "circuits_faithfulness.png",
+        panels,
+        xlabel="heads kept (k, symlog)",
+        ylabel="fraction of clean metric recovered",
+        xlog=True,
+        hline=0.8,
+        title="SmolLM2-135M: faithfulness of each ranking (others patched from corrupted)",
+    )
+    print(f"wrote {OUT / 'circuits_faithfulness.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()

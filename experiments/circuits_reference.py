@@ -1,0 +1,169 @@
+"""A circuit reference worth grading against: activation patching of all 270 SmolLM2 heads on many prompts.
+
+    python experiments/circuits_reference.py            # -> results/circuits_reference.json (+ .npz)
+
+For IOI and greater-than: 100 prompts (seed 3) that appear in none of the discovery pools (seed 0, the
+200 prompts every method discovers from), each head's ``result`` patched from the corrupted prompt into the
+clean one, one head at a time, at every position. Per prompt ``i`` and head ``h`` the normalised drop
+``(m_clean_i - m_patched_ih) / (mean m_clean - mean m_corrupted)``; a head's effect is its mean over
+prompts, with the standard error of that mean (``jsae.analysis.patching.patching_effects``), so the
+per-head sd says which heads are certain. The reference circuit is, as before, the top 10% (27 heads) by
+|effect|; ``certain`` is the set of heads at least 2 standard errors from 0.
+
+Prompts go through in chunks of 20, all padded to one length (one compiled program); after every chunk
+the per-prompt metrics are written to ``results/circuits_reference.partial.npz``, and a rerun resumes
+from there (delete it to start over). Timing runs print per chunk; the JSON records the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from jsae.runtime import prepare_process
+
+prepare_process()  # one CPU device per core, persistent compilation cache
+
+import jax.numpy as jnp  # noqa: E402  (after prepare_process: it fixes the CPU device count)
+from tqdm.auto import tqdm  # noqa: E402
+
+from jsae.analysis.patching import metrics_with_heads_replaced, patching_effects, single_head_masks  # noqa: E402
+from jsae.models import capture, forward, load, pad_sequences  # noqa: E402
+from jsae.tasks import greater_than, ioi, task_metric  # noqa: E402
+from jsae.tasks.base import Task  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "results"
+N_PROMPTS, CHUNK, SEED, DISCOVERY_SEED, DISCOVERY_N = 100, 20, 3, 0, 200
+HEADS_PER_FORWARD = 10
+TASKS = {"ioi": ioi, "greater_than": greater_than}
+
+
+@contextmanager
+def shared_cpu(lock: Path | None):
+    """Hold a shared lock on ``lock`` while a chunk runs (lets timed jobs elsewhere on the machine wait
+    for a quiet CPU between chunks); no-op without a path."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def held_out(tok, gen, n: int) -> Task:
+    """``n`` prompts of seed ``SEED`` none of which is in the discovery pool (seed 0, 200 prompts)."""
+    pool = set(gen(tok, DISCOVERY_N, seed=DISCOVERY_SEED).clean)
+    task = gen(tok, 4 * n, seed=SEED)
+    keep = [i for i, p in enumerate(task.clean) if p not in pool][:n]
+    if len(keep) < n:
+        raise RuntimeError(f"only {len(keep)} held-out prompts; raise the oversampling")
+    return task.subset(np.asarray(keep))
+
+
+def encode(tok, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    clean = [tok.encode(p) for p in task.clean]
+    corrupted = [tok.encode(p) for p in task.corrupted]
+    T = max(len(s) for s in clean)
+    c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
+    x, lengths_x = pad_sequences(corrupted, tok.pad_id, pad_to=T)
+    if not np.array_equal(lengths, lengths_x):
+        raise RuntimeError("clean and corrupted prompts must tokenize to the same lengths for patching")
+    return c, x, lengths
+
+
+def run_task(model, tok, name: str, partial: dict, save, lock: Path | None) -> dict:
+    task = held_out(tok, TASKS[name], N_PROMPTS)
+    clean, corrupted, lengths = encode(tok, task)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    masks = jnp.asarray(single_head_masks(L, H))
+    done = {k: partial[k] for k in partial if k.startswith(f"{name}/")}
+    seconds = float(partial.get(f"{name}.seconds", 0.0))
+    for s in tqdm(range(0, N_PROMPTS, CHUNK), desc=f"{name}: patching {L * H} heads", unit="chunk"):
+        if f"{name}/{s}/patched" in done:
+            continue
+        rows = slice(s, s + CHUNK)
+        with shared_cpu(lock):
+            t0 = time.perf_counter()
+            args = (jnp.asarray(lengths[rows]), jnp.asarray(task.correct[rows]), jnp.asarray(task.incorrect[rows]))
+
+            def metric(tokens, _args=args):
+                logits, _ = forward(model, jnp.asarray(tokens), lengths=_args[0], logits="last")
+                return np.asarray(task_metric(logits, _args[1], _args[2], task.metric))
+
+            _, cache = forward(
+                model, jnp.asarray(corrupted[rows]), hooks=capture("result"), lengths=args[0], logits=False
+            )
+            patched = metrics_with_heads_replaced(
+                model, jnp.asarray(clean[rows]), *args, masks, cache["result"], task.metric, HEADS_PER_FORWARD
+            )
+            done[f"{name}/{s}/patched"] = np.asarray(patched).T  # [chunk, L*H]
+            done[f"{name}/{s}/clean"] = metric(clean[rows])
+            done[f"{name}/{s}/corrupted"] = metric(corrupted[rows])
+            seconds += time.perf_counter() - t0
+        save({**done, f"{name}.seconds": np.asarray(seconds)})
+    starts = range(0, N_PROMPTS, CHUNK)
+    eff = patching_effects(
+        np.concatenate([done[f"{name}/{s}/clean"] for s in starts]),
+        np.concatenate([done[f"{name}/{s}/corrupted"] for s in starts]),
+        np.concatenate([done[f"{name}/{s}/patched"] for s in starts]),
+    )
+    return {
+        "task": name,
+        "n_prompts": eff.n_prompts,
+        "prompt_seed": SEED,
+        "metric": task.metric,
+        "metric_clean": eff.metric_clean,
+        "metric_corrupted": eff.metric_corrupted,
+        "effect": eff.effect.tolist(),
+        "stderr": eff.stderr.tolist(),
+        "reference_top10": np.flatnonzero(eff.top_fraction(0.1)).tolist(),
+        "certain_2se": np.flatnonzero(eff.certain(2.0)).tolist(),
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lock", type=Path, default=None, help="hold a shared flock on this file during each chunk")
+    args = ap.parse_args()
+    model, tok, _ = load("smollm2-135m")
+    partial_path = OUT / "circuits_reference.partial.npz"
+    partial = dict(np.load(partial_path)) if partial_path.exists() else {}
+    if partial:
+        print(f"resuming from {partial_path} ({len(partial)} arrays)")
+    store = dict(partial)
+
+    def save(arrays):
+        store.update(arrays)
+        tmp = partial_path.with_suffix(".tmp.npz")
+        np.savez(tmp, **store)
+        tmp.replace(partial_path)
+
+    results = {name: run_task(model, tok, name, store, save, args.lock) for name in TASKS}
+    results["settings"] = {
+        "model": "smollm2-135m",
+        "n_prompts": N_PROMPTS,
+        "prompt_seed": SEED,
+        "held_out_from": f"seed {DISCOVERY_SEED}, {DISCOVERY_N} prompts",
+        "chunk": CHUNK,
+        "point": "result, every position, patched from the corrupted prompt",
+        "reference": "top 10% of heads by |effect|; certain_2se: |effect| >= 2 standard errors",
+    }
+    (OUT / "circuits_reference.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {OUT / 'circuits_reference.json'}")
+    for name in TASKS:
+        r = results[name]
+        print(f"{name}: {r['n_prompts']} prompts, {len(r['certain_2se'])} heads certain at 2 se, {r['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
