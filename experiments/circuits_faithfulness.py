@@ -74,7 +74,7 @@ def main() -> None:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = head_names(L, H)
     ks = log_grid(L * H, 16)
-    out, panels = {}, {}
+    out = {}
     for name, gen in TASKS.items():
         ref = reference[name]
         top10 = np.zeros(L * H, bool)
@@ -123,7 +123,6 @@ def main() -> None:
             "n_certain_2se": int(certain.sum()),
             "faithfulness_prompts": N_FAITHFUL,
         }
-        panels[name] = {m: (np.asarray(v["ks"]), np.asarray(v["recovered"]), None) for m, v in curves.items()}
     out["settings"] = {
         "model": "smollm2-135m",
         "rankings_from": "results/circuits_smollm2.json (200 discovery prompts, seed 0)",
@@ -134,6 +133,15 @@ def main() -> None:
         "total_seconds": time.perf_counter() - t_start,
     }
     (OUT / "circuits_faithfulness.json").write_text(json.dumps(out, indent=1) + "\n")
+    plot(out)
+    print(f"wrote {OUT / 'circuits_faithfulness.json'} and .png")
+
+
+def plot(out: dict) -> None:
+    panels = {
+        name: {m: (np.asarray(v["ks"]), np.asarray(v["recovered"]), None) for m, v in out[name]["faithfulness"].items()}
+        for name in TASKS
+    }
     line_panels(
         OUT / "circuits_faithfulness.png",
         panels,
@@ -143,8 +151,12 @@ def main() -> None:
         hline=0.8,
         title="SmolLM2-135M: faithfulness of each ranking (others patched from corrupted)",
     )
-    print(f"wrote {OUT / 'circuits_faithfulness.json'} and .png")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--plot-only" in sys.argv:  # redraw the PNG from the JSON
+        plot(json.loads((OUT / "circuits_faithfulness.json").read_text()))
+    else:
+        main()

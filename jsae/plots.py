@@ -91,17 +91,23 @@ def line_panels(
     """One row of panels; each panel a set of named series ``(x, y, yerr or None)`` drawn as lines with
     markers (and error bars where given). ``xlog`` uses a symlog x axis (so x = 0 stays on the plot);
     ``hline`` draws a dotted reference level."""
+    from matplotlib import colormaps
+
     fig, axes = figure(4.6 * len(panels), 3.8, ncols=len(panels))
     for ax, (name, series) in zip(np.atleast_1d(axes), panels.items()):
-        for label, (x, y, err) in series.items():
+        # qualitative maps are ListedColormaps (with .colors); the stubs type the lookup as Colormap
+        palette = colormaps["tab10" if len(series) <= 10 else "tab20"].colors  # pyright: ignore[reportAttributeAccessIssue]
+        for i, (label, (x, y, err)) in enumerate(series.items()):
+            color = palette[i % len(palette)]
             if err is None:
-                ax.plot(x, y, marker=".", label=label)
+                ax.plot(x, y, marker=".", label=label, color=color)
             else:
-                ax.errorbar(x, y, yerr=err, marker=".", capsize=2, label=label)
+                ax.errorbar(x, y, yerr=err, marker=".", capsize=2, label=label, color=color)
         if hline is not None:
             ax.axhline(hline, linestyle=":", color="gray")
         if xlog:
             ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlim(left=0)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
