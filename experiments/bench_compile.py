@@ -4,7 +4,8 @@ as penzai layers (``jsae.models.to_penzai``, unrolled blocks, with and without j
     python experiments/bench_compile.py          # -> results/bench_compile.json
 
 Each figure is ``jax.jit(f).lower(...).compile()`` with the persistent compilation cache off, the weights
-passed as arguments (not closed over), the first and the best of ``--reps`` fresh jits (the first includes tracing, which later
+passed as arguments (not closed over), the first and the best of ``--reps`` fresh jits (the first includes tracing,
+which later
 repetitions of jsae's inner ``filter_jit`` may reuse). penzai's ``LayerStack`` form is not
 measured here (``to_penzai`` builds unrolled blocks, which its hook points need).
 """
@@ -48,7 +49,7 @@ def main() -> None:
     res = {"jsae": compile_s(lambda m, t: forward(m, t)[0], model, tokens)}
     for name, hooks in (("penzai_unrolled_with_hook_points", True), ("penzai_unrolled", False)):
         unbound, params = pz.unbind_params(to_penzai(model, hook_points=hooks), freeze=True)
-        res[name] = compile_s(lambda ps, t: penzai_logits(pz.bind_variables(unbound, ps), t), params, tokens)
+        res[name] = compile_s(lambda ps, t: penzai_logits(pz.bind_variables(unbound, ps), t), params, tokens)  # noqa: B023  (used in this iteration)
     out = {"compile_seconds": res, "tokens_shape": list(tokens.shape), "machine": machine()}
     print(json.dumps(out["compile_seconds"], indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

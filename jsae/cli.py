@@ -19,12 +19,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"jsae.commands.{name.replace('-', '_')}")
-        except ModuleNotFoundError as e:
-            if e.name == f"jsae.commands.{name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f"jsae.commands.{name.replace('-', '_')}")
         module.register(sub)
         modules[name] = module
     return ap, modules

@@ -74,7 +74,7 @@ def tiny_llama(tiny_llama_dir):
 
 
 def test_truncated_residual_equals_full_forward(tiny_llama):
-    from jsae.analysis.absorption import residual_at_positions
+    from jsae.analysis.absorption_run import residual_at_positions
     from jsae.models import capture, forward
 
     rng = np.random.default_rng(0)
@@ -89,7 +89,9 @@ def test_truncated_residual_equals_full_forward(tiny_llama):
 def test_integrated_gradients_are_complete(tiny_llama):
     """IG completeness: sum_j IG_j = metric(x) - metric(x with the latents removed, error kept), which
     the test measures directly with two patched forwards (no gradients)."""
-    from jsae.analysis.absorption import integrated_gradient_effects, residual_at_positions
+    from absorption_reference import integrated_gradient_effects
+
+    from jsae.analysis.absorption_run import residual_at_positions
     from jsae.models import add, forward
     from jsae.sae import relu
 
@@ -119,3 +121,30 @@ def test_integrated_gradients_are_complete(tiny_llama):
     expected = metric(0.0) - metric(-1.0)
     assert np.abs(expected).min() > 1e-2  # the latents matter
     np.testing.assert_allclose(-effects.sum(axis=1), expected, rtol=5e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_suffix_gradients_equal_the_full_spliced_forward(tiny_llama, layer):
+    """ig_gradients (clean prefix + spliced suffix) against the old full-model splice (the oracle)."""
+    from absorption_reference import integrated_gradient_effects
+
+    from jsae.analysis.absorption import ablation_effects, ig_alphas, ig_gradients
+    from jsae.analysis.absorption_run import residual_at_positions
+    from jsae.sae import relu
+
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 101, (4, 12)).astype(np.int32)
+    lengths = np.array([12, 9, 10, 7], np.int32)
+    pos = np.array([8, 6, 5, 6], np.int32)  # suffixes of 4, 3, 5, 1 positions
+    letters = np.array([0, 5, 25, 3], np.int32)
+    answer_ids = np.arange(40, 66, dtype=np.int32)
+    resid = residual_at_positions(tiny_llama, tokens, pos, layer)
+    sae = relu.init(jax.random.key(0), 64, 32, decoder_norm=1.0)
+    sae = eqx.tree_at(lambda s: s.W_dec, sae, sae.W_dec * 30.0)
+    want = integrated_gradient_effects(tiny_llama, sae, tokens, lengths, pos, letters, resid, layer, answer_ids)
+    f = sae.encode(jnp.asarray(resid))
+    deltas = (ig_alphas(4)[None, :, None] - 1.0) * (f @ sae.W_dec)[:, None, :]
+    g = ig_gradients(tiny_llama, tokens, lengths, pos, letters, deltas, jnp.asarray(answer_ids), layer, 5)
+    got = np.asarray(ablation_effects(f, sae.W_dec, g))
+    assert np.abs(want).max() > 1e-2
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -1,16 +1,15 @@
-"""Absorption metrics on hand-built SAEs whose answer is known by hand."""
+"""Absorption metrics on hand-built SAEs whose answer is known by hand, and the jnp metrics against the
+float64 oracle (tests/absorption_reference.py) on random stacks."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absorption_reference import LetterAbsorption, aggregate
+from absorption_reference import main_latents_inactive as ref_main_inactive
+from absorption_reference import paper_absorption as ref_paper
+from absorption_reference import saebench_absorption as ref_saebench
 
-from jsae.analysis.absorption import (
-    LetterAbsorption,
-    aggregate,
-    main_latents_inactive,
-    paper_absorption,
-    saebench_absorption,
-)
+from jsae.analysis import absorption as ab
 from jsae.sae import ReLUSAE
 
 S2 = np.sqrt(0.5)
@@ -19,6 +18,24 @@ S2 = np.sqrt(0.5)
 # latent 2: an unrelated latent (decoder e2, cos 0)
 W_DEC = np.array([[1, 0, 0, 0], [S2, S2, 0, 0], [0, 0, 1, 0]], np.float32)
 PROBE = np.array([1.0, 0, 0, 0], np.float32)
+
+
+def saebench_absorption(x, f, W, p, main_ids, **kw):
+    """The jnp metric with the oracle's calling convention (main latents as ids)."""
+    mask = np.zeros(np.shape(W)[0], bool)
+    mask[main_ids] = True
+    frac, full = ab.saebench_absorption(*(jnp.asarray(a, jnp.float32) for a in (x, f, W, p)), jnp.asarray(mask), **kw)
+    return np.asarray(frac), np.asarray(full)
+
+
+def paper_absorption(e, W, p, **kw):
+    return np.asarray(ab.paper_absorption(*(jnp.asarray(a, jnp.float32) for a in (e, W, p)), **kw))
+
+
+def main_latents_inactive(f, main_ids):
+    mask = np.zeros(np.shape(f)[1], bool)
+    mask[main_ids] = True
+    return np.asarray(ab.main_latents_inactive(jnp.asarray(f, jnp.float32), jnp.asarray(mask)))
 
 
 def hand_built_sae() -> ReLUSAE:
@@ -109,3 +126,83 @@ def test_aggregate_skips_letters_with_a_weak_probe():
     assert out["absorption_fraction"] == pytest.approx(0.3)
     assert out["full_absorption"] == pytest.approx(0.15)
     assert out["paper_absorption_rate"] == pytest.approx(0.25)  # 1 absorbed of 4 evaluated (letter 2 excluded)
+
+
+def random_case(seed, n=300, m=40, d=12):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(m, d)).astype(np.float32)
+    f = (np.maximum(rng.normal(size=(n, m)), 0) * (rng.random((n, m)) < 0.2)).astype(np.float32)
+    f[:, 7] = 0.0  # a latent that never fires
+    x = (f @ W + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    return x, f, W, rng.normal(size=(26, d)).astype(np.float32), rng.integers(0, 26, n)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_saebench_rows_match_the_float64_oracle_letter_by_letter(seed):
+    """Per-row directions and masks (all letters in one call) == the oracle run per letter."""
+    x, f, W, dirs, letters = random_case(seed)
+    mains = [[c % 40] if c % 3 else [c % 40, 7] for c in range(26)]  # some main sets with a dead latent
+    mask = np.asarray(ab.main_latent_mask(mains, 40))
+    frac, full = ab.saebench_absorption(
+        jnp.asarray(x), jnp.asarray(f), jnp.asarray(W), jnp.asarray(dirs[letters]), jnp.asarray(mask[letters])
+    )
+    for c in range(26):
+        rows = letters == c
+        want_frac, want_full = ref_saebench(x[rows], f[rows], W, dirs[c], mains[c])
+        np.testing.assert_allclose(np.asarray(frac)[rows], want_frac, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(full)[rows], want_full)
+        np.testing.assert_array_equal(
+            np.asarray(ab.main_latents_inactive(jnp.asarray(f[rows]), jnp.asarray(mask[c]))),
+            ref_main_inactive(f[rows], mains[c]),
+        )
+    assert 0 < float(np.mean(frac)) < 1 and 0 < float(np.mean(full)) < 1  # both branches are exercised
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_paper_decision_matches_the_oracle(seed):
+    _, _, W, dirs, letters = random_case(seed)
+    e = np.random.default_rng(seed + 10).normal(size=(300, 40)).astype(np.float32) * 2
+    got = np.asarray(ab.paper_absorption(jnp.asarray(e), jnp.asarray(W), jnp.asarray(dirs[letters])))
+    want = np.array([ref_paper(e[i : i + 1], W, dirs[letters[i]])[0] for i in range(300)])
+    np.testing.assert_array_equal(got, want)
+    assert 0 < want.mean() < 1
+
+
+def test_stacked_run_matches_the_oracle_per_sae():
+    """absorption_run over a stack of 3 SAEs == the old per-SAE pipeline (no model: SAEBench metrics),
+    including a letter without true positives and a letter below the F1 threshold."""
+    from types import SimpleNamespace
+
+    import jax
+    from absorption_reference import letter_absorption
+
+    from jsae.analysis.absorption_run import AbsorptionConfig, ProbeData, absorption_run
+    from jsae.analysis.sparse_probing import k_sparse_probing
+    from jsae.sae import concat, index, relu
+
+    rng = np.random.default_rng(0)
+    d, n = 16, 600
+    centers = rng.normal(size=(26, d)).astype(np.float32) * 2
+    lt, ls = rng.integers(0, 26, n), rng.integers(0, 26, n)
+    ls[ls == 4] = 5  # letter 4 has no test words
+    xt = (centers[lt] + rng.normal(size=(n, d))).astype(np.float32)
+    xs = (centers[ls] + rng.normal(size=(n, d))).astype(np.float32)
+    W = centers.T / np.linalg.norm(centers, axis=1)
+    probe = SimpleNamespace(directions=lambda: jnp.asarray(W.T))
+    pred = (xs @ W) > 1.5
+    f1 = np.full(26, 0.9)
+    f1[3] = 0.2
+    data = ProbeData(xt, lt, xs, ls, None, probe, f1, pred)
+    stack = concat([relu.init(jax.random.key(i), d, 48) for i in range(3)])
+    res = absorption_run(stack, data, cfg=AbsorptionConfig(max_k=4))
+    for i in range(3):
+        sae = index(stack, i)
+        lat = lambda a, sae=sae: np.asarray(sae.encode(jnp.asarray(a)))
+        sp = k_sparse_probing(lat(xt), lt, lat(xs), ls, 26, max_k=4)
+        rows = letter_absorption(sae, data, sp.main_latents)
+        want = aggregate(rows)
+        for k, v in want.items():
+            np.testing.assert_allclose(res.summary[k][i], v, rtol=1e-5, atol=1e-6, err_msg=k)
+        for got_row, want_row in zip(res.per_letter(i), rows):
+            for k, v in vars(want_row).items():
+                np.testing.assert_allclose(np.asarray(got_row[k], float), np.asarray(v, float), atol=1e-5, err_msg=k)

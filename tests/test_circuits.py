@@ -212,14 +212,14 @@ def test_activation_patching_matches_loop(tiny_task):
     model, task = tiny_task
     tok = CharTokenizer()
     found = C.activation_patching(model, tok, task, heads_per_batch=3)
-    clean = np.array([tok.encode(p) for p in task.clean])
-    corrupted = np.array([tok.encode(p) for p in task.corrupted])
+    clean = jnp.asarray([tok.encode(p) for p in task.clean])
+    corrupted = jnp.asarray([tok.encode(p) for p in task.corrupted])
     m_clean = _metric_np(forward(model, clean)[0], task)
     m_corr = _metric_np(forward(model, corrupted)[0], task)
     source = forward(model, corrupted, hooks=capture("result"))[1]["result"]
     cfg = model.cfg
     for layer, head in itertools.product(range(cfg.n_layers), range(cfg.n_heads)):
-        patched = _metric_np(forward(model, clean, hooks=patch(cfg, source, [(layer, head)]))[0], task)
+        patched = _metric_np(forward(model, clean, hooks=patch(model, source, [(layer, head)]))[0], task)
         expected = (m_clean - patched) / (m_clean - m_corr)
         assert found.scores[layer * cfg.n_heads + head] == pytest.approx(expected, rel=1e-3, abs=1e-4)
 

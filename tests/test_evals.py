@@ -124,14 +124,14 @@ def test_identity_sae_scores_one_and_zero_sae_scores_zero(smollm2, batch):
     model, _, _ = smollm2
     d = model.cfg.d_model
     stack = concat([identity_sae(d), zero_sae(d), identity_sae(d)])
-    out = spliced_losses(model, stack, *batch, layer=[6, 6, 20], point="resid_post", batch_size=2)
+    out = spliced_losses(model, stack, batch.ids, batch.lengths, layer=[6, 6, 20], point="resid_post", batch_size=2)
     np.testing.assert_allclose(out["ce_loss_score"], [1.0, 0.0, 1.0], atol=1e-4)
     np.testing.assert_allclose(out["kl_div_score"], [1.0, 0.0, 1.0], atol=1e-4)
     np.testing.assert_allclose(out["kl_sae"][[0, 2]], 0.0, atol=1e-5)
     # zero-ablating the whole residual stream of a bias-free Llama leaves uniform logits: CE = log V
     np.testing.assert_allclose(out["ce_ablated"], np.log(model.cfg.vocab_size), rtol=1e-5)
-    np.testing.assert_allclose(out["ce_clean"], numpy_ce(model, *batch), rtol=1e-4)
-    assert out["tokens"][0] == sum(batch[1] - 1)
+    np.testing.assert_allclose(out["ce_clean"], numpy_ce(model, batch.ids, batch.lengths), rtol=1e-4)
+    assert out["tokens"][0] == sum(batch.lengths - 1)
 
 
 def test_random_sae_matches_a_full_forward_splice(smollm2, batch):
@@ -146,7 +146,7 @@ def test_random_sae_matches_a_full_forward_splice(smollm2, batch):
     out = spliced_losses(model, stack, tokens, lengths, layer=layers, point="mlp_out")
     for i, layer in enumerate(layers):
         sae = index(stack, i)
-        spec = edit("mlp_out", lambda x, l, _, s: jnp.where(l == layer, s(x), x), shared=sae)
+        spec = edit("mlp_out", lambda x, at, _, s, layer=layer: jnp.where(at == layer, s(x), x), shared=sae)
         np.testing.assert_allclose(out["ce_sae"][i], numpy_ce(model, tokens, lengths, spec), rtol=2e-4)
     assert np.all(out["ce_sae"] > out["ce_clean"])
 
@@ -155,7 +155,7 @@ def test_per_head_z_splice(smollm2, batch):
     model, _, _ = smollm2
     dh = model.cfg.d_head
     stack = concat([identity_sae(dh), zero_sae(dh)])
-    out = spliced_losses(model, stack, *batch, layer=4, point="z", head=[2, 5])
+    out = spliced_losses(model, stack, batch.ids, batch.lengths, layer=4, point="z", head=[2, 5])
     # identity splice: CE unchanged up to float32 noise; zero splice: CE of the ablated head. The scores
     # divide by ce_ablated - ce_clean, which is only ~3e-3 nats for one head, so compare CEs, not scores.
     np.testing.assert_allclose(out["ce_sae"][0], out["ce_clean"][0], atol=1e-5)
@@ -163,7 +163,7 @@ def test_per_head_z_splice(smollm2, batch):
     gap = np.abs(out["ce_ablated"] - out["ce_clean"])
     np.testing.assert_allclose(out["ce_loss_score"], [1.0, 0.0], atol=float(2e-5 / gap.min()))
     for i, head in enumerate([2, 5]):  # the ablation baseline = jsae.models' own zero-ablation of that head
-        want = numpy_ce(model, *batch, zero_ablate(model.cfg, [(4, head)], point="z"))
+        want = numpy_ce(model, batch.ids, batch.lengths, zero_ablate(model, [(4, head)], point="z"))
         np.testing.assert_allclose(out["ce_ablated"][i], want, rtol=2e-4)
 
 
@@ -171,13 +171,13 @@ def test_spliced_losses_bad_inputs(smollm2, batch):
     model, _, _ = smollm2
     sae = identity_sae(model.cfg.d_model)
     with pytest.raises(ValueError, match="layer 30 is out of range"):
-        spliced_losses(model, sae, *batch, layer=30)
+        spliced_losses(model, sae, batch.ids, batch.lengths, layer=30)
     with pytest.raises(ValueError, match="cannot splice an SAE at 'pattern'"):
-        spliced_losses(model, sae, *batch, layer=1, point="pattern")
+        spliced_losses(model, sae, batch.ids, batch.lengths, layer=1, point="pattern")
     with pytest.raises(ValueError, match="d_in=576 but 'z' of one head has width 64"):
-        spliced_losses(model, sae, *batch, layer=1, point="z", head=0)
+        spliced_losses(model, sae, batch.ids, batch.lengths, layer=1, point="z", head=0)
     with pytest.raises(ValueError, match="2 entries for 1 SAEs"):
-        spliced_losses(model, sae, *batch, layer=[1, 2])
+        spliced_losses(model, sae, batch.ids, batch.lengths, layer=[1, 2])
 
 
 def test_cli_eval_on_saelens_folders(smollm2, tmp_path, capsys):

@@ -111,7 +111,7 @@ def test_many_prompt_reference_equals_the_per_head_loop(tiny_llama_dir):
     m_clean, m_corr = metric(clean), metric(corrupted)
     gap = float(np.mean(m_clean) - np.mean(m_corr))
     for head in range(L * H):
-        spec = patch(model.cfg, src, heads=[(head // H, head % H)])
+        spec = patch(model, src, heads=[(head // H, head % H)])
         drops = [(float(m_clean[i]) - float(metric(clean, spec)[i])) / gap for i in range(n)]
         mean = sum(drops) / n
         sd = (sum((d - mean) ** 2 for d in drops) / (n - 1)) ** 0.5

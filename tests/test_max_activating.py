@@ -46,7 +46,7 @@ def test_examples_match_numpy_brute_force(smollm2):
     _, cache = forward(model, jnp.asarray(tokens), hooks=capture("resid_post"))
     x = np.asarray(cache["resid_post"][layer], np.float64)  # [S, T, D]
     f = np.maximum((x - np.asarray(sae.b_dec)) @ np.asarray(sae.W_enc, np.float64) + np.asarray(sae.b_enc), 0)
-    for j, lat in enumerate(latents):
+    for lat in latents:
         a = np.where(np.arange(tokens.shape[1])[None] < lengths[:, None], f[..., lat], -np.inf)
         order = np.argsort(-a, axis=None)[:k]
         got = examples[lat]

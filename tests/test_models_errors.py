@@ -89,6 +89,8 @@ def test_bad_hooks(tiny_gpt2_dir):
     with pytest.raises(HookError, match="unknown hook point"):
         H.capture("attn_scores")
     with pytest.raises(HookError, match="out of range"):
-        H.zero_ablate(model.cfg, [(2, 0)])
+        H.zero_ablate(model, [(2, 0)])
+    with pytest.raises(HookError, match="take the model"):
+        H.zero_ablate(model.cfg, [(0, 0)])
     with pytest.raises(HookError, match="reduce"):
         H.capture("pattern", reduce="mean")

@@ -42,7 +42,7 @@ def hf_run(hf, tokens, *, z_fn=None, layer_out_fn=None, grad_wrt_z=False, metric
     n_heads = hf.config.num_attention_heads if hasattr(hf.config, "num_attention_heads") else hf.config.n_head
     rec = {"z": [], "attn_out": [], "deltas": []}
     handles = []
-    for layer, (attn, proj) in enumerate(_attn_modules(hf)):
+    for layer, (_attn, proj) in enumerate(_attn_modules(hf)):
 
         def pre(mod, args, layer=layer):
             z = args[0]
@@ -125,12 +125,12 @@ def test_capture_all_points_matches_hf(tiny, tokens):
 def test_zero_and_mean_ablation_match_hf(tiny, tokens):
     model, hf = tiny
     heads = [(0, 1), (1, 3)]
-    logits, _ = forward(model, tokens, hooks=zero_ablate(model.cfg, heads))
+    logits, _ = forward(model, tokens, hooks=zero_ablate(model, heads))
     ref = hf_run(hf, tokens, z_fn=lambda l, z: _set_heads(z, l, heads, 0.0))
     np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4)
 
     means = np.random.default_rng(2).normal(size=(model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head))
-    logits, _ = forward(model, tokens, hooks=mean_ablate(model.cfg, means.astype(np.float32), heads, point="z"))
+    logits, _ = forward(model, tokens, hooks=mean_ablate(model, means.astype(np.float32), heads, point="z"))
     ref = hf_run(hf, tokens, z_fn=lambda l, z: _set_heads(z, l, heads, torch.tensor(means, dtype=torch.float32)))
     np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4)
 
@@ -232,11 +232,11 @@ def test_smollm2_patching_own_and_corrupted_activations(smollm2, hf_smollm2):
     ref_corrupt = hf_run(hf, corrupt)["logits"]
 
     _, own = forward(model, clean, hooks=capture("result"))
-    logits, _ = forward(model, clean, hooks=patch(model.cfg, own["result"], heads=None))
+    logits, _ = forward(model, clean, hooks=patch(model, own["result"], heads=None))
     np.testing.assert_allclose(np.asarray(logits), ref_clean, atol=1e-3)
 
     _, cache_c = forward(model, corrupt, hooks=capture("result"))
-    logits, _ = forward(model, clean, hooks=patch(model.cfg, cache_c["result"], heads=head_mask(model.cfg)))
+    logits, _ = forward(model, clean, hooks=patch(model, cache_c["result"], heads=head_mask(model)))
     same = clean[0] == corrupt[0]  # positions whose token is the same in both prompts
     assert same[-1] and not same.all()
     np.testing.assert_allclose(np.asarray(logits)[0, same], ref_corrupt[0, same], atol=1e-3)

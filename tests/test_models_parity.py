@@ -44,7 +44,7 @@ def test_tiny_llama_tied_mha(tmp_path, rng):
     )
     hf = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
-        for n, p in hf.named_parameters():
+        for _n, p in hf.named_parameters():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     hf.save_pretrained(tmp_path)

@@ -33,6 +33,24 @@ def test_gguf_cache_is_keyed_by_file_hash(tmp_path, monkeypatch, smollm2):
     ref_model, ref_tok, _ = smollm2  # loaded through the default cache: same weights either way
     np.testing.assert_array_equal(np.asarray(model.blocks.W_Q), np.asarray(ref_model.blocks.W_Q))
     assert tok.encode("Hello world 123") == ref_tok.encode("Hello world 123")
+    # a changed loader misses the cache: a new entry, converted again, never the stale one
+    from jsae.models import registry
+
+    monkeypatch.setattr(registry, "loader_version", lambda: "0123456789ab")
+    _, _, meta2 = load("smollm2-135m")
+    assert meta2["cache"] != meta["cache"] and meta2["cache"].endswith("-0123456789ab")
+    assert (tmp_path / meta2["cache"].split("/")[-1] / "params.safetensors").is_file()
+
+
+def test_loader_version_follows_the_loader_source(tmp_path):
+    from jsae.models.registry import loader_version
+
+    f = tmp_path / "loader.py"
+    f.write_text("x = 1\n")
+    before = loader_version((f,))
+    f.write_text("x = 2\n")
+    assert loader_version((f,)) != before and len(before) == 12
+    assert loader_version() == loader_version()
 
 
 def test_tokenizer_from_directory_matches_transformers(hf_smollm2, tmp_path):

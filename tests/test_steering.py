@@ -45,11 +45,13 @@ def test_steering_toward_a_token_raises_its_probability(smollm2, prompt):
     layer = model.cfg.n_layers - 1
     probs = {
         a: float(
-            next_token_probs(model, *prompt, hooks=steering_hooks(model.cfg, direction, a, layer=layer))[0, target]
+            next_token_probs(
+                model, prompt.ids, prompt.lengths, hooks=steering_hooks(model.cfg, direction, a, layer=layer)
+            )[0, target]
         )
         for a in (-30.0, 0.0, 30.0, 60.0)
     }
-    clean = float(next_token_probs(model, *prompt)[0, target])
+    clean = float(next_token_probs(model, prompt.ids, prompt.lengths)[0, target])
     assert probs[0.0] == pytest.approx(clean, rel=1e-5)
     assert probs[-30.0] < probs[0.0] < probs[30.0] < probs[60.0]
     assert probs[60.0] > 100 * probs[0.0]
@@ -58,10 +60,10 @@ def test_steering_toward_a_token_raises_its_probability(smollm2, prompt):
 def test_steering_adds_exactly_alpha_times_direction_at_its_layer(smollm2, prompt):
     model, _, _ = smollm2
     direction = jnp.asarray(np.random.default_rng(1).normal(size=model.cfg.d_model), jnp.float32)
-    _, clean = forward(model, jnp.asarray(prompt[0]), hooks=capture("resid_mid", "resid_post"))
+    _, clean = forward(model, jnp.asarray(prompt.ids), hooks=capture("resid_mid", "resid_post"))
     _, steered = forward(
         model,
-        jnp.asarray(prompt[0]),
+        jnp.asarray(prompt.ids),
         hooks=steering_hooks(model.cfg, direction, 2.5, layer=7) + capture("resid_mid", "resid_post"),
     )
     diff = np.asarray(steered["resid_post"][7] - clean["resid_post"][7])
@@ -73,10 +75,10 @@ def test_steering_adds_exactly_alpha_times_direction_at_its_layer(smollm2, promp
 def test_per_head_steering_touches_one_head(smollm2, prompt):
     model, _, _ = smollm2
     direction = jnp.ones(model.cfg.d_head)
-    _, clean = forward(model, jnp.asarray(prompt[0]), hooks=capture("z"))
+    _, clean = forward(model, jnp.asarray(prompt.ids), hooks=capture("z"))
     _, steered = forward(
         model,
-        jnp.asarray(prompt[0]),
+        jnp.asarray(prompt.ids),
         hooks=steering_hooks(model.cfg, direction, 1.5, layer=3, point="z", head=4) + capture("z"),
     )
     diff = np.asarray(steered["z"][3] - clean["z"][3])  # [B, T, H, dh]
@@ -93,17 +95,18 @@ def test_greedy_generation_matches_step_by_step_argmax(smollm2):
         seq = list(tokens[b, : lengths[b]])
         for _ in range(4):  # oracle: unpadded single-row forwards, argmax of the last position
             logits, _ = forward(model, jnp.asarray([seq]))
+            assert logits is not None
             seq.append(int(np.argmax(np.asarray(logits[0, -1]))))
         np.testing.assert_array_equal(out[b, : out_len[b]], seq)
 
 
 def test_sampling_is_reproducible_with_an_explicit_key(smollm2, prompt):
     model, _, _ = smollm2
-    a, _ = generate(model, *prompt, max_new_tokens=3, temperature=1.0, key=jax.random.key(3))
-    b, _ = generate(model, *prompt, max_new_tokens=3, temperature=1.0, key=jax.random.key(3))
+    a, _ = generate(model, prompt.ids, prompt.lengths, max_new_tokens=3, temperature=1.0, key=jax.random.key(3))
+    b, _ = generate(model, prompt.ids, prompt.lengths, max_new_tokens=3, temperature=1.0, key=jax.random.key(3))
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="needs an explicit PRNG key"):
-        generate(model, *prompt, max_new_tokens=3, temperature=1.0)
+        generate(model, prompt.ids, prompt.lengths, max_new_tokens=3, temperature=1.0)
 
 
 def test_steering_bad_inputs(smollm2):

@@ -40,7 +40,7 @@ except ImportError:  # (Windows: no lock)
 import ml_dtypes
 import numpy as np
 import tensorstore as ts
-from jaxtyping import Float
+from jaxtyping import Array, Float
 
 FORMAT = "jsae-activation-cache"
 VERSION = 1
@@ -335,7 +335,9 @@ class CacheWriter:
             self.path / _MANIFEST, {"checksum": CHECKSUM, "chunks": {str(k): v for k, v in sorted(self._done.items())}}
         )
 
-    def write_chunk(self, i: int, acts: Float[np.ndarray, "N chunk_tokens d"]) -> None:
+    def write_chunk(
+        self, i: int, acts: Float[np.ndarray, "N chunk_tokens d"] | Float[Array, "N chunk_tokens d"]
+    ) -> None:
         """Write chunk ``i`` (tokens ``i*chunk_tokens ..``) from a numpy or jax array [N, chunk_tokens, d].
 
         Float inputs are taken as float32 and, for a bfloat16 cache, rounded to nearest bf16; a bf16 input

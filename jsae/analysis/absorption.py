@@ -1,4 +1,4 @@
-"""Feature absorption metrics: SAEBench's projection-based ones and the paper's attribution-based one.
+"""Feature absorption metrics in ``jnp``: SAEBench's projection-based ones and the paper's attribution-based one.
 
 Notation for one letter c: ``x [n, d]`` residual activations at the word token of probe true
 positives, ``f [n, m]`` the SAE's latents, ``p`` the unit probe direction of c, ``M`` the letter's
@@ -31,369 +31,338 @@ is ``e_j = -IG_j``. A candidate counts as **absorption** when the latent with th
 effect has ``e_top < 0``, beats the runner-up by ``e_second - e_top >= min_gap`` (1.0) and
 ``cos(W_dec[top], p) >= paper_cos`` (0.025). The paper's absorption rate of a letter is
 ``absorbed / candidates``.
+
+Every metric here is a pure ``jnp`` function of one SAE's arrays, with the probe direction and main
+latents given per row (``[n, d]``, ``[n, m]``) or shared (``[d]``, ``[m]``), so one call covers all
+letters of a test set, and ``jax.vmap`` over a stack of SAEs evaluates a whole sweep in one program
+(:mod:`jsae.analysis.absorption_run`). The per-letter and SAE-level summaries are a registry,
+:data:`SUMMARIES` (name -> function of :class:`LetterCounts`).
+
+The gradients for IG (:func:`ig_gradients`) run only what the splice can change: the word token is
+near the end of the prompt, and positions before it never see the splice (causal attention), so a
+clean forward gives their keys and values once, and the spliced forward + backward runs on the
+positions from the word token on, from the layer after the splice to the logits of the last position.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
-from jsae.sae.base import SAE
+from jsae.models import capture, forward, unembed
+from jsae.models.transformer import _act, _norm, _rope, _softcap
 
 EPS = 1e-8
 
 
-def decoder_probe_cosines(W_dec: Float[Array, "m d"], probe_direction: Float[Array, " d"]) -> np.ndarray:
-    """``cos(W_dec[j], p)`` for every latent, [m]."""
-    W = np.asarray(W_dec, np.float64)
-    p = np.asarray(probe_direction, np.float64)
-    return (W @ p) / np.maximum(np.linalg.norm(W, axis=1) * np.linalg.norm(p), 1e-12)
+def decoder_probe_cosines(W_dec: Float[Array, "m d"], direction: Float[Array, "*n d"]) -> Float[Array, "*n m"]:
+    """``cos(W_dec[j], p)`` for every latent, ``[m]`` (or ``[n, m]`` for one direction per row)."""
+    dots = jnp.einsum("...d,md->...m", direction, W_dec)
+    norms = jnp.linalg.norm(W_dec, axis=1) * jnp.linalg.norm(direction, axis=-1, keepdims=True)
+    return dots / jnp.maximum(norms, 1e-12)
+
+
+def main_latent_mask(main_latents: list[list[int]], d_sae: int) -> Bool[Array, "C m"]:
+    """Per class, True at its main latents: ``[C, d_sae]`` from lists of latent ids."""
+    rows = [jnp.zeros(d_sae, bool).at[jnp.asarray(ids, jnp.int32)].set(True) for ids in main_latents]
+    return jnp.stack(rows)
+
+
+def main_latents_inactive(
+    latents: Float[Array, "n m"], main: Bool[Array, "*n m"], eps: float = EPS
+) -> Bool[Array, " n"]:
+    """[n] True where every main latent is (numerically) zero; ``main`` is a mask ``[m]`` or ``[n, m]``."""
+    return jnp.all(jnp.where(main, jnp.abs(latents) < eps, True), axis=-1)
 
 
 def saebench_absorption(
     acts: Float[Array, "n d"],
     latents: Float[Array, "n m"],
     W_dec: Float[Array, "m d"],
-    probe_direction: Float[Array, " d"],
-    main_latents: list[int] | np.ndarray,
+    direction: Float[Array, "*n d"],
+    main: Bool[Array, "*n m"],
     *,
     absorber_cos: float = 0.1,
     full_cos: float = 0.025,
     proportion: float = 0.4,
     max_absorbers: int = 3,
     eps: float = EPS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """SAEBench's absorption fraction [n] and full-absorption flags [n] (formulas: module docstring)."""
-    x, f, W = (np.asarray(a, np.float64) for a in (acts, latents, W_dec))
-    p = np.asarray(probe_direction, np.float64)
-    p = p / np.linalg.norm(p)
-    main = np.zeros(W.shape[0], bool)
-    main[np.asarray(main_latents, int)] = True
-    cos = decoder_probe_cosines(W, p)
-    P = x @ p  # [n]
-    P_lat = f * (W @ p)[None, :]  # [n, m]
-    P_main = P_lat[:, main].sum(axis=1)
-    absorber = (~main)[None, :] & (cos >= absorber_cos)[None, :] & (P_lat > 0)
-    cand = np.where(absorber, P_lat, 0.0)
-    kk = min(max_absorbers, cand.shape[1])
-    P_abs = -np.sort(-cand, axis=1)[:, :kk].sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = P_abs / P
-        a = np.minimum(P_abs, P - P_main)
-        partial = np.clip(a / (a + P_main), 0.0, 1.0)
-    fraction = np.where((P_main >= P) | ~(share >= proportion), 0.0, np.where(P_main <= 0.0, 1.0, partial))
-    top = np.argmax(P_lat, axis=1)
-    top_share = P_lat[np.arange(len(top)), top] / np.where(P == 0, np.inf, P)
-    main_off = np.all(np.abs(f[:, main]) < eps, axis=1)
-    full = main_off & (cos[top] >= full_cos) & (P >= 0) & (top_share >= proportion)
+) -> tuple[Float[Array, " n"], Bool[Array, " n"]]:
+    """SAEBench's absorption fraction [n] and full-absorption flags [n] (formulas: module docstring).
+
+    direction: the probe direction, ``[d]`` or one per row ``[n, d]`` (need not be unit norm).
+    main: the main-latent mask, ``[m]`` or one per row ``[n, m]``.
+    """
+    p = direction / jnp.linalg.norm(direction, axis=-1, keepdims=True)
+    main = jnp.broadcast_to(main, latents.shape)
+    cos = jnp.broadcast_to(decoder_probe_cosines(W_dec, p), latents.shape)  # [n, m]
+    P = jnp.sum(acts * p, axis=-1)  # [n]
+    P_lat = latents * jnp.einsum("...d,md->...m", p, W_dec)  # [n, m]
+    P_main = jnp.sum(jnp.where(main, P_lat, 0.0), axis=1)
+    absorber = ~main & (cos >= absorber_cos) & (P_lat > 0)
+    cand = jnp.where(absorber, P_lat, 0.0)
+    P_abs = jnp.sum(jax.lax.top_k(cand, min(max_absorbers, cand.shape[1]))[0], axis=1)
+    share = P_abs / P
+    a = jnp.minimum(P_abs, P - P_main)
+    partial = jnp.clip(a / (a + P_main), 0.0, 1.0)
+    fraction = jnp.where((P_main >= P) | ~(share >= proportion), 0.0, jnp.where(P_main <= 0.0, 1.0, partial))
+    top = jnp.argmax(P_lat, axis=1)
+    top_P = jnp.take_along_axis(P_lat, top[:, None], axis=1)[:, 0]
+    top_cos = jnp.take_along_axis(cos, top[:, None], axis=1)[:, 0]
+    top_share = top_P / jnp.where(P == 0, jnp.inf, P)
+    main_off = main_latents_inactive(latents, main, eps)
+    full = main_off & (top_cos >= full_cos) & (P >= 0) & (top_share >= proportion)
     return fraction, full
 
 
 def paper_absorption(
     ablation_effects: Float[Array, "n m"],
     W_dec: Float[Array, "m d"],
-    probe_direction: Float[Array, " d"],
+    direction: Float[Array, "*n d"],
     *,
     min_gap: float = 1.0,
     paper_cos: float = 0.025,
-) -> np.ndarray:
+) -> Bool[Array, " n"]:
     """The paper's decision per candidate [n] bool, from the ablation effects ``e = -IG`` (module
-    docstring). Candidates must already be probe true positives with every main latent inactive."""
-    e = np.asarray(ablation_effects, np.float64)
-    if e.shape[1] < 2:
+    docstring). Candidates must already be probe true positives with every main latent inactive;
+    ``direction`` is ``[d]`` or one per row ``[n, d]``."""
+    if ablation_effects.shape[1] < 2:
         raise ValueError("the paper's metric compares the top latent with the runner-up; the SAE needs >= 2 latents")
-    order = np.argsort(e, axis=1)
-    rows = np.arange(e.shape[0])
-    top, second = e[rows, order[:, 0]], e[rows, order[:, 1]]
-    cos = decoder_probe_cosines(W_dec, probe_direction)
-    return (top < 0) & (second - top >= min_gap) & (cos[order[:, 0]] >= paper_cos)
+    neg, idx = jax.lax.top_k(-ablation_effects, 2)
+    top, second = -neg[:, 0], -neg[:, 1]
+    cos = jnp.broadcast_to(decoder_probe_cosines(W_dec, direction), ablation_effects.shape)
+    top_cos = jnp.take_along_axis(cos, idx[:, :1], axis=1)[:, 0]
+    return (top < 0) & (second - top >= min_gap) & (top_cos >= paper_cos)
 
 
-def main_latents_inactive(latents: Float[Array, "n m"], main_latents: list[int], eps: float = EPS) -> np.ndarray:
-    """[n] True where every main latent is (numerically) zero."""
-    f = np.asarray(latents)
-    return np.all(np.abs(f[:, np.asarray(main_latents, int)]) < eps, axis=1)
+def ablation_effects(
+    latents: Float[Array, "n m"], W_dec: Float[Array, "m d"], grad_mean: Float[Array, "n d"]
+) -> Float[Array, "n m"]:
+    """``e = -IG = -f * (W_dec . mean_alpha grad)`` per row and latent (module docstring)."""
+    return -latents * (grad_mean @ W_dec.T)
 
 
-# --- integrated gradients through the model ----------------------------------------------------------
+# --- per-letter counts and the summaries registry ----------------------------------------------------
 
 
-def _splice_delta(x, layer, _per_layer, shared):
-    """Edit for resid_post: add ``delta [B, D]`` at each row's word position of the chosen layer."""
-    delta, pos_onehot, target_layer = shared
-    on = (layer == target_layer).astype(x.dtype)
-    return x + on * pos_onehot[..., None] * delta[:, None, :]
+@dataclass(frozen=True)
+class LetterCounts:
+    """Per SAE and letter (arrays ``[N, C]``, NaN where a letter is skipped): n_true_positives (probe TPs);
+    fraction_sum / full_sum (SAEBench sums over them); n_candidates (TPs with every main latent off);
+    n_paper_evaluated / n_paper_absorbed (IG candidates and absorbed ones); n_main (main latents);
+    kept [C] (probe F1 >= threshold and at least one TP: the letters the summaries average)."""
+
+    n_true_positives: Array | np.ndarray
+    fraction_sum: Array | np.ndarray
+    full_sum: Array | np.ndarray
+    n_candidates: Array | np.ndarray
+    n_paper_evaluated: Array | np.ndarray
+    n_paper_absorbed: Array | np.ndarray
+    n_main: Array | np.ndarray
+    kept: Array | np.ndarray
+
+    def absorption_fraction(self) -> Array:
+        """SAEBench's fraction per letter, ``[N, C]`` (NaN for letters left out)."""
+        return jnp.where(self.kept, self.fraction_sum / jnp.maximum(self.n_true_positives, 1), jnp.nan)
+
+    def full_absorption(self) -> Array:
+        return jnp.where(self.kept, self.full_sum / jnp.maximum(self.n_true_positives, 1), jnp.nan)
+
+    def paper_rate(self) -> Array:
+        ev = self.n_paper_evaluated
+        return jnp.where(ev > 0, self.n_paper_absorbed / jnp.maximum(ev, 1), jnp.nan)
+
+
+def letter_counts(
+    fraction: Float[Array, "N n"],
+    full: Bool[Array, "N n"],
+    candidate: Bool[Array, "N n"],
+    true_positive: Bool[Array, " n"],
+    letters: Int[Array, " n"],
+    probe_f1: Float[Array, " C"],
+    n_main: Int[Array, "N C"],
+    paper_letters: Int[Array, "N P"],
+    paper_absorbed: Bool[Array, "N P"],
+    paper_valid: Bool[Array, "N P"],
+    *,
+    min_probe_f1: float = 0.6,
+) -> LetterCounts:
+    """Per-row scores of N SAEs -> per-letter counts (sums over each letter's probe true positives)."""
+    C = probe_f1.shape[0]
+    onehot = (letters[:, None] == jnp.arange(C)[None, :]) & true_positive[:, None]  # [n, C]
+    oh = onehot.astype(jnp.float32)
+    n_tp = jnp.sum(oh, axis=0)  # [C]
+    kept = (probe_f1 >= min_probe_f1) & (n_tp > 0)
+    paper_oh = (paper_letters[..., None] == jnp.arange(C)) & paper_valid[..., None]  # [N, P, C]
+    n_eval = jnp.sum(paper_oh, axis=1)
+    n_abs = jnp.sum(paper_oh & paper_absorbed[..., None], axis=1)
+    return LetterCounts(
+        n_true_positives=jnp.broadcast_to(n_tp, n_main.shape),
+        fraction_sum=fraction @ oh,
+        full_sum=full.astype(jnp.float32) @ oh,
+        n_candidates=jnp.where(kept, candidate.astype(jnp.float32) @ oh, 0.0),
+        n_paper_evaluated=jnp.where(kept, n_eval, 0),
+        n_paper_absorbed=jnp.where(kept, n_abs, 0),
+        n_main=n_main,
+        kept=kept,
+    )
+
+
+def _mean_over_kept(values: Array | np.ndarray, kept: Array | np.ndarray) -> Array:
+    n = jnp.sum(kept)
+    return jnp.where(n > 0, jnp.sum(jnp.where(kept, values, 0.0), axis=-1) / jnp.maximum(n, 1), jnp.nan)
+
+
+def _paper_absorption_rate(c: LetterCounts) -> Array:
+    ev = jnp.sum(c.n_paper_evaluated, axis=-1)
+    return jnp.where(ev > 0, jnp.sum(c.n_paper_absorbed, axis=-1) / jnp.maximum(ev, 1), jnp.nan)
+
+
+SUMMARIES: dict[str, Callable[[LetterCounts], Array]] = {
+    "absorption_fraction": lambda c: _mean_over_kept(c.absorption_fraction(), c.kept),
+    "full_absorption": lambda c: _mean_over_kept(c.full_absorption(), c.kept),
+    "paper_absorption_rate": _paper_absorption_rate,
+    "mean_split_latents": lambda c: _mean_over_kept(c.n_main.astype(jnp.float32), c.kept),
+    "n_letters": lambda c: jnp.broadcast_to(jnp.sum(c.kept), c.n_main.shape[:-1]),
+}
+"""SAE-level summaries, ``[N]`` each: the means over kept letters (the paper's rate pools its candidates)."""
+
+
+def summarise(counts: LetterCounts) -> dict[str, Array]:
+    """Every summary of :data:`SUMMARIES`, ``{name: [N]}``."""
+    return {name: fn(counts) for name, fn in SUMMARIES.items()}
+
+
+# --- integrated gradients on the positions the splice reaches -----------------------------------------
+
+
+def _rope_rows(x: Float[Array, "R S N dh"], cos: Array, sin: Array) -> Array:
+    """Rotary embedding with per-row positions: ``cos``/``sin`` ``[R, S, r]``."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return jnp.concatenate([_rope_rows(x[..., :r], cos, sin), x[..., r:]], axis=-1)
+    half = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+
+
+def _suffix_block(cfg, p, layer, x, clean_pre, q_pos, rope):
+    """One block on the suffix rows ``x [R, S, D]`` at positions ``q_pos [R, S]``; the keys and values of
+    the positions before the suffix come from the clean residual ``clean_pre [R, T, D]``."""
+    R, S, _ = x.shape
+    T = clean_pre.shape[1]
+    K, G, dh = cfg.n_kv_heads, cfg.group_size, cfg.d_head
+
+    def qkv(h):
+        q = jnp.einsum("btd,dhe->bthe", h, p.W_Q)
+        k = jnp.einsum("btd,dke->btke", h, p.W_K)
+        v = jnp.einsum("btd,dke->btke", h, p.W_V)
+        if p.b_Q is not None:
+            q, k, v = q + p.b_Q, k + p.b_K, v + p.b_V
+        return q, k, v
+
+    _, k_clean, v_clean = qkv(_norm(cfg, clean_pre, p.ln1_w, p.ln1_b))
+    q, k, v = qkv(_norm(cfg, x, p.ln1_w, p.ln1_b))
+    if rope is not None:
+        cos, sin = rope
+        all_pos = jnp.broadcast_to(jnp.arange(T), (R, T))
+        k_clean = _rope_rows(k_clean, cos[all_pos], sin[all_pos])
+        q, k = _rope_rows(q, cos[q_pos], sin[q_pos]), _rope_rows(k, cos[q_pos], sin[q_pos])
+    put = jax.vmap(lambda full, part, s: jax.lax.dynamic_update_slice(full, part, (s, 0, 0)))
+    keys, values = put(k_clean, k, q_pos[:, 0]), put(v_clean, v, q_pos[:, 0])  # [R, T, K, dh]
+    scale = (1.0 / math.sqrt(dh)) if cfg.query_scale is None else cfg.query_scale
+    q = (q * scale).reshape(R, S, K, G, dh)
+    scores = _softcap(jnp.einsum("bqkge,bske->bkgqs", q, keys), cfg.attn_softcap)
+    key_pos = jnp.arange(T)[None, None, :]
+    allowed = key_pos <= q_pos[:, :, None]  # [R, S, T]
+    if cfg.attn_window:
+        w = jnp.asarray(cfg.attn_window)[layer % len(cfg.attn_window)]
+        allowed = allowed & ((w == 0) | (q_pos[:, :, None] - key_pos < w))
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(scores.dtype).min)
+    z = jnp.einsum("bkgqs,bske->bqkge", jax.nn.softmax(scores, axis=-1), values).reshape(R, S, -1, dh)
+    attn = jnp.einsum("bthe,hed->btd", z, p.W_O)
+    if p.b_O is not None:
+        attn = attn + p.b_O
+    if p.ln1_post_w is not None:
+        attn = _norm(cfg, attn, p.ln1_post_w, None)
+    mid_x = x + attn
+    h = _norm(cfg, x if cfg.parallel_block else mid_x, p.ln2_w, p.ln2_b)
+    if cfg.arch == "llama":
+        mid = _act(cfg, h @ p.W_gate) * (h @ p.W_in)
+    else:
+        pre = h @ p.W_in
+        mid = _act(cfg, pre + p.b_in if p.b_in is not None else pre)
+    mlp = mid @ p.W_out
+    if p.b_out is not None:
+        mlp = mlp + p.b_out
+    if p.ln2_post_w is not None:
+        mlp = _norm(cfg, mlp, p.ln2_post_w, None)
+    return mid_x + mlp
 
 
 @eqx.filter_jit
-def _metric_grads(model, tokens, lengths, word_pos, layer, deltas, answer_ids, letters):
-    """d metric / d resid_post[layer, word_pos] at ``resid + delta`` for every row, [B, D]."""
-    from jsae.models import edit, forward
-
-    T = tokens.shape[1]
-    onehot = (jnp.arange(T)[None, :] == word_pos[:, None]).astype(jnp.float32)
-
-    def total_metric(d):
-        logits, _ = forward(
-            model, tokens, hooks=edit("resid_post", _splice_delta, shared=(d, onehot, layer)), lengths=lengths
-        )
-        last = logits[jnp.arange(tokens.shape[0]), lengths - 1]  # [B, V]
-        letter_logits = last[:, answer_ids]  # [B, 26]
-        right = jnp.take_along_axis(letter_logits, letters[:, None], axis=1)[:, 0]
-        others = (jnp.sum(letter_logits, axis=1) - right) / (answer_ids.shape[0] - 1)
-        return jnp.sum(right - others)
-
-    return jax.grad(total_metric)(deltas)
-
-
-def integrated_gradient_effects(
+def ig_gradients(
     model,
-    sae: SAE,
     tokens: Int[Array, "B T"],
     lengths: Int[Array, " B"],
     word_pos: Int[Array, " B"],
     letters: Int[Array, " B"],
-    resid: Float[Array, "B D"],
+    deltas: Float[Array, "B A D"],
+    answer_ids: Int[Array, " C"],
     layer: int,
-    answer_ids: Int[Array, " 26"],
-    *,
-    steps: int = 4,
-    rows_per_call: int = 8,
-) -> np.ndarray:
-    """Ablation effects ``e = -IG`` [B, m] of every latent on the letter metric (module docstring).
+    suffix: int,
+) -> Float[Array, "B D"]:
+    """``mean_a d metric / d resid_post[layer, word_pos]`` at ``resid + deltas[:, a]``, ``[B, D]``.
 
-    ``resid [B, D]`` is the residual stream (resid_post of ``layer``) at ``word_pos``. The ``steps``
-    alphas of up to ``rows_per_call // steps`` prompts share one batched forward+backward.
+    The metric is ``logit(answer_ids[letter]) - mean(other answer logits)`` at each row's last real
+    position. ``suffix`` (static) is at least ``max(lengths - word_pos)``: the positions recomputed with
+    the splice. One clean forward per row gives the residuals of the earlier positions; the ``A`` spliced
+    copies of each row run layers ``layer + 1 ..`` on the suffix only (a positional continuation of the
+    full model, exact up to float rounding). Compiled once per shape and ``(layer, suffix)``.
     """
+    cfg = model.cfg
+    B, A, D = deltas.shape
+    S, L = suffix, cfg.n_layers
+    tokens = jnp.concatenate([tokens, jnp.repeat(tokens[:, :1], S, axis=1)], axis=1)  # room for any suffix
+    T = tokens.shape[1]
+    _, cache = forward(model, tokens, hooks=capture("resid_post"), lengths=lengths, logits=False)
+    clean = jax.lax.stop_gradient(cache["resid_post"])  # [L, B, T, D]: layer l's is layer l+1's resid_pre
+    rep = lambda a: jnp.repeat(a, A, axis=0)  # noqa: E731 -- row b -> its A spliced copies
+    wp = rep(word_pos)
+    q_pos = wp[:, None] + jnp.arange(S)[None, :]  # [R, S]
+    take = jax.vmap(lambda seq, s: jax.lax.dynamic_slice_in_dim(seq, s, S, axis=0))
+    x0 = take(rep(clean[layer]), wp)  # [R, S, D]
+    rope = None if model.pos_embed is not None else _rope(cfg, T)
+    tail = jax.tree.map(lambda a: a[layer + 1 :], model.blocks)
+    pres = clean[layer : L - 1]  # resid_pre of layers layer+1 .. L-1
+    last = rep(lengths) - 1 - wp  # index of the last real position inside the suffix
+
+    def metric(d: Float[Array, "B A D"]) -> Array:
+        x = x0.at[:, 0].add(d.reshape(B * A, D))
+
+        def body(x, xs):
+            p, pre, l_idx = xs
+            return _suffix_block(cfg, p, l_idx, x, rep(pre), q_pos, rope), None
+
+        x, _ = jax.lax.scan(body, x, (tail, pres, jnp.arange(layer + 1, L)))
+        x_last = x[jnp.arange(B * A), last]  # [R, D]
+        answer = unembed(model, x_last)[:, answer_ids]  # [R, C]
+        right = jnp.take_along_axis(answer, rep(letters)[:, None], axis=1)[:, 0]
+        others = (jnp.sum(answer, axis=1) - right) / (answer_ids.shape[0] - 1)
+        return jnp.sum(right - others)
+
+    return jax.grad(metric)(deltas).mean(axis=1)
+
+
+def ig_alphas(steps: int) -> Float[Array, " A"]:
+    """The midpoint-rule points ``(i + 0.5) / steps`` in (0, 1)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    alphas = (np.arange(steps) + 0.5) / steps
-    f = np.asarray(sae.encode(jnp.asarray(resid)))  # [B, m]
-    v = f @ np.asarray(sae.W_dec)  # [B, D] the latents' part of the reconstruction
-    per_call = max(1, rows_per_call // steps)
-    B = tokens.shape[0]
-    out = np.zeros_like(f)
-    for s in range(0, B, per_call):
-        rows = np.arange(s, min(s + per_call, B))
-        rows_p = np.concatenate([rows, np.full(per_call - len(rows), rows[0])])  # fixed shape: one compile
-        rep = np.repeat(rows_p, steps)
-        a = np.tile(alphas, per_call)
-        deltas = ((a - 1.0)[:, None] * v[rep]).astype(np.float32)
-        g = np.asarray(
-            _metric_grads(
-                model,
-                jnp.asarray(tokens[rep]),
-                jnp.asarray(lengths[rep]),
-                jnp.asarray(word_pos[rep]),
-                jnp.asarray(layer),
-                jnp.asarray(deltas),
-                jnp.asarray(answer_ids),
-                jnp.asarray(letters[rep]),
-            )
-        )
-        g_mean = g.reshape(per_call, steps, -1).mean(axis=1)[: len(rows)]  # [b, D]
-        out[rows] = -f[rows] * (g_mean @ np.asarray(sae.W_dec).T)
-    return out
-
-
-# --- per-letter aggregation -------------------------------------------------------------------------
-
-
-@dataclass
-class LetterAbsorption:
-    """One letter's scores. n_true_positives: probe TPs; fraction/full: SAEBench means over them;
-    n_candidates: TPs with every main latent inactive; n_paper_evaluated: candidates sent through IG
-    (capped); paper_rate: absorbed / evaluated (NaN when none)."""
-
-    letter: int
-    probe_f1: float
-    main_latents: list[int]
-    n_true_positives: int
-    absorption_fraction: float
-    full_absorption: float
-    n_candidates: int
-    n_paper_evaluated: int
-    n_paper_absorbed: int
-    paper_rate: float
-
-
-def aggregate(letters: list[LetterAbsorption], min_probe_f1: float = 0.6) -> dict[str, float]:
-    """SAE-level means over letters with probe F1 >= ``min_probe_f1`` (and at least one true positive)."""
-    kept = [r for r in letters if r.probe_f1 >= min_probe_f1 and r.n_true_positives > 0]
-    paper = [r for r in kept if r.n_paper_evaluated > 0]
-    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
-    return {
-        "absorption_fraction": mean([r.absorption_fraction for r in kept]),
-        "full_absorption": mean([r.full_absorption for r in kept]),
-        "paper_absorption_rate": (
-            float(sum(r.n_paper_absorbed for r in paper) / sum(r.n_paper_evaluated for r in paper))
-            if paper
-            else float("nan")
-        ),
-        "mean_split_latents": mean([len(r.main_latents) for r in kept]),
-        "n_letters": len(kept),
-    }
-
-
-# --- the pipeline on a language model --------------------------------------------------------------
-
-
-def residual_at_positions(
-    model,
-    tokens: Int[Array, "B T"],
-    positions: Int[Array, " B"],
-    layer: int,
-    *,
-    batch_size: int = 32,
-) -> np.ndarray:
-    """resid_post of ``layer`` at one position per row, [B, D], running only the first layer+1 blocks."""
-    from jsae.models import capture, forward, layer_range
-
-    short = layer_range(model, 0, layer + 1)
-    spec = capture("resid_post", reduce="last")
-    out = []
-    B = tokens.shape[0]
-    for s in range(0, B, batch_size):
-        rows = np.arange(s, min(s + batch_size, B))
-        rows_p = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-        _, cache = forward(
-            short, jnp.asarray(tokens[rows_p]), hooks=spec, lengths=jnp.asarray(positions[rows_p] + 1), logits=False
-        )
-        out.append(np.asarray(cache["resid_post"][layer])[: len(rows)])
-    return np.concatenate(out)
-
-
-@dataclass
-class ProbeData:
-    """First-letter activations and the probe: train/test acts [n, D], letters [n], the test prompts
-    (for IG), the probe and its per-letter test F1 [26], predictions [n_test, 26]."""
-
-    train_acts: np.ndarray
-    train_letters: np.ndarray
-    test_acts: np.ndarray
-    test_letters: np.ndarray
-    test_prompts: object
-    probe: object
-    probe_f1: np.ndarray
-    test_pred: np.ndarray
-
-
-def letter_absorption(
-    sae: SAE,
-    data: ProbeData,
-    main_latents: list[list[int]],
-    *,
-    model=None,
-    layer: int | None = None,
-    answer_ids: np.ndarray | None = None,
-    ig_steps: int = 4,
-    max_paper_candidates: int = 4,
-    min_probe_f1: float = 0.6,
-    absorber_cos: float = 0.1,
-    full_cos: float = 0.025,
-    proportion: float = 0.4,
-    max_absorbers: int = 3,
-    min_gap: float = 1.0,
-    paper_cos: float = 0.025,
-    seed: int = 0,
-) -> list[LetterAbsorption]:
-    """Both metrics for every letter on the test words where the probe is right (true positives).
-
-    The paper's metric needs ``model``, ``layer`` and ``answer_ids`` (skipped otherwise) and runs IG on
-    at most ``max_paper_candidates`` randomly chosen candidates per letter (its cost is one forward +
-    backward of the whole model per candidate and alpha).
-    """
-    rng = np.random.default_rng(seed)
-    dirs = np.asarray(data.probe.directions())
-    latents = np.asarray(sae.encode(jnp.asarray(data.test_acts)))
-    W_dec = np.asarray(sae.W_dec)
-    results = []
-    for c in range(26):
-        f1 = float(data.probe_f1[c])
-        tp = np.flatnonzero((data.test_letters == c) & data.test_pred[:, c])
-        if f1 < min_probe_f1 or len(tp) == 0:
-            results.append(
-                LetterAbsorption(c, f1, main_latents[c], len(tp), float("nan"), float("nan"), 0, 0, 0, float("nan"))
-            )
-            continue
-        frac, full = saebench_absorption(
-            data.test_acts[tp],
-            latents[tp],
-            W_dec,
-            dirs[c],
-            main_latents[c],
-            absorber_cos=absorber_cos,
-            full_cos=full_cos,
-            proportion=proportion,
-            max_absorbers=max_absorbers,
-        )
-        cand = tp[main_latents_inactive(latents[tp], main_latents[c])]
-        n_eval = n_abs = 0
-        if model is not None and len(cand) and max_paper_candidates > 0:
-            pick = np.sort(rng.choice(cand, min(len(cand), max_paper_candidates), replace=False))
-            pr = data.test_prompts
-            effects = integrated_gradient_effects(
-                model,
-                sae,
-                pr.tokens[pick],
-                pr.lengths[pick],
-                pr.word_pos[pick],
-                pr.letters[pick],
-                data.test_acts[pick],
-                layer,
-                answer_ids,
-                steps=ig_steps,
-            )
-            absorbed = paper_absorption(effects, W_dec, dirs[c], min_gap=min_gap, paper_cos=paper_cos)
-            n_eval, n_abs = len(pick), int(absorbed.sum())
-        results.append(
-            LetterAbsorption(
-                c,
-                f1,
-                main_latents[c],
-                len(tp),
-                float(frac.mean()),
-                float(full.mean()),
-                len(cand),
-                n_eval,
-                n_abs,
-                n_abs / n_eval if n_eval else float("nan"),
-            )
-        )
-    return results
-
-
-def prepare_probe_data(
-    model,
-    tokenizer,
-    layer: int,
-    *,
-    n_train: int = 3000,
-    n_test: int = 1000,
-    n_examples: int = 10,
-    seed: int = 0,
-    probe_steps: int = 500,
-) -> ProbeData:
-    """Vocabulary -> 80/20 split -> ICL prompts for ``n_train``/``n_test`` sampled words -> activations at
-    the word token of ``layer`` -> 26-way probe and its per-letter test F1."""
-    from jsae.analysis.probes import f1_per_class, one_hot_targets, train_probe
-    from jsae.tasks.first_letter import alphabetic_vocabulary, build_prompts, train_test_split
-
-    vocab = alphabetic_vocabulary(tokenizer)
-    train_v, test_v = train_test_split(vocab, seed=seed)
-    rng = np.random.default_rng(seed)
-    train_s = train_v.subset(np.sort(rng.choice(len(train_v), min(n_train, len(train_v)), replace=False)))
-    test_s = test_v.subset(np.sort(rng.choice(len(test_v), min(n_test, len(test_v)), replace=False)))
-    train_p = build_prompts(tokenizer, train_s, train_v, n_examples=n_examples, seed=seed)
-    test_p = build_prompts(tokenizer, test_s, train_v, n_examples=n_examples, seed=seed + 1)
-    train_acts = residual_at_positions(model, train_p.tokens, train_p.word_pos, layer)
-    test_acts = residual_at_positions(model, test_p.tokens, test_p.word_pos, layer)
-    probe = train_probe(train_acts, train_p.letters, 26, steps=probe_steps)
-    pred = np.asarray(probe.predict(jnp.asarray(test_acts)))
-    f1 = np.asarray(f1_per_class(pred, one_hot_targets(test_p.letters, 26)))
-    return ProbeData(train_acts, train_p.letters, test_acts, test_p.letters, test_p, probe, f1, pred)
+    return (jnp.arange(steps) + 0.5) / steps

@@ -2,20 +2,28 @@
 is graded against (activation patching, attribution patching, random), plus ROC evaluation.
 
 Heads are flattened layer-major: index ``layer * n_heads + head`` (``H = n_layers * n_heads``).
+Every method is an entry of :data:`METHODS` (name -> :class:`CircuitMethod`), called with one signature;
+:func:`discover` looks it up. Nothing here times, logs or plots: the CLI (``jsae circuits``) and
+``experiments/circuits_smollm2.py`` do.
 
 Typical use::
 
     model, tok, _ = jsae.models.load("smollm2-135m")
     task = jsae.tasks.ioi(tok, 500)
-    found = discover(model, tok, task, method="sae_shared", key=jax.random.key(0))
-    reference = activation_patching(model, tok, task.subset(range(16)))
-    print(evaluate(found.scores, top_k_mask(np.abs(reference.scores), 27)))
+    acts = harvest_task(model, tok, task)                       # once, shared by the activation methods
+    found = {m: discover(model, tok, task, m, key=jax.random.key(0), activations=acts)
+             for m in ("sae_shared", "activation_difference", "random")}
+    patched = activation_patching(model, tok, task.subset(range(16)))
+    graded = compare_methods(found, reference_mask(patched, 27))
+    print(graded.auc)                                            # {method: AUC}
 """
 
 from __future__ import annotations
 
-import time
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -25,9 +33,10 @@ from jaxtyping import Array, Float
 from tqdm.auto import tqdm
 
 from jsae.analysis import codes as codes_mod
-from jsae.models import HookSpec, Replace, forward
+from jsae.models import HookSpec, Replace, forward, map_batches
+from jsae.models.hooks import Reduce
 from jsae.sae.registry import init_stack
-from jsae.tasks.base import Task, predicts_correctly, task_metric
+from jsae.tasks.base import Metric, Task, predicts_correctly, task_metric
 from jsae.train import TrainConfig, train
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,12 +212,8 @@ def evaluate(scores: np.ndarray, reference: np.ndarray) -> dict:
 def _encode(tokenizer, prompts: list[str], pad_to: int) -> tuple[np.ndarray, np.ndarray]:
     from jsae.models import pad_sequences
 
-    return pad_sequences([tokenizer.encode(p) for p in prompts], tokenizer.pad_id, pad_to=pad_to)
-
-
-def _pad_length(tokenizer, prompts: list[str], multiple: int = 8) -> int:
-    longest = max(len(tokenizer.encode(p)) for p in prompts)
-    return -(-longest // multiple) * multiple
+    ids, lengths = pad_sequences([tokenizer.encode(p) for p in prompts], tokenizer.pad_id, pad_to=pad_to)
+    return ids, lengths
 
 
 @dataclass
@@ -217,7 +222,7 @@ class TaskActivations:
 
     acts: ``[H, n, d]`` (rows: the clean prompts the model gets right, then every corrupted prompt).
     positive: ``[n]`` bool. accuracy: fraction of clean prompts the model gets right.
-    clean_metric: ``[n_clean]`` task metric on the clean prompts. seconds: wall time of the forwards.
+    clean_metric: ``[n_clean]`` task metric on the clean prompts.
     pair: ``[n_pos]`` for each positive row ``i`` (rows ``0 .. n_pos-1``), the row of its own corrupted
       prompt, so ``(i, pair[i])`` is a clean/corrupted pair (used by the ``*_paired`` scores).
     """
@@ -226,8 +231,15 @@ class TaskActivations:
     positive: np.ndarray
     accuracy: float
     clean_metric: np.ndarray
-    seconds: float
     pair: np.ndarray | None = None
+
+
+@eqx.filter_jit
+def _last_logits_and_heads(model, tokens, lengths, *, point: str, positions: Reduce):
+    """``[b, V]`` last-position logits and ``[b, L, H, d]`` per-head ``point`` reduced over ``positions``."""
+    spec = HookSpec(capture=(point,), reduce=positions)
+    logits, cache = forward(model, tokens, hooks=spec, lengths=lengths, logits="last")
+    return logits, jnp.moveaxis(cache[point], 1, 0)
 
 
 def harvest_task(
@@ -236,39 +248,30 @@ def harvest_task(
     task: Task,
     *,
     point: str = "result",
-    positions: str = "mean",
+    positions: Reduce = "mean",
     batch_size: int = 32,
     progress: bool = False,
 ) -> TaskActivations:
-    """Run clean and corrupted prompts once: last-position logits (who is right) and per-head ``point``
-    activations reduced over ``positions`` (``"mean"`` or ``"last"``). Positives are the clean prompts
-    the model predicts correctly; negatives are all corrupted prompts."""
+    """Run clean and corrupted prompts once (:func:`jsae.models.map_batches`): last-position logits (who
+    is right) and per-head ``point`` activations reduced over ``positions`` (``"mean"`` or ``"last"``).
+    Positives are the clean prompts the model predicts correctly; negatives are all corrupted prompts."""
     if point not in ("result", "z"):
         raise ValueError(f"point must be 'result' or 'z', got {point!r}")
     if positions not in ("mean", "last"):
         raise ValueError(f"positions must be 'mean' or 'last', got {positions!r}")
-    t0 = time.perf_counter()
     prompts = task.clean + task.corrupted
-    T = _pad_length(tokenizer, prompts)
-    tokens, lengths = _encode(tokenizer, prompts, T)
     n = len(prompts)
-    spec = HookSpec(capture=(point,), reduce=positions)
-    logits_last, acts = [], []
-    for i in tqdm(
-        range(0, n, batch_size), desc=f"harvest {point} ({n} prompts)", unit="batch", disable=not progress, leave=False
-    ):
-        tok, lens = tokens[i : i + batch_size], lengths[i : i + batch_size]
-        rows = len(lens)
-        if rows < batch_size:  # pad the last batch so every batch has one compiled shape
-            tok = np.concatenate([tok, np.repeat(tok[:1], batch_size - rows, 0)])
-            lens = np.concatenate([lens, np.repeat(lens[:1], batch_size - rows)])
-        logits, cache = forward(model, tok, hooks=spec, lengths=lens, logits="last")
-        logits_last.append(np.asarray(logits)[:rows])
-        acts.append(np.asarray(cache[point])[:, :rows])  # [L, b, H, d]
-    logits_last = np.concatenate(logits_last)
-    acts = np.concatenate(acts, axis=1)  # [L, n, H, d]
-    L, _, Hh, d = acts.shape
-    acts = acts.transpose(0, 2, 1, 3).reshape(L * Hh, n, d)
+    fn = functools.partial(_last_logits_and_heads, point=point, positions=positions)
+    logits_last, acts = map_batches(
+        fn,
+        model,
+        [tokenizer.encode(p) for p in prompts],
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"harvest {point} ({n} prompts)",
+    )  # [n, V], [n, L, H, d]
+    _, L, Hh, d = acts.shape
+    acts = acts.transpose(1, 2, 0, 3).reshape(L * Hh, n, d)
     n_clean = len(task)
     correct = predicts_correctly(logits_last[:n_clean], task.correct)
     metric = np.asarray(task_metric(jnp.asarray(logits_last[:n_clean]), task.correct, task.incorrect, task.metric))
@@ -276,25 +279,27 @@ def harvest_task(
     keep = np.concatenate([right, n_clean + np.arange(n_clean)])
     positive = np.concatenate([np.ones(len(right), bool), np.zeros(n_clean, bool)])
     pair = len(right) + right  # the corrupted row of each kept clean prompt
-    return TaskActivations(acts[:, keep], positive, float(correct.mean()), metric, time.perf_counter() - t0, pair)
+    return TaskActivations(acts[:, keep], positive, float(correct.mean()), metric, pair)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Baselines: activation patching, attribution patching, random
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadScores:
-    """Per-head scores ``[H]`` from one method, with its wall time and details."""
+    """Per-head scores ``[H]`` from one method, and what it measured on the way (``info``: task metrics
+    of the clean and corrupted runs for the patching methods; the SAEs' mean ``l0``,
+    ``explained_variance``, ``dead_fraction`` and ``n_train`` for the SAE-code methods)."""
 
     method: str
     scores: np.ndarray
-    seconds: float
-    details: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def _patching_inputs(model, tokenizer, task: Task):
-    T = _pad_length(tokenizer, task.clean + task.corrupted, multiple=1)
+def _patching_inputs(tokenizer, task: Task):
+    lens = [len(tokenizer.encode(p)) for p in task.clean + task.corrupted]
+    T = max(lens)
     clean, lengths = _encode(tokenizer, task.clean, T)
     corrupted, lengths_c = _encode(tokenizer, task.corrupted, T)
     if not np.array_equal(lengths, lengths_c):
@@ -302,7 +307,7 @@ def _patching_inputs(model, tokenizer, task: Task):
     return jnp.asarray(clean), jnp.asarray(corrupted), jnp.asarray(lengths)
 
 
-def _last_metric(model, tokens, lengths, correct, incorrect, metric: str, edits) -> Float[Array, ""]:
+def _last_metric(model, tokens, lengths, correct, incorrect, metric: Metric, edits) -> Float[Array, ""]:
     """Mean task metric with ``edits`` applied, from the last-position residual (no full-vocabulary
     logits at every position)."""
     logits, _ = forward(model, tokens, hooks=HookSpec(edits=edits), lengths=lengths, logits="last")
@@ -312,15 +317,10 @@ def _last_metric(model, tokens, lengths, correct, incorrect, metric: str, edits)
 @eqx.filter_jit
 def _patch_each_head(model, clean, lengths, correct, incorrect, metric, masks, source, heads_per_batch):
     """``[n_masks]`` metrics, patching ``source`` into the heads of each ``masks[i]`` ``[L, H]``."""
-    run = lambda m: _last_metric(
-        model,
-        clean,
-        lengths,
-        correct,
-        incorrect,
-        metric,  # noqa: E731
-        {"result": (Replace(m, source),)},
-    )
+
+    def run(m):
+        return _last_metric(model, clean, lengths, correct, incorrect, metric, {"result": (Replace(m, source),)})
+
     return jax.lax.map(run, masks, batch_size=heads_per_batch)
 
 
@@ -328,15 +328,10 @@ def _patch_each_head(model, clean, lengths, correct, incorrect, metric, masks, s
 def _metric_and_head_grad(model, clean, lengths, correct, incorrect, metric, source):
     """Metric at the clean run and its gradient w.r.t. per-head interpolation weights ``[L, H]``."""
     cfg = model.cfg
-    f = lambda a: _last_metric(
-        model,
-        clean,
-        lengths,
-        correct,
-        incorrect,
-        metric,  # noqa: E731
-        {"result": (Replace(a, source),)},
-    )
+
+    def f(a):
+        return _last_metric(model, clean, lengths, correct, incorrect, metric, {"result": (Replace(a, source),)})
+
     return jax.value_and_grad(f)(jnp.zeros((cfg.n_layers, cfg.n_heads), jnp.float32))
 
 
@@ -359,10 +354,10 @@ def activation_patching(
     task metric ``m`` (1 = the head alone carries the whole effect; negative = patching it helps).
 
     The heads go through ``heads_per_call`` at a time (one compiled shape; the last call is padded with
-    empty masks), so ``progress=True`` can show a progress bar."""
-    t0 = time.perf_counter()
+    empty masks), so ``progress=True`` can show a progress bar. For per-prompt effects with standard
+    errors on many prompts, see :mod:`jsae.analysis.patching`."""
     cfg = model.cfg
-    clean, corrupted, lengths = _patching_inputs(model, tokenizer, task)
+    clean, corrupted, lengths = _patching_inputs(tokenizer, task)
     correct, incorrect = _answers(task)
     source = _capture_result(model, corrupted, lengths)
     m_clean = float(_last_metric(model, clean, lengths, correct, incorrect, task.metric, {}))
@@ -371,25 +366,19 @@ def activation_patching(
     per_call = -(-min(heads_per_call, H) // heads_per_batch) * heads_per_batch
     n_calls = -(-H // per_call)
     masks = jnp.eye(n_calls * per_call, H, dtype=jnp.float32).reshape(n_calls, per_call, cfg.n_layers, cfg.n_heads)
-    patched = []
-    for chunk in tqdm(
-        masks,
-        desc=f"activation patching ({H} heads, {len(task)} prompts)",
-        unit="call",
-        disable=not progress,
-        leave=False,
-    ):
-        patched.append(
+    bar = tqdm(masks, desc=f"activation patching ({H} heads, {len(task)} prompts)", disable=not progress, leave=False)
+    patched = np.concatenate(
+        [
             np.asarray(
-                _patch_each_head(model, clean, lengths, correct, incorrect, task.metric, chunk, source, heads_per_batch)
+                _patch_each_head(model, clean, lengths, correct, incorrect, task.metric, m, source, heads_per_batch)
             )
-        )
-    patched = np.concatenate(patched)[:H]
+            for m in bar
+        ]
+    )[:H]
     effect = (m_clean - patched) / (m_clean - m_corr)
     return HeadScores(
         "activation_patching",
         effect,
-        time.perf_counter() - t0,
         {"metric_clean": m_clean, "metric_corrupted": m_corr, "n_prompts": len(task)},
     )
 
@@ -398,8 +387,7 @@ def attribution_patching(model, tokenizer, task: Task) -> HeadScores:
     """First-order estimate of :func:`activation_patching` for every head at once (Nanda 2023): the
     gradient of the metric w.r.t. a per-head interpolation ``result + a (result_corrupted - result)`` at
     ``a = 0``, i.e. ``sum_positions grad . (corrupted - clean)``. Two forwards + one backward."""
-    t0 = time.perf_counter()
-    clean, corrupted, lengths = _patching_inputs(model, tokenizer, task)
+    clean, corrupted, lengths = _patching_inputs(tokenizer, task)
     correct, incorrect = _answers(task)
     source = _capture_result(model, corrupted, lengths)
     m_corr = float(_last_metric(model, corrupted, lengths, correct, incorrect, task.metric, {}))
@@ -409,28 +397,22 @@ def attribution_patching(model, tokenizer, task: Task) -> HeadScores:
     return HeadScores(
         "attribution_patching",
         effect,
-        time.perf_counter() - t0,
         {"metric_clean": m_clean, "metric_corrupted": m_corr, "n_prompts": len(task)},
     )
 
 
 def random_scores(key, n_heads_total: int) -> HeadScores:
     """Uniform random scores: the chance baseline (expected AUC 0.5)."""
-    t0 = time.perf_counter()
-    s = np.asarray(jax.random.uniform(key, (n_heads_total,)))
-    return HeadScores("random", s, time.perf_counter() - t0)
+    return HeadScores("random", np.asarray(jax.random.uniform(key, (n_heads_total,))))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Discrete SAE codes
 
-SAE_METHODS = ("sae_shared", "sae_per_head", "sae_ensemble", "sae_edges", "sae_shared_paired", "sae_per_head_paired")
-PAIRED_METHODS = ("sae_shared_paired", "sae_per_head_paired")
-
 
 @dataclass(frozen=True)
 class SAECodeConfig:
-    """SAE settings for discovery (defaults: O'Neill & Bui's).
+    """SAE settings for discovery (defaults: O'Neill & Bui's, except the per-head SAEs, a jsae addition).
 
     d_sae: latents (200). l1: the paper's L1 coefficient lambda (0.02; 0.05 for docstring), whose loss
       is ``mean_{b,i} (x - x_hat)^2 + lambda * mean_b sum_j |f_j|``. jsae's ReLU loss is
@@ -440,19 +422,16 @@ class SAECodeConfig:
     epochs: full-batch Adam steps (500); lr (1e-3). n_train: training prompts, half positive and half
       negative (10). ensemble_l1 / ensemble_seeds: the ensemble's grid (member 0 is the paper's SAE).
     node_score: "raw", "softmax" or "normalised" (see :func:`jsae.analysis.codes.node_scores`).
-    per_head_d_sae: latents of each per-head SAE (jsae addition; 10 training rows per head do not need
-      200 latents, and 270 x 576 x 200 parameters make Adam memory-bound).
-    per_head_l1: lambda of the per-head SAEs (0.01). Each head's activations are first standardised
+    per_head_d_sae: latents of each per-head SAE (10 training rows per head do not need 200 latents,
+      and ``H x d x 200`` parameters make Adam memory-bound).
+    per_head_l1: lambda of the per-head SAEs. Each head's activations are first standardised
       (:func:`standardise_heads`: minus the mean of its training rows, scaled to mean norm sqrt(d)), so
-      one lambda suits heads whose output norms differ by 100x and the SAE spends its latents on how
-      prompts differ, not on the head's constant offset. (Without centring, a position-averaged head
-      output is mostly that offset: with Adam at lr 1e-3 the zero-initialised b_dec cannot reach it in
-      500 steps, every latent dies and explained variance is far below 0. On SmolLM2 IOI/greater-than
-      lambda 0.01 gives EV ~0.88 and L0 ~2.4 with 16 latents; 0.03 gives L0 ~1 and EV ~0.47.)
-    per_head_epochs / per_head_lr: the per-head SAEs' full-batch Adam steps (100) and rate (5e-3). On
-      SmolLM2 IOI activations (measured while choosing them: 8 seeds at 100 steps, 2 at 500), 100 steps
-      at 5e-3 rank heads as well as the paper's 500 at 1e-3 (paired-code AUC 0.858 vs 0.843) in a fifth
-      of the training time (0.9 s vs 4.5 s for 270 SAEs).
+      one lambda suits heads whose output norms differ by orders of magnitude and the SAE spends its
+      latents on how prompts differ, not on the head's constant offset (without centring, a
+      position-averaged head output is mostly that offset, which a zero-initialised ``b_dec`` does not
+      reach in a few hundred Adam steps, so every latent dies).
+    per_head_epochs / per_head_lr: the per-head SAEs' full-batch Adam steps and rate (chosen on SmolLM2
+      IOI activations; the README's circuits section has the comparison with the paper's 500 at 1e-3).
     normalise_heads: scale each head's activations to unit mean norm before the shared SAE (jsae
       addition; off = the paper).
     """
@@ -520,6 +499,92 @@ def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: f
     return train(sae, data, tc, progress=False)
 
 
+@dataclass(frozen=True)
+class Codes:
+    """Discrete codes of every (prompt, head): ``codes [M, n, H]`` from ``M`` SAEs (M = 1 except for the
+    ensemble) with ``n_codes`` latents each, and the SAEs' training metrics (``info``)."""
+
+    codes: jax.Array
+    n_codes: int
+    info: dict[str, Any]
+
+
+def _train_info(result, rows) -> dict[str, Any]:
+    keep = ("l0", "explained_variance", "dead_fraction")
+    return {"n_train": len(rows), **{k: float(np.mean(v)) for k, v in result.metrics.items() if k in keep}}
+
+
+def per_head_codes(key, acts: Float[np.ndarray, "H n d"], rows: np.ndarray, cfg: SAECodeConfig) -> Codes:
+    """One SAE per head (all trained at once) on the standardised training ``rows``; codes ``[1, n, H]``."""
+    d = acts.shape[-1]
+    standard = standardise_heads(acts, rows)
+    result = _train_saes(
+        key,
+        standard[:, rows],
+        acts.shape[0],
+        cfg.per_head_l1 * d,
+        cfg.per_head_d_sae,
+        cfg.per_head_epochs,
+        cfg.per_head_lr,
+    )
+    codes = codes_mod.discretise(result.sae, standard, per_head=True)
+    return Codes(codes[None], cfg.per_head_d_sae, _train_info(result, rows))
+
+
+def shared_codes(
+    key, acts: Float[np.ndarray, "H n d"], rows: np.ndarray, cfg: SAECodeConfig, l1s: tuple[float, ...]
+) -> Codes:
+    """One SAE per entry of ``l1s``, each shared by every head and trained on all heads' training ``rows``
+    (all trained at once); codes ``[len(l1s), n, H]``."""
+    H, _, d = acts.shape
+    shared = acts[:, rows].reshape(H * len(rows), d)
+    result = _train_saes(key, shared, len(l1s), [lam * d for lam in l1s], cfg.d_sae, cfg.epochs, cfg.lr)
+    codes = codes_mod.discretise_stack(result.sae, acts)
+    return Codes(codes, cfg.d_sae, {**_train_info(result, rows), "l1": list(l1s)})
+
+
+# How a method scores heads from its codes: (codes [M, n, H], positive [n], pair [n_pos] | None, cfg) -> [H]
+CodeScore = Callable[[Codes, np.ndarray, "np.ndarray | None", SAECodeConfig], jax.Array]
+
+
+def _node(c: Codes, positive, pair, cfg: SAECodeConfig) -> jax.Array:
+    return codes_mod.node_scores(c.codes[0], positive, c.n_codes, cfg.node_score)  # pyright: ignore[reportArgumentType]  # node_score is checked there
+
+
+def _paired(c: Codes, positive, pair, cfg: SAECodeConfig) -> jax.Array:
+    return codes_mod.paired_code_changes(c.codes[0], np.flatnonzero(positive), pair)
+
+
+def _edges(c: Codes, positive, pair, cfg: SAECodeConfig) -> jax.Array:
+    return codes_mod.heads_from_edges(codes_mod.edge_scores(c.codes[0], jnp.asarray(positive), normalised=True))
+
+
+def _ensemble(c: Codes, positive, pair, cfg: SAECodeConfig) -> jax.Array:
+    raw = jax.vmap(lambda k: codes_mod.node_scores(k, positive, c.n_codes, "raw"))(c.codes)  # [M, H]
+    return jnp.mean(raw / jnp.maximum(raw.max(axis=1, keepdims=True), 1.0), axis=0)
+
+
+@dataclass(frozen=True)
+class SAEMethod:
+    """An SAE-code method: which SAEs make the codes (``"per_head"``, ``"shared"`` or ``"ensemble"``), how
+    heads are scored from them, and whether it needs the clean/corrupted ``pair`` of each positive."""
+
+    saes: str
+    score: CodeScore
+    paired: bool = False
+
+
+SAE_METHODS: dict[str, SAEMethod] = {
+    "sae_shared": SAEMethod("shared", _node),  # one SAE for every head (the paper)
+    "sae_per_head": SAEMethod("per_head", _node),  # one SAE per head, all trained at once
+    "sae_ensemble": SAEMethod("ensemble", _ensemble),  # shared SAEs over seeds x L1 values, mean of max-1 scores
+    "sae_edges": SAEMethod("shared", _edges),  # mean normalised edge score over all partners
+    "sae_shared_paired": SAEMethod("shared", _paired, paired=True),  # fraction of pairs whose code changes
+    "sae_per_head_paired": SAEMethod("per_head", _paired, paired=True),
+}
+PAIRED_METHODS = tuple(m for m, s in SAE_METHODS.items() if s.paired)
+
+
 def sae_code_scores(
     key,
     acts: np.ndarray,
@@ -531,74 +596,40 @@ def sae_code_scores(
     """Head scores from discrete SAE codes.
 
     acts: ``[H, n, d]`` per-head activations of all prompts; positive: ``[n]`` bool.
-    method: ``"sae_shared"`` (one SAE for every head, the paper), ``"sae_per_head"`` (one SAE per head,
-      all trained at once), ``"sae_ensemble"`` (shared SAEs over seeds x L1 values, mean of each
-      member's scores normalised to max 1), ``"sae_edges"`` (shared SAE, heads ranked by their mean
-      normalised edge score over all partners, see :func:`jsae.analysis.codes.heads_from_edges`);
-      ``"sae_shared_paired"`` / ``"sae_per_head_paired"`` (jsae additions: the same SAEs, heads scored by
-      the fraction of clean/corrupted prompt pairs whose code changes,
-      :func:`jsae.analysis.codes.paired_code_changes`; need ``pair``).
+    method: a key of :data:`SAE_METHODS`: ``"sae_shared"`` (one SAE for every head, the paper),
+      ``"sae_per_head"`` (one SAE per head, all trained at once), ``"sae_ensemble"`` (shared SAEs over
+      seeds x L1 values, mean of each member's scores normalised to max 1), ``"sae_edges"`` (shared SAE,
+      heads ranked by their mean normalised edge score over all partners, see
+      :func:`jsae.analysis.codes.heads_from_edges`); ``"sae_shared_paired"`` / ``"sae_per_head_paired"``
+      (jsae additions: the same SAEs, heads scored by the fraction of clean/corrupted prompt pairs whose
+      code changes, :func:`jsae.analysis.codes.paired_code_changes`; need ``pair``).
     pair: ``[n_pos]`` the corrupted row of each positive row (:attr:`TaskActivations.pair`).
     """
     if method not in SAE_METHODS:
         raise ValueError(f"unknown SAE method {method!r}; choose one of {', '.join(SAE_METHODS)}")
-    if method in PAIRED_METHODS and (pair is None or len(pair) != int(np.sum(positive))):
+    spec = SAE_METHODS[method]
+    if spec.paired and (pair is None or len(pair) != int(np.sum(positive))):
         raise ValueError(
             f"method {method!r} needs pair: the corrupted row of each of the {int(np.sum(positive))} "
             "positive rows (TaskActivations.pair from harvest_task)"
         )
-    t0 = time.perf_counter()
-    H, n, d = acts.shape
+    acts = np.asarray(acts)
     if cfg.normalise_heads:
         acts = acts / np.maximum(np.linalg.norm(acts, axis=-1).mean(axis=1), 1e-12)[:, None, None]
     k_rows, k_sae = jax.random.split(key)
     rows = _training_rows(k_rows, positive, cfg.n_train)
-    train_acts = acts[:, rows]  # [H, n_train, d]
-    details: dict = {"n_train": len(rows)}
-    if method in ("sae_per_head", "sae_per_head_paired"):
-        standard = standardise_heads(acts, rows)
-        result = _train_saes(
-            k_sae, standard[:, rows], H, cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs, cfg.per_head_lr
-        )
-        codes = codes_mod.discretise(result.sae, standard, per_head=True)
-        if method == "sae_per_head_paired":
-            scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
-        else:
-            scores = codes_mod.node_scores(codes, positive, cfg.per_head_d_sae, cfg.node_score)
+    if spec.saes == "per_head":
+        codes = per_head_codes(k_sae, acts, rows, cfg)
+    elif spec.saes == "ensemble":
+        codes = shared_codes(k_sae, acts, rows, cfg, tuple(cfg.ensemble_l1) * cfg.ensemble_seeds)
     else:
-        shared = train_acts.reshape(H * len(rows), d)
-        if method == "sae_ensemble":
-            l1s = [l1 for _ in range(cfg.ensemble_seeds) for l1 in cfg.ensemble_l1]
-        else:
-            l1s = [cfg.l1]
-        result = _train_saes(k_sae, shared, len(l1s), [l * d for l in l1s], cfg.d_sae, cfg.epochs, cfg.lr)
-        members = []
-        for i in range(len(l1s)):
-            sae_i = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, result.sae)
-            codes = codes_mod.discretise(sae_i, acts, per_head=False)
-            if method == "sae_edges":
-                scores = codes_mod.heads_from_edges(
-                    codes_mod.edge_scores(codes, jnp.asarray(positive), normalised=True)
-                )
-            else:
-                raw = codes_mod.node_scores(codes, positive, cfg.d_sae, "raw")
-                members.append(raw / jnp.maximum(raw.max(), 1.0))
-        if method == "sae_ensemble":
-            scores = jnp.mean(jnp.stack(members), axis=0)
-            details["ensemble_l1"] = l1s
-        elif method == "sae_shared":
-            scores = codes_mod.node_scores(codes, positive, cfg.d_sae, cfg.node_score)
-        elif method == "sae_shared_paired":
-            scores = codes_mod.paired_code_changes(codes, np.flatnonzero(positive), pair)
-    details.update(
-        {k: float(np.mean(v)) for k, v in result.metrics.items() if k in ("l0", "explained_variance", "dead_fraction")}
-    )
-    details["train_seconds"] = result.seconds
-    return HeadScores(method, np.asarray(scores, np.float64), time.perf_counter() - t0, details)
+        codes = shared_codes(k_sae, acts, rows, cfg, (cfg.l1,))
+    scores = spec.score(codes, positive, pair, cfg)
+    return HeadScores(method, np.asarray(scores, np.float64), codes.info)
 
 
 def activation_difference_scores(
-    acts: Float[np.ndarray, "H n d"], positive: np.ndarray, pair: np.ndarray
+    acts: Float[np.ndarray, "H n d"], positive: np.ndarray, pair: np.ndarray | None
 ) -> HeadScores:
     """No SAE, no codes: per head, the mean distance between each positive prompt's activation and its
     own corruption's, over the head's typical spread (mean distance of its activations from their mean).
@@ -606,7 +637,6 @@ def activation_difference_scores(
     A diagnostic for the SAE-code methods: it reads the same activations, so it shows how far any score
     built only from "which heads change between clean and corrupted prompts" gets (without the
     model's downstream computation, which the patching methods use)."""
-    t0 = time.perf_counter()
     acts = np.asarray(acts, np.float32)
     clean = np.flatnonzero(positive)
     if pair is None or len(pair) != len(clean):
@@ -617,11 +647,62 @@ def activation_difference_scores(
     change = np.linalg.norm(acts[:, clean] - acts[:, pair], axis=-1).mean(axis=1)
     spread = np.linalg.norm(acts - acts.mean(axis=1, keepdims=True), axis=-1).mean(axis=1)
     scores = np.where(spread > 0, change / np.maximum(spread, 1e-30), 0.0)
-    return HeadScores("activation_difference", scores.astype(np.float64), time.perf_counter() - t0)
+    return HeadScores("activation_difference", scores.astype(np.float64))
 
 
-ACTIVATION_METHODS = (*SAE_METHODS, "activation_difference")  # scored from harvested per-head activations
-DISCOVERY_METHODS = (*ACTIVATION_METHODS, "attribution_patching", "activation_patching", "random")
+# ---------------------------------------------------------------------------------------------------
+# The method registry: every method has one signature
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What a circuit method may read: the model, tokenizer and task, a jax key, the SAE settings, and
+    (for the methods that score harvested activations) the task's :class:`TaskActivations`."""
+
+    model: Any
+    tokenizer: Any
+    task: Task
+    key: jax.Array
+    sae_config: SAECodeConfig = SAECodeConfig()
+    activations: TaskActivations | None = None
+
+    def acts(self) -> TaskActivations:
+        if self.activations is None:
+            raise ValueError("this method scores harvested activations; pass activations=harvest_task(...)")
+        return self.activations
+
+
+@dataclass(frozen=True)
+class CircuitMethod:
+    """A circuit method: ``run(MethodInputs) -> HeadScores``. ``needs_activations``: it scores
+    :func:`harvest_task`'s activations (which :func:`discover` harvests when not given); ``signed``: its
+    scores are signed effects, so heads rank by ``|score|`` (the patching methods)."""
+
+    run: Callable[[MethodInputs], HeadScores]
+    needs_activations: bool = False
+    signed: bool = False
+
+
+def _sae_method(name: str) -> CircuitMethod:
+    def run(x: MethodInputs) -> HeadScores:
+        a = x.acts()
+        return sae_code_scores(x.key, a.acts, a.positive, name, x.sae_config, a.pair)
+
+    return CircuitMethod(run, needs_activations=True)
+
+
+METHODS: dict[str, CircuitMethod] = {
+    **{name: _sae_method(name) for name in SAE_METHODS},
+    "activation_difference": CircuitMethod(
+        lambda x: activation_difference_scores(x.acts().acts, x.acts().positive, x.acts().pair),
+        needs_activations=True,
+    ),
+    "attribution_patching": CircuitMethod(lambda x: attribution_patching(x.model, x.tokenizer, x.task), signed=True),
+    "activation_patching": CircuitMethod(lambda x: activation_patching(x.model, x.tokenizer, x.task), signed=True),
+    "random": CircuitMethod(lambda x: random_scores(x.key, x.model.cfg.n_layers * x.model.cfg.n_heads)),
+}
+ACTIVATION_METHODS = tuple(m for m, c in METHODS.items() if c.needs_activations)
+DISCOVERY_METHODS = tuple(METHODS)
 
 
 def discover(
@@ -633,46 +714,26 @@ def discover(
     key=None,
     sae_config: SAECodeConfig = SAECodeConfig(),
     point: str = "result",
-    positions: str = "mean",
+    positions: Reduce = "mean",
     activations: TaskActivations | None = None,
 ) -> HeadScores:
-    """Per-head circuit scores ``[n_layers * n_heads]`` for ``task`` by ``method``.
+    """Per-head circuit scores ``[n_layers * n_heads]`` for ``task`` by ``method`` (a key of :data:`METHODS`).
 
-    SAE methods harvest per-head activations (or reuse ``activations``) and score discrete codes; their
-    ``seconds`` include the harvest. Patching methods run on all of ``task``'s prompts; ``random`` is
-    the chance baseline.
+    Methods that score activations use ``activations`` (or harvest them with :func:`harvest_task` at
+    ``point``/``positions``); the patching methods run on all of ``task``'s prompts; ``random`` is the
+    chance baseline.
     """
-    key = jax.random.key(0) if key is None else key
-    if method not in DISCOVERY_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(DISCOVERY_METHODS)}")
-    if method == "activation_patching":
-        return activation_patching(model, tokenizer, task)
-    if method == "attribution_patching":
-        return attribution_patching(model, tokenizer, task)
-    if method == "random":
-        return random_scores(key, model.cfg.n_layers * model.cfg.n_heads)
-    harvest_seconds = 0.0
-    if activations is None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = METHODS[method]
+    if spec.needs_activations and activations is None:
         activations = harvest_task(model, tokenizer, task, point=point, positions=positions)
-        harvest_seconds = activations.seconds
-    if method == "activation_difference":
-        found = activation_difference_scores(activations.acts, activations.positive, activations.pair)
-    else:
-        found = sae_code_scores(key, activations.acts, activations.positive, method, sae_config, activations.pair)
-    found.details.update(
-        {
-            "harvest_seconds": harvest_seconds,
-            "model_accuracy": activations.accuracy,
-            "n_pos": int(activations.positive.sum()),
-            "n_neg": int((~activations.positive).sum()),
-        }
-    )
-    found.seconds += harvest_seconds
-    return found
+    key = jax.random.key(0) if key is None else key
+    return spec.run(MethodInputs(model, tokenizer, task, key, sae_config, activations))
 
 
 # ---------------------------------------------------------------------------------------------------
-# Comparing every method against one reference
+# Grading methods against one reference
 
 
 def reference_mask(reference: HeadScores, k: int) -> np.ndarray:
@@ -682,166 +743,75 @@ def reference_mask(reference: HeadScores, k: int) -> np.ndarray:
 
 
 def ranking_scores(found: HeadScores) -> np.ndarray:
-    """Scores to rank heads by: ``|effect|`` for the patching methods, the scores otherwise."""
-    return np.abs(found.scores) if found.method.endswith("patching") else found.scores
+    """Scores to rank heads by: ``|effect|`` for signed methods (the patching ones), the scores otherwise."""
+    spec = METHODS.get(found.method)
+    return np.abs(found.scores) if spec is not None and spec.signed else np.asarray(found.scores)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Methods graded against one reference circuit.
+
+    reference: ``[H]`` bool, named ``reference_name``. scores: per method, the ``[H]`` ranking scores
+    (:func:`ranking_scores`). evaluation: per method, :func:`evaluate`'s output (AUC, top-k and best-F1
+    classification). roc: per method, :func:`roc_curve`'s (false, true positive rates).
+    """
+
+    reference: np.ndarray
+    reference_name: str
+    scores: dict[str, np.ndarray]
+    evaluation: dict[str, dict]
+    roc: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def auc(self) -> dict[str, float]:
+        return {m: e["auc"] for m, e in self.evaluation.items()}
+
+    def top_heads(self, method: str, k: int | None = None) -> np.ndarray:
+        """The ``k`` (default: the reference's size) best-ranked heads of ``method``, best first."""
+        k = int(self.reference.sum()) if k is None else k
+        return np.argsort(-self.scores[method], kind="stable")[:k]
 
 
 def compare_methods(
+    found: Mapping[str, HeadScores], reference: np.ndarray, reference_name: str = "activation_patching"
+) -> Comparison:
+    """Grade every method's :class:`HeadScores` (``{name: scores}``) against ``reference`` (bool ``[H]``:
+    :func:`reference_mask` of activation patching, or a published circuit from :func:`head_mask_from_list`)."""
+    reference = np.asarray(reference, bool)
+    scores = {m: ranking_scores(f) for m, f in found.items()}
+    for m, s in scores.items():
+        if s.shape != reference.shape:
+            raise ValueError(f"method {m!r} scored {s.shape} heads; the reference has {reference.shape}")
+    return Comparison(
+        reference,
+        reference_name,
+        scores,
+        {m: evaluate(s, reference) for m, s in scores.items()},
+        {m: roc_curve(s, reference) for m, s in scores.items()},
+    )
+
+
+def run_methods(
     model,
     tokenizer,
     task: Task,
-    reference_task: Task | None,
+    methods,
     *,
-    methods=DISCOVERY_METHODS,
-    key=None,
+    key,
+    activations: TaskActivations,
     sae_config: SAECodeConfig = SAECodeConfig(),
-    reference_k: int | None = None,
-    reference_heads: np.ndarray | None = None,
-    reference_name: str = "activation_patching",
     attribution_prompts: int = 32,
-    point: str = "result",
-    positions: str = "mean",
-    equal_prompts_method: str | None = None,
-    progress: bool = False,
-    log=print,
-) -> dict:
-    """Run ``methods`` on ``task`` and grade each against a reference circuit.
+) -> Iterator[tuple[str, HeadScores]]:
+    """``(method, scores)`` for each of ``methods`` on ``task``, lazily, so a caller can time each one.
 
-    The reference is ``reference_heads`` (a bool mask ``[H]``, e.g. a published circuit, named
-    ``reference_name``) or, when None, the ``reference_k`` heads (default 10% of all heads) of largest
-    ``|effect|`` under activation patching on ``reference_task``.
-    equal_prompts_method: an SAE method to also run (harvest + train + score) on ``reference_task``'s own
-    prompts, timed against activation patching of every head on those same prompts; reported under
-    ``"speed_at_equal_prompts"`` (with its AUC against the reference); skipped when activation patching
-    does not run (a published reference without ``"activation_patching"`` in ``methods``).
-    Returns ``{"task", "n_pos", "n_neg", "model_accuracy", "methods": {name: {"auc", "seconds",
-    "top_heads", "scores"}}, "reference"}`` plus, under ``"_details"``, each method's full
-    :func:`evaluate` output and settings.
+    Method ``i`` gets the key ``fold_in(key, i)``; the activation methods score ``activations``;
+    attribution patching runs on the first ``attribution_prompts`` prompts of ``task``.
     """
-    key = jax.random.key(0) if key is None else key
-    cfg = model.cfg
-    names = head_names(cfg.n_layers, cfg.n_heads)
-    H = len(names)
-    unknown = [m for m in methods if m not in DISCOVERY_METHODS]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(DISCOVERY_METHODS)}")
-    found: dict[str, HeadScores] = {}
-    patching = reference_heads is None or "activation_patching" in methods
-    same = None
-    if equal_prompts_method is not None and patching:
-        if reference_task is None:
-            raise ValueError("equal_prompts_method needs the reference prompts (reference_task)")
-        # first, so that it pays for its compilations as activation patching pays for its own
-        same = discover(
-            model,
-            tokenizer,
-            reference_task,
-            equal_prompts_method,
-            key=key,
-            sae_config=sae_config,
-            point=point,
-            positions=positions,
-        )
-    activations = harvest_task(model, tokenizer, task, point=point, positions=positions, progress=progress)
-    log(
-        f"  harvested {activations.acts.shape[1]} prompts x {H} heads in {activations.seconds:.1f} s "
-        f"(model accuracy {activations.accuracy:.2f})"
-    )
-    for i, method in enumerate(m for m in methods if m != "activation_patching"):
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    for i, method in enumerate(methods):
+        sub = task.subset(range(min(attribution_prompts, len(task)))) if method == "attribution_patching" else task
         mkey = jax.random.fold_in(key, i)
-        if method in ACTIVATION_METHODS:
-            found[method] = discover(
-                model, tokenizer, task, method, key=mkey, sae_config=sae_config, activations=activations
-            )
-            found[method].seconds += activations.seconds  # discovery time includes the harvest
-        elif method == "attribution_patching":
-            found[method] = attribution_patching(
-                model, tokenizer, task.subset(range(min(attribution_prompts, len(task))))
-            )
-        else:
-            found[method] = discover(model, tokenizer, task, method, key=mkey)
-        log(f"  {method:<22s} {found[method].seconds:7.1f} s")
-    if patching:
-        if reference_task is None:
-            raise ValueError("activation patching needs reference prompts (reference_task)")
-        patched = activation_patching(model, tokenizer, reference_task, progress=progress)
-        found["activation_patching"] = patched
-        log(f"  {'activation_patching':<22s} {patched.seconds:7.1f} s ({len(reference_task)} prompts)")
-    if reference_heads is None:
-        k = reference_k or max(1, round(0.1 * H))
-        mask = reference_mask(found["activation_patching"], k)
-        reference_name = "activation_patching"
-    else:
-        mask = np.asarray(reference_heads, bool)
-        k = int(mask.sum())
-    out = {
-        "task": task.name,
-        "n_pos": int(activations.positive.sum()),
-        "n_neg": int((~activations.positive).sum()),
-        "model_accuracy": activations.accuracy,
-        "methods": {},
-        "reference": reference_name,
-    }
-    details = {
-        "reference_k": k,
-        "reference_prompts": len(reference_task) if reference_task else 0,
-        "task_note": task.note,
-        "reference_heads": [names[i] for i in np.flatnonzero(mask)],
-        "evaluation": {},
-        "method_details": {},
-    }
-    for name, f in found.items():
-        s = ranking_scores(f)
-        ev = evaluate(s, mask)
-        order = np.argsort(-s, kind="stable")
-        out["methods"][name] = {
-            "auc": ev["auc"],
-            "seconds": f.seconds,
-            "top_heads": [names[i] for i in order[:k]],
-            "scores": {names[i]: float(f.scores[i]) for i in range(H)},
-        }
-        details["evaluation"][name] = ev
-        details["method_details"][name] = f.details
-    if same is not None:
-        ap_seconds = found["activation_patching"].seconds
-        out["speed_at_equal_prompts"] = {
-            "n_prompts": len(reference_task),
-            "method": equal_prompts_method,
-            "sae_seconds": same.seconds,
-            "activation_patching_seconds": ap_seconds,
-            "speedup": ap_seconds / same.seconds,
-            "sae_auc": roc_auc(same.scores, mask),
-            "sae_harvest_seconds": same.details["harvest_seconds"],
-        }
-        log(
-            f"  equal prompts ({len(reference_task)} clean + corrupted): {equal_prompts_method} {same.seconds:.1f} s "
-            f"vs activation patching {ap_seconds:.1f} s ({ap_seconds / same.seconds:.1f}x)"
-        )
-    out["_details"] = details
-    return out
-
-
-def plot_roc(results: list[dict], path, title: str = "") -> None:
-    """ROC curves of every method (one panel per task result from :func:`compare_methods`)."""
-    from jsae.plots import figure, save
-
-    fig, axes = figure(5 * len(results), 4.5, ncols=len(results))
-    for ax, res in zip(np.atleast_1d(axes), results):
-        names = list(next(iter(res["methods"].values()))["scores"])
-        ref = np.isin(names, res["_details"]["reference_heads"])
-        for method, m in res["methods"].items():
-            if method == res["reference"]:
-                continue
-            s = np.array([m["scores"][h] for h in names])
-            s = np.abs(s) if method.endswith("patching") else s
-            fpr, tpr = roc_curve(s, ref)
-            ax.plot(fpr, tpr, label=f"{method} (AUC {m['auc']:.2f}, {m['seconds']:.0f} s)")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(f"{res['task']}: vs {res['reference']} ({res['_details']['reference_k']} heads)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    save(fig, path)
+        yield method, discover(model, tokenizer, sub, method, key=mkey, sae_config=sae_config, activations=activations)

@@ -16,13 +16,13 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Bool, Float, Int
 
 NodeScore = Literal["raw", "softmax", "normalised"]
 
 
-def discretise(sae, acts: Float[Array, "H n d"], *, per_head: bool, chunk: int = 16384) -> Int[Array, "n H"]:
+def discretise(sae, acts: Float[ArrayLike, "H n d"], *, per_head: bool, chunk: int = 16384) -> Int[Array, "n H"]:
     """Codes ``[n, H]``: the argmax latent of each (prompt, head) activation.
 
     sae: one SAE (``per_head=False``: shared by every head) or a stack of ``H`` SAEs (``per_head=True``:
@@ -39,13 +39,30 @@ def discretise(sae, acts: Float[Array, "H n d"], *, per_head: bool, chunk: int =
     return codes.reshape(H, n).T.astype(jnp.int32)
 
 
-def code_counts(codes: Int[Array, "n H"], rows: Bool[Array, " n"], n_codes: int) -> Int[Array, "H C"]:
+@eqx.filter_jit
+def _argmax_latents(saes, x: Float[ArrayLike, "m d"]) -> Int[Array, "M m"]:
+    return eqx.filter_vmap(lambda s: jnp.argmax(s.encode(x), axis=-1), in_axes=(eqx.if_array(0),))(saes)
+
+
+def discretise_stack(saes, acts: Float[ArrayLike, "H n d"], *, chunk: int = 16384) -> Int[Array, "M n H"]:
+    """Codes ``[M, n, H]`` of a stack of ``M`` SAEs, each shared by every head (vmapped over the stack):
+    ``discretise(saes[i], acts, per_head=False)`` for every ``i`` in one program per chunk of rows."""
+    acts = jnp.asarray(acts)
+    H, n, d = acts.shape
+    flat = acts.reshape(H * n, d)
+    codes = jnp.concatenate([_argmax_latents(saes, flat[i : i + chunk]) for i in range(0, H * n, chunk)], axis=1)
+    return jnp.swapaxes(codes.reshape(-1, H, n), 1, 2).astype(jnp.int32)
+
+
+def code_counts(codes: Int[ArrayLike, "n H"], rows: Bool[ArrayLike, " n"], n_codes: int) -> Int[Array, "H C"]:
     """How often each head shows each code on the selected prompts ``rows``."""
     onehot = jax.nn.one_hot(codes, n_codes, dtype=jnp.int32)  # [n, H, C]
-    return jnp.einsum("nhc,n->hc", onehot, rows.astype(jnp.int32))
+    return jnp.einsum("nhc,n->hc", onehot, jnp.asarray(rows).astype(jnp.int32))
 
 
-def unique_positive_counts(codes: Int[Array, "n H"], positive: Bool[Array, " n"], n_codes: int) -> Int[Array, " H"]:
+def unique_positive_counts(
+    codes: Int[ArrayLike, "n H"], positive: Bool[ArrayLike, " n"], n_codes: int
+) -> Int[Array, " H"]:
     """Per head: the number of distinct codes that occur on >= 1 positive prompt and on no negative."""
     codes, positive = jnp.asarray(codes), jnp.asarray(positive, bool)
     pos = code_counts(codes, positive, n_codes)
@@ -53,14 +70,14 @@ def unique_positive_counts(codes: Int[Array, "n H"], positive: Bool[Array, " n"]
     return jnp.sum((pos > 0) & (neg == 0), axis=-1)
 
 
-def distinct_counts(codes: Int[Array, "n H"], n_codes: int) -> Int[Array, " H"]:
+def distinct_counts(codes: Int[ArrayLike, "n H"], n_codes: int) -> Int[Array, " H"]:
     """Per head: the number of distinct codes it shows on any prompt."""
     codes = jnp.asarray(codes)
     return jnp.sum(code_counts(codes, jnp.ones(codes.shape[0], bool), n_codes) > 0, axis=-1)
 
 
 def node_scores(
-    codes: Int[Array, "n H"], positive: Bool[Array, " n"], n_codes: int, kind: NodeScore = "softmax"
+    codes: Int[ArrayLike, "n H"], positive: Bool[ArrayLike, " n"], n_codes: int, kind: NodeScore = "softmax"
 ) -> Float[Array, " H"]:
     """Head scores from unique-positive code counts.
 
@@ -78,7 +95,9 @@ def node_scores(
 
 
 @functools.partial(jax.jit, static_argnames="normalised")
-def edge_scores(codes: Int[Array, "n H"], positive: Bool[Array, " n"], normalised: bool = False) -> Float[Array, "H H"]:
+def edge_scores(
+    codes: Int[ArrayLike, "n H"], positive: Bool[ArrayLike, " n"], normalised: bool = False
+) -> Float[Array, "H H"]:
     """Per head pair ``(a, b)``: the number of distinct code pairs ``(codes[:, a], codes[:, b])`` that
     occur on >= 1 positive prompt and on no negative prompt (the diagonal equals the node counts).
     ``normalised``: divided by the number of distinct code pairs on positives (the fraction of the
@@ -105,7 +124,7 @@ def edge_scores(codes: Int[Array, "n H"], positive: Bool[Array, " n"], normalise
     return unique
 
 
-def heads_from_edges(edges: Float[Array, "H H"]) -> Float[Array, " H"]:
+def heads_from_edges(edges: Float[ArrayLike, "H H"]) -> Float[Array, " H"]:
     """A head ranking from edge scores: each head's mean score over its pairs with the other heads.
 
     (The best partner's score would not do: pairing any head with a circuit head inherits that head's
@@ -117,7 +136,7 @@ def heads_from_edges(edges: Float[Array, "H H"]) -> Float[Array, " H"]:
 
 
 def paired_code_changes(
-    codes: Int[Array, "n H"], clean_rows: Int[Array, " m"], corrupted_rows: Int[Array, " m"]
+    codes: Int[ArrayLike, "n H"], clean_rows: Int[ArrayLike, " m"], corrupted_rows: Int[ArrayLike, " m"]
 ) -> Float[Array, " H"]:
     """Per head: the fraction of (clean, corrupted) prompt pairs whose codes differ.
 
@@ -135,7 +154,3 @@ def paired_code_changes(
             "must be two non-empty index vectors of the same length (one entry per prompt pair)"
         )
     return jnp.mean((codes[clean_rows] != codes[corrupted_rows]).astype(jnp.float32), axis=0)
-
-
-def as_numpy(x) -> np.ndarray:
-    return np.asarray(jax.device_get(x))

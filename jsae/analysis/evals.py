@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from jsae.models import HookSpec, Transformer, forward, layer_range
+from jsae.models import HookSpec, Transformer, forward, layer_range, map_batches
 from jsae.models.hooks import Apply, capture, hook_width  # noqa: F401  (hook_width: imported from here too)
 from jsae.sae.base import SAE
 from jsae.sae.stack import concat
@@ -188,7 +188,7 @@ def _zero_ablate(x, layer, _, head):
 
 
 def _loss_sums(logits, clean_logp, targets, mask) -> tuple[Array, Array]:
-    """Masked sums of next-token cross-entropy and of KL(clean || this) over a batch.
+    """Masked sums of next-token cross-entropy and of KL(clean || this) over each sequence: ``[B]`` x 2.
 
     Written with one logsumexp and elementwise terms that XLA fuses into the reductions, so only the
     ``[B, T, V]`` logits are materialised per SAE (KL summed elementwise, without cancellation).
@@ -197,19 +197,21 @@ def _loss_sums(logits, clean_logp, targets, mask) -> tuple[Array, Array]:
     lse = jax.nn.logsumexp(z, axis=-1)
     ce = lse - jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
     kl = jnp.sum(jnp.exp(clean_logp) * (clean_logp - (z - lse[..., None])), axis=-1)  # fused: no [V] temporary
-    return jnp.sum(ce * mask), jnp.sum(kl * mask)
+    return jnp.sum(ce * mask, axis=-1), jnp.sum(kl * mask, axis=-1)
 
 
 @eqx.filter_jit
 def _clean_pass(model, tokens, lengths, start_layers: tuple[int, ...]):
     logits, cache = forward(model, tokens, hooks=capture("resid_pre"), lengths=lengths)
+    assert logits is not None  # logits=True by default
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return logp, {s: cache["resid_pre"][s] for s in start_layers}
 
 
 @eqx.filter_jit
 def _group_sums(tail, resid, clean_logp, tokens, lengths, targets, mask, saes, heads, point: str, chunk: int):
-    """Loss sums with each SAE of a group spliced in at ``point`` of the tail's first layer: ``[N_g]`` x 2."""
+    """Per-sequence loss sums with each SAE of a group spliced in at ``point`` of the tail's first layer:
+    ``[N_g, B]`` x 2."""
     inject = HookSpec(edits={"resid_pre": Apply(_inject_residual, shared=resid)})
 
     def one(args):
@@ -263,10 +265,10 @@ def hook_activations(
     )  # [L*H, n, d] head points, [L, n, D] otherwise
     H = model.cfg.n_heads
     if point not in ("z", "result"):
-        return np.stack([acts[l] for l in layers])
+        return np.stack([acts[layer] for layer in layers])
     if heads is not None:
-        return np.stack([acts[l * H + h] for l, h in zip(layers, heads)])
-    return np.stack([np.concatenate(list(acts[l * H : (l + 1) * H]), axis=-1) for l in layers])
+        return np.stack([acts[layer * H + h] for layer, h in zip(layers, heads)])
+    return np.stack([np.concatenate(list(acts[layer * H : (layer + 1) * H]), axis=-1) for layer in layers])
 
 
 def _per_sae(value, n: int, name: str) -> list:
@@ -331,42 +333,39 @@ def spliced_losses(
     chunk = int(max(1, min(n, max_logits_bytes // (b * T * cfg.vocab_size * 4 * 2))))
     groups = {s: np.flatnonzero(np.asarray(layers) == s) for s in sorted(set(layers))}
     tails = {s: layer_range(model, s) for s in groups}
-    sums = {k: np.zeros(n) for k in ("ce_sae", "kl_sae", "ce_ablated", "kl_ablated")}
-    ce_clean, count = 0.0, 0.0
-    for i in range(0, tokens.shape[0], b):
-        tok, lens = tokens[i : i + b], lengths[i : i + b]
-        if tok.shape[0] < b:  # pad with one-token rows (masked out): one compilation
-            tok = np.concatenate([tok, np.zeros((b - tok.shape[0], T), np.int32)])
-            lens = np.concatenate([lens, np.ones(b - lens.shape[0], np.int32)])
+
+    def batch_sums(model, tok, lens) -> dict[str, np.ndarray]:
+        """Per-sequence sums ``[b]`` (clean CE, predictions) and ``[b, N]`` (the spliced/ablated losses)."""
+        b = tok.shape[0]
         targets = jnp.asarray(tok[:, 1:])
         mask = jnp.asarray((np.arange(T - 1)[None, :] < (lens - 1)[:, None]).astype(np.float32))
         tok_j, lens_j = jnp.asarray(tok), jnp.asarray(lens)
         clean_logp, resid = _clean_pass(model, tok_j, lens_j, tuple(groups))
-        ce_clean += float(-jnp.sum(jnp.take_along_axis(clean_logp, targets[..., None], axis=-1)[..., 0] * mask))
-        count += float(jnp.sum(mask))
+        out = {k: np.zeros((b, n)) for k in ("ce_sae", "kl_sae", "ce_ablated", "kl_ablated")}
+        out["ce_clean"] = -np.asarray(
+            jnp.sum(jnp.take_along_axis(clean_logp, targets[..., None], axis=-1)[..., 0] * mask, axis=-1)
+        )
+        out["count"] = np.asarray(jnp.sum(mask, axis=-1))
         for s, idx in groups.items():
-            group_sae = jax.tree.map(lambda a: a[idx], sae)
+            group_sae = jax.tree.map(lambda a, idx=idx: a[idx], sae)
             group_heads = None if heads is None else jnp.asarray([heads[j] for j in idx], jnp.int32)
-            ce, kl = _group_sums(
-                tails[s], resid[s], clean_logp, tok_j, lens_j, targets, mask, group_sae, group_heads, point, chunk
-            )
-            sums["ce_sae"][idx] += np.asarray(ce)
-            sums["kl_sae"][idx] += np.asarray(kl)
-            unique = None if heads is None else np.unique(np.asarray(group_heads))
-            ce_a, kl_a = _ablation_sums(
-                tails[s],
-                resid[s],
-                clean_logp,
-                tok_j,
-                lens_j,
-                targets,
-                mask,
-                None if unique is None else jnp.asarray(unique),
-                point,
-            )
+            args = (tails[s], resid[s], clean_logp, tok_j, lens_j, targets, mask)
+            ce, kl = _group_sums(*args, group_sae, group_heads, point, chunk)  # [N_g, b]
+            out["ce_sae"][:, idx] = np.asarray(ce).T
+            out["kl_sae"][:, idx] = np.asarray(kl).T
+            unique = None if group_heads is None else np.unique(np.asarray(group_heads))
+            ce_a, kl_a = _ablation_sums(*args, None if unique is None else jnp.asarray(unique), point)
             pos = np.zeros(len(idx), int) if unique is None else np.searchsorted(unique, np.asarray(group_heads))
-            sums["ce_ablated"][idx] += np.asarray(ce_a)[pos]
-            sums["kl_ablated"][idx] += np.asarray(kl_a)[pos]
+            out["ce_ablated"][:, idx] = np.asarray(ce_a)[pos].T
+            out["kl_ablated"][:, idx] = np.asarray(kl_a)[pos].T
+        return out
+
+    # every bucket padded to T (one compilation per program, as for a fixed-length batch); padding rows dropped
+    per_row = map_batches(batch_sums, model, tokens, lengths, batch_size=b, pad_multiple=T)
+    totals = {k: v.sum(axis=0) for k, v in per_row.items()}
+    count = float(totals.pop("count"))
+    ce_clean = float(totals.pop("ce_clean"))
+    sums = totals
     out = {k: v / count for k, v in sums.items()}
     out["ce_clean"] = np.full(n, ce_clean / count)
     out["ce_loss_score"] = (out["ce_ablated"] - out["ce_sae"]) / (out["ce_ablated"] - out["ce_clean"])

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -16,7 +17,7 @@ import numpy as np
 from jaxtyping import Int
 
 from jsae.analysis.evals import SPLICE_POINTS, hook_width, sae_input
-from jsae.models import Tokenizer, Transformer, capture, forward
+from jsae.models import Tokenizer, Transformer, capture, forward, map_batches, split_tokens
 from jsae.sae.base import SAE
 
 
@@ -46,7 +47,7 @@ def contexts_from_stream(stream: Sequence[int] | np.ndarray, context: int) -> tu
 
 
 @eqx.filter_jit
-def _encode_at_hook(model, sae, tokens, lengths, latents, layer: int, point: str, head):
+def _encode_at_hook(model, tokens, lengths, *, sae, latents, layer: int, point: str, head):
     _, cache = forward(model, tokens, hooks=capture(point), lengths=lengths, logits=False)
     return sae.encode(sae_input(cache[point][layer], head))[..., latents]
 
@@ -66,9 +67,9 @@ def latent_activations(
     """Activations ``[S, T, len(latents)]`` of one SAE's chosen latents at its hook (0 past each length)."""
     if sae.W_enc.ndim != 2:
         raise ValueError("latent_activations takes one SAE; pick one from a stack with jsae.sae.index(stack, i)")
-    latents = np.asarray(latents, np.int32).reshape(-1)
-    if latents.size == 0 or latents.min() < 0 or latents.max() >= sae.d_sae:
-        raise ValueError(f"latents must be in 0..{sae.d_sae - 1}, got {latents.tolist()}")
+    wanted = np.asarray(latents, np.int32).reshape(-1)
+    if wanted.size == 0 or wanted.min() < 0 or wanted.max() >= sae.d_sae:
+        raise ValueError(f"latents must be in 0..{sae.d_sae - 1}, got {wanted.tolist()}")
     if not 0 <= layer < model.cfg.n_layers:
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{model.cfg.n_layers - 1}")
     if point not in SPLICE_POINTS:
@@ -79,21 +80,13 @@ def latent_activations(
     tokens = np.asarray(tokens, np.int32)
     S, T = tokens.shape
     lengths = np.full(S, T, np.int32) if lengths is None else np.asarray(lengths, np.int32)
-    b = min(batch_size, S)
-    out = np.zeros((S, T, latents.size), np.float32)
     head_arr = None if head is None else jnp.asarray(head, jnp.int32)
-    for i in range(0, S, b):
-        tok, lens = tokens[i : i + b], lengths[i : i + b]
-        n_real = tok.shape[0]
-        if n_real < b:
-            tok = np.concatenate([tok, np.zeros((b - n_real, T), np.int32)])
-            lens = np.concatenate([lens, np.ones(b - n_real, np.int32)])
-        acts = _encode_at_hook(
-            model, sae, jnp.asarray(tok), jnp.asarray(lens), jnp.asarray(latents), layer, point, head_arr
-        )
-        out[i : i + n_real] = np.asarray(acts)[:n_real]
-    valid = np.arange(T)[None, :] < lengths[:, None]
-    return out * valid[..., None]
+    fn = functools.partial(
+        _encode_at_hook, sae=sae, latents=jnp.asarray(wanted), layer=layer, point=point, head=head_arr
+    )
+    # every bucket padded to T: one compilation, as for a fixed-length batch
+    flat = map_batches(fn, model, tokens, lengths, batch_size=batch_size, pad_multiple=T, per_token=True)
+    return split_tokens(np.asarray(flat, np.float32), lengths, pad_to=T)
 
 
 def top_positions(acts: np.ndarray, lengths: np.ndarray, k: int) -> list[tuple[int, int, float]]:

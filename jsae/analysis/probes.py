@@ -15,6 +15,7 @@ folded back, so the returned probe reads raw inputs. Full-batch Adam in one ``la
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -42,7 +43,7 @@ class LinearProbe(eqx.Module):
         return (self.W / jnp.maximum(jnp.linalg.norm(self.W, axis=0, keepdims=True), 1e-12)).T
 
 
-def one_hot_targets(labels: Int[Array, " n"], n_classes: int) -> Bool[Array, "n C"]:
+def one_hot_targets(labels: Int[Array, " n"] | np.ndarray, n_classes: int) -> Bool[Array, "n C"]:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be a 1-D array of class ids, got shape {labels.shape}")
@@ -93,7 +94,7 @@ def fit_logistic(
         return (optax.apply_updates(params, updates), state), None
 
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
-    W, b = params
+    W, b = cast(tuple[Array, Array], params)  # scan returns the carry's (W, b)
     W = W * mask[:, None] / std[:, None]
     return LinearProbe(W=W, b=b - mean @ W)
 

@@ -86,7 +86,7 @@ def _refit_f1(train_sel, train_t, test_sel, test_t):
     return jax.vmap(per_k, in_axes=(0, 0, 0, 0, None))(train_sel, train_t, test_sel, test_t, masks)
 
 
-def accepted_splits(f1: Float[Array, "C K"], tau_fs: float = 0.03) -> np.ndarray:
+def accepted_splits(f1: Float[Array, "C K"] | np.ndarray, tau_fs: float = 0.03) -> np.ndarray:
     """Per class the number of main latents: the largest k such that every step 1->2->...->k raised F1 by
     more than ``tau_fs``."""
     f1 = np.asarray(f1)

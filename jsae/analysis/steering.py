@@ -94,6 +94,7 @@ def next_token_probs(
         jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
     )
     logits, _ = forward(model, tokens, hooks=hooks, lengths=lengths)
+    assert logits is not None  # logits=True by default
     last = logits[jnp.arange(tokens.shape[0]), lengths - 1]
     return jax.nn.softmax(last.astype(jnp.float32), axis=-1)
 
@@ -106,6 +107,7 @@ def _generate(model, buffer, lengths, key, hooks, n_new: int, temperature: float
         buf, key = carry
         pos = lengths + i  # where the new token goes
         logits, _ = forward(model, buf, hooks=hooks, lengths=pos)
+        assert logits is not None  # logits=True by default
         last = logits[rows, pos - 1].astype(jnp.float32)
         key, sub = jax.random.split(key)
         if temperature == 0.0:

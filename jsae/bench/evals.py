@@ -28,6 +28,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsae.analysis.evals import spliced_losses
-from jsae.commands.eval import SAMPLE_TEXT
+from jsae.data.sample import SAMPLE_TEXT
 from jsae.models import edit, forward, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> None:
     prepare_process()
     model, tok, _ = load("smollm2-135m")
+    assert tok is not None  # SmolLM2 ships its tokenizer
     stream = np.asarray(tok.encode(SAMPLE_TEXT * 4), np.int32)[: SEQUENCES * CONTEXT]
     tokens = stream.reshape(SEQUENCES, CONTEXT)
     lengths = np.full(SEQUENCES, CONTEXT, np.int32)
@@ -102,11 +104,12 @@ def run(args: argparse.Namespace) -> None:
         ]
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
-    splice = lambda x, l, _, s: jnp.where(l == LAYER, s(x), x)  # noqa: E731  (one function object: one compile)
+    splice = lambda x, layer, _, s: jnp.where(layer == LAYER, s(x), x)  # noqa: E731  (one function object: one compile)
 
     @eqx.filter_jit
     def ce_full(model, sae, tok):  # the model is an argument: closing over it makes XLA constant-fold 0.5 GB
         logits, _ = forward(model, tok, hooks=edit("resid_post", splice, shared=sae))
+        assert logits is not None  # logits=True by default
         logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
         return -jnp.mean(jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1))
 
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> None:
             "seconds": best,
             "seconds_per_sae": best / N_SAES,
             "first_call_seconds": first,
-            "ce_sae": (out if isinstance(out, np.ndarray) else out["ce_sae"]).tolist(),
+            "ce_sae": (out if isinstance(out, np.ndarray) else cast(dict, out)["ce_sae"]).tolist(),
         }
         if isinstance(out, dict):
             results[name]["ce_clean"] = float(out["ce_clean"][0])

@@ -134,7 +134,7 @@ def bench_loop(sae, data, cfg: TrainConfig, n_saes_timed: int) -> float:
     hp = {"lr": jnp.asarray(1e-3), "sparsity_coef": jnp.asarray(0.1), "aux_coef": jnp.asarray(1 / 32)}
     step = jax.jit(sae_step, static_argnums=6, donate_argnums=(0, 1, 2))
     singles = [
-        jax.tree.map(lambda a: a[i], (state.sae, state.opt_state, state.tokens_since_fired))
+        jax.tree.map(lambda a: a[i], (state.sae, state.opt_state, state.tokens_since_fired))  # noqa: B023  (called at once)
         for i in range(n_saes_timed)
     ]
     b, steps = cfg.batch_size, cfg.steps
@@ -407,7 +407,8 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"{r['name']:>14} N={r['n_saes']:5d} d={r['d_in']} m={r['d_sae']} B={r['batch']:5d} | "
             f"vmapped {r['vmapped_sae_steps_per_s']:9,.0f} SAE-steps/s ({r['vmapped_gflops']:.1f} GFLOP/s, "
-            f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak; 1 device {r['vmapped_one_device_sae_steps_per_s']:,.0f}) | "
+            f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak; "
+            f"1 device {r['vmapped_one_device_sae_steps_per_s']:,.0f}) | "
             f"loop {r['loop_sae_steps_per_s']:8,.0f} | "
             f"torch {torch_txt} | x{r['speedup_vs_loop']:.1f} vs loop | its 5 matmuls alone: "
             f"{r['step_matmuls_gflops']:.1f} GFLOP/s ({100 * r['step_matmuls_fraction_of_peak']:.0f}% of peak)"

@@ -17,9 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jsae.rundir import new_run_dir, to_jsonable, write_json
@@ -92,86 +89,6 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs", help="folder for run directories (default: %(default)s)")
 
 
-# --- training data and on-the-fly SAEs --------------------------------------------------------------
-
-
-def stdlib_text() -> str:
-    """The Python reference manual shipped with the interpreter (``pydoc_data.topics``), topics in
-    sorted order, separated by blank lines."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-def text_windows(tokenizer, text: str, ctx: int, max_tokens: int) -> np.ndarray:
-    """``[n, ctx]`` consecutive token windows of ``text`` (at most ``max_tokens`` tokens in all)."""
-    if ctx < 2:
-        raise ValueError(f"--ctx must be >= 2, got {ctx}")
-    ids = np.asarray(tokenizer.encode(text), np.int32)
-    n = min(len(ids), max_tokens) // ctx
-    if n == 0:
-        raise ValueError(f"the training text has {len(ids)} tokens, fewer than one window of {ctx}")
-    return ids[: n * ctx].reshape(n, ctx)
-
-
-def training_activations(
-    model, tokenizer, layer: int, *, max_tokens: int, ctx: int = 128, batch_size: int = 16
-) -> np.ndarray:
-    """resid_post of ``layer`` at every token but the first of each window, ``[n_tokens, d_model]``."""
-    from jsae.models import capture, forward, layer_range
-
-    windows = text_windows(tokenizer, stdlib_text(), ctx, max_tokens)
-    short = layer_range(model, 0, layer + 1)
-    spec = capture("resid_post")
-    out = []
-    for s in range(0, len(windows), batch_size):
-        rows = windows[s : s + batch_size]
-        pad = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows), axis=0)])
-        _, cache = forward(short, jnp.asarray(pad), hooks=spec, logits=False)
-        out.append(np.asarray(cache["resid_post"][layer])[: len(rows), 1:].reshape(-1, model.cfg.d_model))
-    return np.concatenate(out)
-
-
-def train_relu_sweep(
-    acts: np.ndarray, widths: list[int], sparsity: list[float], *, steps: int, batch: int, lr: float, seed: int
-) -> list[dict]:
-    """One vmapped ReLU-L1 stack per width over the ``sparsity`` coefficients; a list of
-    ``{"width", "sparsity", "sae", "train_metrics", "train_seconds"}`` (one per SAE)."""
-    from jsae.sae import index
-    from jsae.sae.registry import init_stack
-    from jsae.train import TrainConfig, train
-
-    out = []
-    for w_i, width in enumerate(widths):
-        key = jax.random.fold_in(jax.random.key(seed), w_i)
-        stack = init_stack("relu", key, len(sparsity), acts.shape[1], width)
-        cfg = TrainConfig(
-            steps=steps,
-            batch_size=batch,
-            lr=lr,
-            sparsity_coef=list(sparsity),
-            lr_warmup_steps=min(100, steps // 10),
-            lr_decay="linear",
-            sparsity_warmup_steps=steps // 5,
-            chunk_steps=min(steps, 500),
-            normalise_activations=True,
-            dead_after_tokens=batch * 200,
-            seed=seed,
-        )
-        res = train(stack, acts, cfg, progress=False)
-        for i, coef in enumerate(sparsity):
-            out.append(
-                {
-                    "width": width,
-                    "sparsity": coef,
-                    "sae": index(res.sae, i),
-                    "train_metrics": {k: float(v[i]) for k, v in res.metrics.items()},
-                    "train_seconds": res.seconds / len(sparsity),
-                }
-            )
-    return out
-
-
 def load_saes(paths: list[str], layer: int) -> list[dict]:
     """SAELens directories -> ``[{"width", "sparsity": None, "sae", "path"}]``; each must read
     resid_post of ``layer`` when its cfg names a hook."""
@@ -195,58 +112,32 @@ def load_saes(paths: list[str], layer: int) -> list[dict]:
 # --- evaluation -------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
-def _encode(sae, x):
-    return sae.encode(x)
+def evaluate_saes(entries: list[dict], data, model, layer: int, answer_ids, cfg) -> list[dict]:
+    """Both metrics for every SAE, one :func:`absorption_run` per stack of same-shaped SAEs; JSON-ready rows
+    in the order of ``entries`` (``seconds``: the stack's evaluation time divided by its size)."""
+    from jsae.analysis.absorption_run import absorption_run
+    from jsae.sae import concat
 
-
-def evaluate_sae(
-    sae,
-    data,
-    model,
-    layer: int,
-    answer_ids,
-    *,
-    max_k: int = 10,
-    tau_fs: float = 0.03,
-    selection: str = "mean_diff",
-    ig_steps: int = 4,
-    paper_candidates: int = 2,
-    min_probe_f1: float = 0.6,
-    seed: int = 0,
-) -> dict:
-    """k-sparse probing + both absorption metrics for one SAE; a JSON-ready dict with per-letter rows."""
-    from jsae.analysis.absorption import aggregate, letter_absorption
-    from jsae.analysis.sparse_probing import k_sparse_probing
-
-    t0 = time.perf_counter()
-    lat_train = np.asarray(_encode(sae, jnp.asarray(data.train_acts)))
-    lat_test = np.asarray(_encode(sae, jnp.asarray(data.test_acts)))
-    sp = k_sparse_probing(
-        lat_train, data.train_letters, lat_test, data.test_letters, 26, max_k=max_k, method=selection, tau_fs=tau_fs
-    )
-    letters = letter_absorption(
-        sae,
-        data,
-        sp.main_latents,
-        model=model,
-        layer=layer,
-        answer_ids=answer_ids,
-        ig_steps=ig_steps,
-        max_paper_candidates=paper_candidates,
-        min_probe_f1=min_probe_f1,
-        seed=seed,
-    )
-    summary = aggregate(letters, min_probe_f1)
-    l0 = float(np.mean(np.sum(lat_test != 0, axis=1)))
-    return {
-        "width": int(sae.d_sae),
-        "l0": l0,
-        **summary,
-        "seconds": time.perf_counter() - t0,
-        "k_sparse_f1": sp.f1,
-        "per_letter": [vars(r) for r in letters],
-    }
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault((type(e["sae"]).__name__, int(e["sae"].d_sae)), []).append(i)
+    rows: list[dict] = [{} for _ in entries]
+    for idx in groups.values():
+        t0 = time.perf_counter()
+        res = absorption_run(
+            concat([entries[i]["sae"] for i in idx]), data, model=model, layer=layer, answer_ids=answer_ids, cfg=cfg
+        )
+        seconds = (time.perf_counter() - t0) / len(idx)
+        for j, i in enumerate(idx):
+            rows[i] = {
+                "width": int(entries[i]["sae"].d_sae),
+                "l0": float(res.l0[j]),
+                **{k: (int(v[j]) if k == "n_letters" else float(v[j])) for k, v in res.summary.items()},
+                "seconds": seconds,
+                "k_sparse_f1": res.k_sparse_f1[j],
+                "per_letter": res.per_letter(j),
+            }
+    return rows
 
 
 def plot_results(results: list[dict], run: Path) -> list[Path]:
@@ -282,7 +173,12 @@ def plot_results(results: list[dict], run: Path) -> list[Path]:
 
 
 def run(args) -> None:
-    from jsae.analysis.absorption import prepare_probe_data
+    from jsae.analysis.absorption_run import (
+        AbsorptionConfig,
+        prepare_probe_data,
+        train_relu_sweep,
+        training_activations,
+    )
     from jsae.models import load
     from jsae.tasks.first_letter import answer_token_ids
 
@@ -311,24 +207,19 @@ def run(args) -> None:
         )
         train_s = time.perf_counter() - t1
         print(f"trained {len(saes)} ReLU SAEs on {len(acts)} stdlib-text tokens in {train_s:.1f} s")
-    results = []
-    for entry in saes:
-        r = evaluate_sae(
-            entry["sae"],
-            data,
-            model,
-            args.layer,
-            answer_ids,
-            max_k=args.max_k,
-            tau_fs=args.tau_fs,
-            selection=args.selection,
-            ig_steps=args.ig_steps,
-            paper_candidates=args.paper_candidates,
-            min_probe_f1=args.min_probe_f1,
-            seed=args.seed,
-        )
+    cfg = AbsorptionConfig(
+        max_k=args.max_k,
+        tau_fs=args.tau_fs,
+        selection=args.selection,
+        ig_steps=args.ig_steps,
+        paper_candidates=args.paper_candidates,
+        min_probe_f1=args.min_probe_f1,
+        seed=args.seed,
+    )
+    results = evaluate_saes(saes, data, model, args.layer, answer_ids, cfg)
+    for r, entry in zip(results, saes):
         r.update({k: v for k, v in entry.items() if k != "sae"})
-        results.append(r)
+    for r in results:
         print(
             f"  width {r['width']:5d}  L0 {r['l0']:7.1f}  absorption fraction {r['absorption_fraction']:.3f}  "
             f"full {r['full_absorption']:.3f}  paper {r['paper_absorption_rate']:.3f}  "

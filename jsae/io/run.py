@@ -136,7 +136,8 @@ def _json_clean(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _json_clean(x.to_json() if hasattr(x, "to_json") else dataclasses.asdict(x))
+        to_json = getattr(x, "to_json", None)
+        return _json_clean(to_json() if callable(to_json) else dataclasses.asdict(x))
     if isinstance(x, Path):
         return str(x)
     return x
@@ -322,7 +323,7 @@ def save_run(
     dirs = []
     for i, inp in enumerate(inputs):
         d = Path(SAES_DIR) / f"sae_{i:0{width}d}_{input_label(inp)}"
-        one = jax.tree.map(lambda a: a[i], host)
+        one = jax.tree.map(lambda a, i=i: a[i], host)
         save_saelens(
             one,
             run_dir / d,
@@ -422,7 +423,7 @@ def load_run(run_dir: str | Path) -> tuple[SAE, list[dict[str, Any]], dict[str, 
             f"{run_dir / STACK_JSON}: unknown architecture {arch!r} / class {cls_name!r}; this jsae "
             f"has {', '.join(ARCHITECTURES)}"
         )
-    cls = getattr(module(arch), cls_name)
+    cls = getattr(module(arch), str(cls_name))
     array_names, static_names = _fields(cls)
     static = record.get("static") or {}
     if sorted(static) != sorted(static_names):
@@ -441,6 +442,8 @@ def load_run(run_dir: str | Path) -> tuple[SAE, list[dict[str, Any]], dict[str, 
     if sorted(arrays) != sorted(array_names):
         raise RunFormatError(f"{weights} holds {sorted(arrays)} but a {cls_name} needs {sorted(array_names)}")
     n = record.get("n_saes")
+    if not isinstance(n, int):
+        raise RunFormatError(f"{run_dir / STACK_JSON} has no integer n_saes (got {n!r}); the run is incomplete")
     for name, a in arrays.items():
         want = record.get("arrays", {}).get(name, {})
         if a.ndim < 1 or a.shape[0] != n or list(a.shape) != want.get("shape"):

@@ -1,13 +1,14 @@
 """Language models with hookable per-head outputs: GPT-2 and Llama family (SmolLM2-135M offline default).
 
 >>> model, tok, meta = load("smollm2-135m")
->>> tokens, lengths = tok.encode_batch(["When Mary and John went to the store, John gave a drink to"])
->>> logits, cache = forward(model, tokens, hooks=capture("result"))   # cache["result"]: [L, B, T, H, D]
+>>> batch = tok.encode_batch(["When Mary and John went to the store,", "John gave a drink to"])  # -1 padded
+>>> logits, cache = forward(model, batch, hooks=capture("result"))   # cache["result"]: [L, B, T, H, D]
 >>> pz_model = to_penzai(model)          # the same model as penzai layers, with HookPoint layers
 >>> model2 = from_penzai(pz_model)       # penzai llamalike / Gemma / GPT-NeoX models -> jsae
 """
 
 from . import hooks
+from .batched import map_batches, split_tokens
 from .config import ModelConfig
 from .errors import (
     HookError,
@@ -18,7 +19,6 @@ from .errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
-from .batched import map_batches, split_tokens
 from .harvest import harvest, head_means
 from .hooks import (
     POINTS,
@@ -37,7 +37,7 @@ from .hooks import (
 )
 from .penzai import from_penzai, to_penzai
 from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
-from .tokenizer import Tokenizer, pad_sequences
+from .tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
 from .transformer import Blocks, Transformer, forward, layer_range, unembed
 
 __all__ = [
@@ -53,6 +53,8 @@ __all__ = [
     "POINTS",
     "Replace",
     "SequenceTooLongError",
+    "PAD",
+    "TokenBatch",
     "TokenOutOfRangeError",
     "Tokenizer",
     "Transformer",

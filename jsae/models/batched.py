@@ -24,6 +24,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from .errors import ModelError
+from .tokenizer import TokenBatch
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def plan_buckets(
 def map_batches(
     fn: Callable[..., Any],
     model: Any,
-    tokens: Sequence[Sequence[int]] | Int[np.ndarray, "S T"],
+    tokens: TokenBatch | Sequence[Sequence[int]] | Int[np.ndarray, "S T"],
     lengths: Int[np.ndarray, " S"] | None = None,
     *row_args: np.ndarray,
     batch_size: int = 32,
@@ -86,7 +87,8 @@ def map_batches(
 ) -> Any:
     """Run ``fn(model, tokens [b, T], lengths [b], *row_args[b]) -> pytree of [b, ...]`` over all sequences.
 
-    tokens: token-id lists, or a right-padded ``[S, T]`` array with ``lengths [S]`` (default: all ``T``).
+    tokens: a :class:`~jsae.models.tokenizer.TokenBatch`, token-id lists, or a right-padded ``[S, T]``
+      array with ``lengths [S]`` (default: the count of ids ``>= 0`` per row, so -1 padding is found).
     row_args: per-sequence arrays ``[S, ...]`` (target positions, labels), batched with the tokens.
     fn: a jitted function (``eqx.filter_jit`` at module level, so its compilations are kept between
       calls); each leaf of its output has the batch axis first.
@@ -154,9 +156,11 @@ def split_tokens(flat: np.ndarray, lengths: Int[np.ndarray, " S"], *, pad_to: in
 
 
 def _as_sequences(tokens, lengths) -> list[np.ndarray]:
+    if isinstance(tokens, TokenBatch):
+        tokens, lengths = tokens.ids, tokens.lengths if lengths is None else lengths
     if isinstance(tokens, np.ndarray | jax.Array) and np.ndim(tokens) == 2:
         ids = np.asarray(tokens)
-        lens = np.full(ids.shape[0], ids.shape[1]) if lengths is None else np.asarray(lengths)
+        lens = (ids >= 0).sum(1) if lengths is None else np.asarray(lengths)
         if lens.shape != (ids.shape[0],) or lens.max(initial=0) > ids.shape[1]:
             raise ModelError(f"lengths of shape {lens.shape} (max {lens.max(initial=0)}) do not fit tokens {ids.shape}")
         seqs = [ids[i, : lens[i]].astype(np.int32) for i in range(ids.shape[0])]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 
 from .config import ModelConfig
+from .errors import ModelError
 from .transformer import Blocks, Transformer
 
 BLOCK_FIELDS = tuple(Blocks.__dataclass_fields__)
@@ -22,14 +25,18 @@ def make_transformer(
 ) -> Transformer:
     """Stack ``layers`` (dicts keyed by :class:`Blocks` field names, jsae layout) into a model."""
 
-    def stack(name):
-        vals = [lay.get(name) for lay in layers]
-        if all(v is None for v in vals):
+    def stack(name: str) -> Any:  # None where the architecture has no such weight (Blocks says which)
+        vals = [lay[name] for lay in layers if lay.get(name) is not None]
+        if not vals:
             return None
+        if len(vals) != len(layers):
+            raise ModelError(f"{name} is present in {len(vals)} of {len(layers)} layers; a model has it in all or none")
         return jnp.asarray(np.stack(vals).astype(np.float32))
 
+    def opt(a: np.ndarray | None) -> Any:
+        return None if a is None else jnp.asarray(np.asarray(a, np.float32))
+
     blocks = Blocks(**{f: stack(f) for f in BLOCK_FIELDS})
-    opt = lambda a: None if a is None else jnp.asarray(np.asarray(a, np.float32))  # noqa: E731
     return Transformer(
         cfg=cfg,
         embed=opt(embed),
@@ -57,7 +64,10 @@ def flat_params(model: Transformer) -> dict[str, np.ndarray]:
 
 def from_flat_params(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> Transformer:
     """Inverse of :func:`flat_params`."""
-    g = lambda k: jnp.asarray(flat[k]) if k in flat else None  # noqa: E731
+
+    def g(k: str) -> Any:  # None: a weight this architecture does not have
+        return jnp.asarray(flat[k]) if k in flat else None
+
     blocks = Blocks(**{f: g("blocks." + f) for f in BLOCK_FIELDS})
     return Transformer(
         cfg=cfg,

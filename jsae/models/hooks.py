@@ -33,7 +33,7 @@ layer-major: ``cache[point]`` has shape ``[L, *shape]`` (or with ``T`` reduced, 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -42,6 +42,9 @@ from jaxtyping import Array, Float
 
 from .config import ModelConfig
 from .errors import HookError
+
+if TYPE_CHECKING:  # transformer imports hooks
+    from .transformer import Transformer
 
 POINTS: tuple[str, ...] = (
     "resid_pre",
@@ -152,7 +155,7 @@ class HookSpec(eqx.Module):
     """
 
     capture: tuple[str, ...] = eqx.field(static=True)
-    reduce: str = eqx.field(static=True)
+    reduce: Reduce = eqx.field(static=True)
     edits: dict[str, tuple[Edit, ...]]
 
     def __init__(
@@ -209,8 +212,9 @@ def capture(*points: str, reduce: Reduce = "all") -> HookSpec:
     return HookSpec(capture=tuple(pts), reduce=reduce)
 
 
-def head_mask(cfg: ModelConfig, heads: Iterable[tuple[int, int]] | np.ndarray | None = None) -> np.ndarray:
-    """A ``[L, H]`` float32 mask with 1 at each (layer, head) in ``heads`` (None: all heads)."""
+def head_mask(model: Transformer, heads: Iterable[tuple[int, int]] | np.ndarray | None = None) -> np.ndarray:
+    """A ``[L, H]`` float32 mask with 1 at each (layer, head) of ``model`` in ``heads`` (None: all heads)."""
+    cfg = _cfg(model)
     if heads is None:
         return np.ones((cfg.n_layers, cfg.n_heads), np.float32)
     if isinstance(heads, np.ndarray) and heads.shape == (cfg.n_layers, cfg.n_heads):
@@ -226,33 +230,40 @@ def head_mask(cfg: ModelConfig, heads: Iterable[tuple[int, int]] | np.ndarray | 
     return m
 
 
+def _cfg(model: object) -> ModelConfig:
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        raise HookError(f"head edits take the model (a jsae Transformer), got {type(model).__name__}")
+    return cfg
+
+
 def _head_point(point: str) -> None:
     _check_point(point)
     if point not in ("z", "result"):
         raise HookError(f"head ablation/patching works on 'z' or 'result', not {point!r}")
 
 
-def zero_ablate(cfg: ModelConfig, heads=None, point: str = "result") -> HookSpec:
+def zero_ablate(model: Transformer, heads=None, point: str = "result") -> HookSpec:
     """Set the chosen heads' ``point`` activation to zero (``heads``: (layer, head) pairs or [L, H] mask)."""
     _head_point(point)
-    mask = jnp.asarray(head_mask(cfg, heads))
+    mask = jnp.asarray(head_mask(model, heads))
     return HookSpec(edits={point: (Replace(mask, jnp.zeros(mask.shape + (1,), jnp.float32)),)})
 
 
-def mean_ablate(cfg: ModelConfig, means: Float[Array, "L H d"], heads=None, point: str = "result") -> HookSpec:
+def mean_ablate(model: Transformer, means: Float[Array, "L H d"], heads=None, point: str = "result") -> HookSpec:
     """Replace the chosen heads' activation by ``means`` ``[L, H, d]`` (e.g. ``head_means(harvest(...), L)``)."""
     _head_point(point)
-    mask = jnp.asarray(head_mask(cfg, heads))
+    mask = jnp.asarray(head_mask(model, heads))
     means = jnp.asarray(means)
     if means.shape[:2] != mask.shape:
         raise HookError(f"means must have shape [L, H, d] = [{mask.shape[0]}, {mask.shape[1]}, d], got {means.shape}")
     return HookSpec(edits={point: (Replace(mask, means),)})
 
 
-def patch(cfg: ModelConfig, source: Float[Array, "L B T H d"], heads=None, point: str = "result") -> HookSpec:
+def patch(model: Transformer, source: Float[Array, "L B T H d"], heads=None, point: str = "result") -> HookSpec:
     """Replace the chosen heads' activation by ``source`` (another run's ``cache[point]``, same shape)."""
     _head_point(point)
-    mask = jnp.asarray(head_mask(cfg, heads))
+    mask = jnp.asarray(head_mask(model, heads))
     return HookSpec(edits={point: (Replace(mask, jnp.asarray(source)),)})
 
 

@@ -7,6 +7,8 @@ or untied embeddings. GGUF files store Q/K rows permuted for llama.cpp's interle
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .build import make_transformer
@@ -35,6 +37,8 @@ def _layer(
         W_out=down.T,
     )
     if bq is not None:
+        if bk is None or bv is None:
+            raise ModelFileError("the checkpoint has a query bias but no key/value bias; jsae needs all three or none")
         lay.update(b_Q=bq.reshape(H, dh), b_K=bk.reshape(K, dh), b_V=bv.reshape(K, dh))
     if bo is not None:
         lay["b_O"] = bo
@@ -86,8 +90,13 @@ def from_hf(c: dict, t: dict[str, np.ndarray], name: str = "") -> Transformer:
     layers = []
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
-        g = lambda k: _get(t, p + k, where)  # noqa: E731
-        opt = lambda k: t.get(p + k)  # noqa: E731
+
+        def g(k: str, p: str = p) -> np.ndarray:
+            return _get(t, p + k, where)
+
+        def opt(k: str, p: str = p) -> np.ndarray | None:
+            return t.get(p + k)
+
         layers.append(
             _layer(
                 cfg,
@@ -124,7 +133,10 @@ def config_from_gguf(meta: dict, t: dict | None = None, name: str = "") -> Model
             f"GGUF architecture {arch!r} is not supported; jsae loads GGUF files of architecture 'llama' "
             "(convert other models from HF safetensors instead)"
         )
-    a = lambda k, d=None: meta.get(f"llama.{k}", d)  # noqa: E731
+
+    def a(k: str, d: Any = None) -> Any:
+        return meta.get(f"llama.{k}", d)
+
     H = int(a("attention.head_count"))
     D = int(a("embedding_length"))
     vocab = a("vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
@@ -153,7 +165,10 @@ def from_gguf(meta: dict, t: dict[str, np.ndarray], name: str = "") -> Transform
     where = f"GGUF file {name}"
     layers = []
     for i in range(cfg.n_layers):
-        g = lambda k: _get(t, f"blk.{i}.{k}", where)  # noqa: E731
+
+        def g(k: str, i: int = i) -> np.ndarray:
+            return _get(t, f"blk.{i}.{k}", where)
+
         layers.append(
             _layer(
                 cfg,

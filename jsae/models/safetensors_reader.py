@@ -65,7 +65,8 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         begin, end = info["data_offsets"]
         if base + end > size:
             raise ModelFileError(
-                f"{path} is truncated: tensor {name!r} ends at byte {base + end} but the file has {size}; re-download it"
+                f"{path} is truncated: tensor {name!r} ends at byte {base + end} but the file has {size}; "
+                "re-download it"
             )
         if info["dtype"] not in _DTYPES:
             raise ModelFileError(f"tensor {name!r} in {path} has unsupported dtype {info['dtype']}")

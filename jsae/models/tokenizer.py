@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import numpy as np
 from .errors import ModelFileError, UnsupportedArchitectureError
 
 # llama.cpp pre-tokenizer names (tokenizer.ggml.pre) -> how text is split before BPE.
-_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+PAD = -1  # the pad id of a TokenBatch: never a real token, so forward can tell padding from text
+
 PRE_TOKENIZERS = ("default", "gpt-2", "gpt2", "smollm", "llama3", "llama-bpe", "llama-v3")
 
 
@@ -34,6 +36,27 @@ def _pre_tokenizer(pre: str | None):
     raise UnsupportedArchitectureError(
         f"GGUF pre-tokenizer {pre!r} is not supported (known: {', '.join(PRE_TOKENIZERS)})"
     )
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded token ids that carry their lengths.
+
+    ids: ``[S, T]`` int32, padded with ``-1`` (:data:`PAD`) past each row's length.
+    lengths: ``[S]`` int32 number of real tokens per row.
+    :func:`jsae.models.forward`, :func:`~jsae.models.map_batches` and :func:`~jsae.models.harvest` take a
+    batch directly; ``ids, lengths = batch`` unpacks it for code that wants the two arrays.
+    """
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.ids, self.lengths))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.ids.shape)
 
 
 class Tokenizer:
@@ -64,19 +87,13 @@ class Tokenizer:
         ids = self.backend.encode(text, add_special_tokens=False).ids
         return ([self.bos_id] + ids) if self.add_bos and self.bos_id is not None else ids
 
-    def encode_batch(
-        self, texts: Sequence[str], *, pad_to: int | None = None, multiple_of: int = 1
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Right-padded ``tokens [B, T]`` int32 and ``lengths [B]``; T is the longest length rounded up
-        to ``multiple_of`` (or ``pad_to``)."""
-        seqs = [self.encode(t) for t in texts]
-        return pad_sequences(seqs, self.pad_id, pad_to=pad_to, multiple_of=multiple_of)
+    def encode_batch(self, texts: Sequence[str], *, pad_to: int | None = None, multiple_of: int = 1) -> TokenBatch:
+        """A :class:`TokenBatch`: ``ids [B, T]`` padded with -1 and ``lengths [B]``; T is the longest
+        length rounded up to ``multiple_of`` (or ``pad_to``)."""
+        return pad_sequences([self.encode(t) for t in texts], pad_to=pad_to, multiple_of=multiple_of)
 
     def decode(self, ids) -> str:
         return self.backend.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
-
-    def id_to_token(self, i: int) -> str:
-        return self.decode([i])
 
     def is_single_token(self, s: str) -> bool:
         """True if ``s`` encodes to exactly one token (e.g. ``" Mary"``)."""
@@ -132,9 +149,13 @@ class Tokenizer:
             if (d / "tokenizer.json").is_file():
                 backend = HFTok.from_file(str(d / "tokenizer.json"))
             elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-                from tokenizers import ByteLevelBPETokenizer
+                from tokenizers import decoders, models
+                from tokenizers import pre_tokenizers as pt
 
-                backend = ByteLevelBPETokenizer(str(d / "vocab.json"), str(d / "merges.txt"))._tokenizer
+                # what tokenizers.ByteLevelBPETokenizer builds, without reaching into its private backend
+                backend = HFTok(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
+                backend.pre_tokenizer = pt.ByteLevel(add_prefix_space=False)
+                backend.decoder = decoders.ByteLevel()
             else:
                 return None
         except Exception as e:
@@ -162,9 +183,12 @@ def _tok_str(t) -> str:
 
 
 def pad_sequences(
-    seqs: Sequence[Sequence[int]], pad_id: int, *, pad_to: int | None = None, multiple_of: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists into ``tokens [B, T]`` int32 and ``lengths [B]`` int32."""
+    seqs: Sequence[Sequence[int]], pad_id: int = PAD, *, pad_to: int | None = None, multiple_of: int = 1
+) -> TokenBatch:
+    """Right-pad token lists into a :class:`TokenBatch` (``ids [B, T]`` int32, ``lengths [B]`` int32).
+
+    pad_id: -1 by default, which :func:`jsae.models.forward` recognises as padding; a real id (the
+    tokenizer's ``pad_id``) makes padding look like text to any reader that ignores ``lengths``."""
     lengths = np.array([len(s) for s in seqs], np.int32)
     if lengths.size and lengths.min() == 0:
         raise ValueError("cannot run an empty sequence; every text must produce at least one token")
@@ -174,4 +198,4 @@ def pad_sequences(
     out = np.full((len(seqs), T), pad_id, np.int32)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
-    return out, lengths
+    return TokenBatch(out, lengths)

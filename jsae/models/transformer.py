@@ -8,17 +8,20 @@ arguments of one jitted function (a :class:`~jsae.models.hooks.HookSpec`), so ``
 (activation patching of every head in one program) and ``grad`` w.r.t. per-head deltas (attribution
 patching) need no model rewriting, whereas a penzai hook is a layer inserted by tree surgery, which
 means one new model, and one new trace, per edit structure; (2) the per-head ``result`` is computed
-only when a spec asks for it (otherwise the fused ``z @ W_O``); (3) all layers are one ``lax.scan`` over
-``[L]``-stacked weights with hook values sliced per layer, and penzai's hook points carry a static
-layer index, which needs unrolled blocks; (4) compile time: one scanned block compiles once for all
-layers, where penzai's unrolled blocks compile each layer (``experiments/bench_compile.py`` measures
-both; figures in the README). Parameters are an equinox pytree with an explicit ``[L]`` layer axis and
-named dimensions in their docstrings.
+only when a spec asks for it; the attention output is the fused ``z @ W_O`` unless ``result`` is
+edited, when it is the sum of the edited per-head results (a different float32 summation order: on
+SmolLM2 the logits then differ from the fused ones by rounding, see the README's models section);
+(3) all layers are one ``lax.scan`` over ``[L]``-stacked weights with hook values sliced per layer,
+and penzai's hook points carry a static layer index, which needs unrolled blocks; (4) compile time: one
+scanned block compiles once for all layers, where penzai's unrolled blocks compile each layer
+(``experiments/bench_compile.py`` measures both; figures in the README). Parameters are an equinox
+pytree with an explicit ``[L]`` layer axis and named dimensions in their docstrings.
 
 Shape letters: ``B`` batch, ``T`` positions, ``L`` layers, ``D`` d_model, ``H`` query heads, ``K``
 key/value heads, ``G = H // K``, ``dh`` d_head, ``F`` d_mlp, ``V`` vocabulary.
 Sequences are right-padded: causal masking keeps padding from touching real positions, and
-``lengths`` tells hooks which positions are real.
+``lengths`` tells hooks which positions are real. Pad with -1 (what ``Tokenizer.encode_batch`` and
+``pad_sequences`` do) and ``forward`` finds the lengths itself.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from jaxtyping import Array, Float, Int
 from .config import ModelConfig
 from .errors import ModelError, SequenceTooLongError, TokenOutOfRangeError
 from .hooks import HookSpec, as_spec
+from .tokenizer import PAD, TokenBatch
 
 SCAN_UNROLL = 1  # layers per scan iteration (1: smallest program, fastest compile)
 
@@ -82,7 +86,8 @@ def _norm(cfg: ModelConfig, x: Array, w: Array, b: Array | None) -> Array:
         mu = x.mean(-1, keepdims=True)
         xc = x - mu
         var = (xc * xc).mean(-1, keepdims=True)
-        return xc * jax.lax.rsqrt(var + cfg.norm_eps) * w + b
+        y = xc * jax.lax.rsqrt(var + cfg.norm_eps) * w
+        return y if b is None else y + b
     var = (x * x).mean(-1, keepdims=True)
     return x * jax.lax.rsqrt(var + cfg.norm_eps) * w
 
@@ -173,10 +178,11 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
         pattern = hook("pattern", pattern.reshape(B, H, T, T)).reshape(B, K, G, T, T)
     z = jnp.einsum("bkgqs,bske->bqkge", pattern, v).reshape(B, T, H, dh)
     z = hook("z", z)
-    if "result" in spec.capture or "result" in spec.edits:
-        result = hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O))
-        attn = result.sum(2)
-    else:
+    if "result" in spec.edits:  # edited heads feed the sum, so the sum runs over the per-head result
+        attn = hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O)).sum(2)
+    else:  # the fused contraction: capturing ``result`` leaves the logits bit for bit as they are
+        if "result" in spec.capture:
+            hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O))
         attn = jnp.einsum("bthe,hed->btd", z, p.W_O)
     if p.b_O is not None:
         attn = attn + p.b_O
@@ -201,10 +207,10 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
 
 
 @eqx.filter_jit
-def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, logits: bool):
+def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, logits: bool | str):
     cfg = model.cfg
     B, T = tokens.shape
-    x = model.embed[tokens]
+    x = model.embed[jnp.maximum(tokens, 0)]  # -1 padding reads id 0; causal masking keeps it from real positions
     if cfg.embed_scale != 1.0:
         x = x * cfg.embed_scale
     cos = sin = None
@@ -253,7 +259,8 @@ def layer_range(model: Transformer, start: int = 0, stop: int | None = None) -> 
 
 
 def check_tokens(cfg: ModelConfig, tokens) -> None:
-    """Raise a clear error for sequences longer than the context or out-of-range ids (when concrete)."""
+    """Raise a clear error for sequences longer than the context, out-of-range ids, or -1 padding that is
+    not at the right end of a row (ids are checked only when concrete)."""
     if tokens.ndim != 2:
         raise ModelError(f"tokens must have shape [batch, positions], got {tuple(tokens.shape)}")
     if tokens.shape[1] > cfg.n_ctx:
@@ -261,29 +268,45 @@ def check_tokens(cfg: ModelConfig, tokens) -> None:
             f"sequence of {tokens.shape[1]} tokens is longer than the model's context of {cfg.n_ctx}; "
             "truncate or split the input"
         )
-    if isinstance(tokens, jax.core.Tracer):
+    if isinstance(tokens, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]  # public, not in stubs
         return
     t = np.asarray(tokens)
-    if t.size and (t.min() < 0 or t.max() >= cfg.vocab_size):
-        bad = int(t.min()) if t.min() < 0 else int(t.max())
+    if t.size and (t.min() < PAD or t.max() >= cfg.vocab_size):
+        bad = int(t.min()) if t.min() < PAD else int(t.max())
         raise TokenOutOfRangeError(
-            f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size}); tokenize with this model's tokenizer"
+            f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size}) (and -1 is padding); "
+            "tokenize with this model's tokenizer"
         )
+    pad = t == PAD
+    if pad.any() and (pad[:, :-1] & ~pad[:, 1:]).any():
+        row = int(np.nonzero((pad[:, :-1] & ~pad[:, 1:]).any(1))[0][0])
+        raise TokenOutOfRangeError(
+            f"row {row} has a real token after a -1 pad; pad on the right only (Tokenizer.encode_batch does)"
+        )
+    if pad[:, 0].any():
+        raise TokenOutOfRangeError(f"row {int(np.nonzero(pad[:, 0])[0][0])} has no real token (it starts with -1)")
+
+
+def real_lengths(tokens: Int[Array, "B T"] | Int[np.ndarray, "B T"]) -> Int[Array, " B"]:
+    """``[B]`` number of real (``>= 0``) ids per right-padded row; works under ``jit``."""
+    return (jnp.asarray(tokens) >= 0).sum(1).astype(jnp.int32)
 
 
 def forward(
     model: Transformer,
-    tokens: Int[Array, "B T"],
+    tokens: Int[Array, "B T"] | Int[np.ndarray, "B T"] | TokenBatch,
     *,
     hooks: HookSpec | None = None,
-    lengths: Int[Array, " B"] | None = None,
+    lengths: Int[Array, " B"] | Int[np.ndarray, " B"] | None = None,
     logits: bool | str = True,
 ) -> tuple[Float[Array, "B T V"] | None, dict[str, Array]]:
     """Run the model; returns ``(logits [B, T, V], cache)``.
 
-    tokens: ``[B, T]`` int ids, right-padded (any pad id in range).
+    tokens: a :class:`~jsae.models.tokenizer.TokenBatch` (``Tokenizer.encode_batch``), or ``[B, T]`` int
+      ids right-padded with -1 (or with any in-range id, together with ``lengths``).
     hooks: a :class:`~jsae.models.hooks.HookSpec` (captures and edits for all layers).
-    lengths: ``[B]`` number of real tokens per row (default ``T``); used by ``reduce='last'/'mean'``.
+    lengths: ``[B]`` number of real tokens per row; default: the batch's own lengths, else the count of
+      ids ``>= 0`` per row (``T`` when nothing is -1). Used by ``logits="last"`` and ``reduce='last'/'mean'``.
     logits: False skips the final norm and unembedding (returns ``None`` logits; faster harvests);
       ``"last"`` returns only the logits at each row's last real position, ``[B, V]`` (next-token tasks).
     cache: ``{point: [L, B, T, ...]}`` (``[L, B, ...]`` when the spec reduces positions).
@@ -293,8 +316,10 @@ def forward(
     """
     if logits not in (True, False, "last"):
         raise ModelError(f"logits must be True, False or 'last', got {logits!r}")
-    tokens = tokens if isinstance(tokens, jax.Array) else jnp.asarray(tokens)
-    check_tokens(model.cfg, tokens)
-    if lengths is None:
-        lengths = jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32)
-    return _forward(model, tokens, as_spec(hooks), jnp.asarray(lengths, jnp.int32), logits)
+    if isinstance(tokens, TokenBatch):
+        lengths = tokens.lengths if lengths is None else lengths
+        tokens = tokens.ids
+    ids = tokens if isinstance(tokens, jax.Array) else jnp.asarray(tokens)
+    check_tokens(model.cfg, ids)
+    n = real_lengths(ids) if lengths is None else jnp.asarray(lengths, jnp.int32)
+    return _forward(model, ids, as_spec(hooks), n, logits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
@@ -79,10 +80,10 @@ def estimate(
     )
 
 
-def available_bytes(device: jax.Device | None = None) -> int | None:
+def available_bytes(device: Any = None) -> int | None:
     """Memory the run may use: the accelerator's limit (``memory_stats()``), or the host's available RAM
     for CPU devices (Linux ``/proc/meminfo``); None when unknown."""
-    device = device or jax.devices()[0]
+    device = device if device is not None else jax.devices()[0]
     if device.platform != "cpu":
         return free_device_bytes(device)
     try:

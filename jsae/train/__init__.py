@@ -1,11 +1,12 @@
 """The vmapped trainer: one program trains N SAEs of any architecture, with any optax optimizer."""
 
+from jsae.runtime import use_cpu_cores
 from jsae.train.checkpoint import CheckpointError
 from jsae.train.config import TrainConfig
 from jsae.train.grouping import group_size
 from jsae.train.loop import TrainingDiverged, TrainResult, train
 from jsae.train.optim import make_optimizer, set_hyperparams
-from jsae.train.sharding import PerformanceWarning, sae_mesh, use_cpu_cores
+from jsae.train.sharding import PerformanceWarning, sae_mesh
 from jsae.train.step import (
     LossFn,
     TrainState,

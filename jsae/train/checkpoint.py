@@ -76,7 +76,7 @@ class Checkpointer:
 
     def read_meta(self, step: int) -> dict:
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - orbax raises many kinds
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} has no readable jsae metadata ({type(e).__name__}: {e}); "
@@ -113,9 +113,9 @@ class Checkpointer:
             )
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), _leaves(template))
         try:
-            leaves = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            ).state
+            leaves = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+                "state"
+            ]
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt ({type(e).__name__}: {str(e)[:200]}); "

@@ -76,7 +76,7 @@ def iterator_from(source: Batches, skip: int) -> Iterator[np.ndarray]:
     that takes a ``start_step`` keyword (e.g. ``functools.partial(cache.batches, 1024, seed=0)``) is asked
     to start there itself, so a resumed run does not read the skipped batches again."""
     if callable(source) and "start_step" in inspect.signature(source).parameters:
-        return iter(source(start_step=skip))
+        return iter(source(start_step=skip))  # pyright: ignore[reportCallIssue]  # checked just above
     it = iter(source() if callable(source) else source)
     return itertools.islice(it, skip, None)
 

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from jsae.sae import registry
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
 from jsae.train import data as data_mod
@@ -110,7 +111,7 @@ def _chunk_fns(
     data_spec = whole if shared_data else sae_axis
     metrics_spec = P(None, AXIS)  # [n_steps, N]
     dtype = resolve_compute_dtype(compute_dtype or cfg.compute_dtype, mesh.devices.flat[0].platform)
-    how = dict(optimizer=optimizer, loss_fn=loss_fn, compute_dtype=dtype.name)
+    how: dict[str, Any] = dict(optimizer=optimizer, loss_fn=loss_fn, compute_dtype=dtype.name)
 
     @functools.partial(jax.jit, static_argnames=("n_steps", "batch"), donate_argnums=0)
     def from_array(state, hp, start, data, key, *, n_steps, batch):
@@ -224,7 +225,7 @@ def train(
       CheckpointError: a foreign, corrupt or mismatched checkpoint directory.
     """
     n = n_saes(sae)
-    hp_np = cfg.per_sae(n)
+    hp_np = cfg.per_sae(n, registry.of(sae))
     is_array = _is_array(data)
     if is_array:
         data_mod.check_array(data, n, sae.d_in, cfg.batch_size)
@@ -291,6 +292,7 @@ def train(
                 )
                 batch = cfg.batch_size
             else:
+                assert batches is not None  # not an array: an iterator of batches
                 xs = data_mod.next_chunk(batches, n_steps, n, sae.d_in, step)
                 batch = xs.shape[2]
                 if n_pad > n:  # on the host: the chunk goes to each device once, already split

@@ -30,7 +30,7 @@ def default_compute_dtype(backend: str) -> str:
     return "bfloat16" if backend.lower() == "tpu" else "float32"
 
 
-def resolve_compute_dtype(name: str | None, backend: str | None = None) -> jnp.dtype:
+def resolve_compute_dtype(name: str | jnp.dtype | None, backend: str | None = None) -> jnp.dtype:
     """The dtype for ``name`` (``"float32"``, ``"bfloat16"``, or None: the default of ``backend``,
     itself defaulting to ``jax.default_backend()``)."""
     if name is None:

@@ -9,13 +9,15 @@ dropped again before results are returned or checkpointed.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jsae.runtime import cpu_cores
+
+__all__ = ["AXIS", "PerformanceWarning", "cpu_cores", "hint_cpu_cores", "sae_mesh"]
 
 AXIS = "sae"
 
@@ -60,45 +62,6 @@ def shard_leading(tree, mesh: Mesh):
 
 def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, not the host's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def use_cpu_cores(n: int | None = None) -> int:
-    """Give JAX's CPU backend one device per core (``n`` devices); returns the CPU device count.
-
-    XLA:CPU computes the batched matmuls of a stack of small SAEs on one thread. With one device per
-    core, ``train`` gives each device its own slice of the stack (a ``shard_map`` with no communication:
-    the SAEs are independent) and every core works (``experiments/bench_train.py`` measures by how
-    much). Large matmuls (model forwards) still use every core from one device. On a GPU/TPU machine this only changes the (unused) CPU backend.
-
-    Call it right after ``import jax``, before JAX computes anything (the CLI does). When the count was
-    set already (``XLA_FLAGS=--xla_force_host_platform_device_count=...`` or ``jax_num_cpu_devices``),
-    that setting stands and nothing changes.
-    """
-    from jax._src import xla_bridge
-
-    n = cpu_cores() if n is None else int(n)
-    if n < 1:
-        raise ValueError(f"use_cpu_cores needs n >= 1, got {n}")
-    already = (
-        "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or jax.config.jax_num_cpu_devices >= 0
-    )
-    if not already:
-        if xla_bridge.backends_are_initialized():
-            raise RuntimeError(
-                "use_cpu_cores() must run before JAX computes anything (the CPU device count is fixed when "
-                "JAX starts): call it right after `import jax`, or set "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python"
-            )
-        jax.config.update("jax_num_cpu_devices", n)
-    return len(jax.devices("cpu"))
 
 
 def hint_cpu_cores(n_saes: int) -> None:

@@ -71,7 +71,7 @@ def init_sae_state(
     multiplies every batch (1: raw activations)."""
     return TrainState(
         sae,
-        optimizer.init(trainable(sae)),
+        optimizer.init(trainable(sae)),  # pyright: ignore[reportArgumentType]  # an SAE is a pytree; optax's Params alias does not say so
         jnp.zeros(sae.b_enc.shape, jnp.int32),
         jnp.asarray(input_scale, jnp.float32),
     )
@@ -95,13 +95,15 @@ def init_state(
     if optimizer is None:
         optimizer = make_optimizer(cfg, 0.0)
         optimizer_hp = {"learning_rate": lr, **(optimizer_hp or {})}
-    opt_state = set_hyperparams(jax.vmap(optimizer.init)(trainable(sae)), optimizer_hp or {})
+    opt_state = set_hyperparams(jax.vmap(optimizer.init)(trainable(sae)), optimizer_hp or {})  # pyright: ignore[reportArgumentType]  # an SAE is a pytree
     since = jnp.zeros(sae.b_enc.shape, jnp.int32)
     return TrainState(sae, opt_state, since, jnp.asarray(input_scale, jnp.float32))
 
 
 def loss_hp(hp: Hyper, step: Int[Array, ""], cfg: TrainConfig) -> Hyper:
     """The hyperparameters the loss sees at ``step``: the sparsity coefficient warmed up (``cfg``)."""
+    if "sparsity_coef" not in hp:  # an architecture without one (TopK: k sets the sparsity)
+        return hp
     return {**hp, "sparsity_coef": hp["sparsity_coef"] * sparsity_multiplier(cfg, step)}
 
 
@@ -131,8 +133,8 @@ def _apply(
     sae: SAE, opt_state, since, grads: SAE, metrics, f, optimizer: optax.GradientTransformation, dead_after_tokens: int
 ):
     params = trainable(sae)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    sae = eqx.apply_updates(sae, _freeze_buffers(sae, updates)).constrain().update_buffers(jax.lax.stop_gradient(f))
+    updates, opt_state = optimizer.update(grads, opt_state, params)  # pyright: ignore[reportArgumentType]  # an SAE is a pytree; optax's Params alias does not say so
+    sae = eqx.apply_updates(sae, _freeze_buffers(sae, updates))  # pyright: ignore[reportArgumentType]  # optax Updates is a pytree, here an SAE.constrain().update_buffers(jax.lax.stop_gradient(f))
     fired = jnp.any(f != 0, axis=0)
     since = jnp.where(fired, 0, jnp.minimum(since + f.shape[0], jnp.iinfo(jnp.int32).max // 2))
     metrics = {**metrics, "dead_fraction": jnp.mean(since >= dead_after_tokens)}
@@ -289,7 +291,7 @@ def stack_step(
         optimizer,
         loss_fn,
         dead_after_tokens=cfg.dead_after_tokens,
-        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype),
+        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype).name,
     )
     return stepper(state, x, loss_hp(hp, step, cfg))
 
@@ -327,7 +329,7 @@ def run_chunk(
         optimizer,
         loss_fn,
         dead_after_tokens=cfg.dead_after_tokens,
-        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype),
+        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype).name,
     )
 
     def steps(state, hp, data):
