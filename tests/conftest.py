@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from sae_testing import x64  # noqa: F401  (a fixture: tests take it by name as an argument)
 
 from jsae.runtime import prepare_process
 

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from jsae.sae import registry
-from jsae.sae.registry import init_stack
+from jsae.sae.registry import ARCHITECTURES, USES_K, init_stack
 from jsae.train import TrainConfig
 
 
 def add_train_options(p, *, steps: int | None, d_sae: int, k: int = 8, batch: int | None = 256) -> None:
     """Options shared by the subcommands that train SAEs (a None default is resolved by the command)."""
-    records = [registry.get(name) for name in registry.names()]
-    with_k = "/".join(r.name for r in records if r.uses_k)
-    sparsity = "; ".join(
-        f"{r.name}: {r.sparsity}, default {r.hyperparams['sparsity_coef']}" for r in records if r.sparsity
-    )
-    p.add_argument("--arch", default="topk", choices=registry.names(), help="SAE architecture (default: %(default)s)")
+    p.add_argument("--arch", default="topk", choices=ARCHITECTURES, help="SAE architecture (default: %(default)s)")
     p.add_argument("--d-sae", type=int, default=d_sae, help="latents per SAE (default: %(default)s)")
-    p.add_argument("--k", type=int, default=k, help=f"active latents per token for {with_k} (default: %(default)s)")
+    p.add_argument(
+        "--k", type=int, default=k, help="active latents per token for topk/batchtopk/matryoshka (default: %(default)s)"
+    )
     p.add_argument(
         "--sparsity",
         type=float,
         nargs="+",
         default=None,
-        help=f"sparsity coefficient(s) ({sparsity}); several values sweep them, one SAE each",
+        help="L1/L0 coefficient(s) for relu/jumprelu/gated; several values sweep them, one SAE each",
     )
     p.add_argument(
         "--steps",
@@ -49,21 +45,18 @@ def add_train_options(p, *, steps: int | None, d_sae: int, k: int = 8, batch: in
 
 
 def stack_and_config(args, key, n: int, d_in: int, sample=None):
-    """The SAE stack and TrainConfig an argparse namespace asks for (a sparsity sweep sets N). The
-    config names every loss hyperparameter the architecture reads (its record's defaults where the
-    command line gives none), so a run's config.json says what it trained with."""
-    record = registry.get(args.arch)
+    """The SAE stack and TrainConfig an argparse namespace asks for (a sparsity sweep sets N)."""
     sparsity = args.sparsity
-    if record.sparsity is None:
+    if args.arch in USES_K:
         if sparsity:
-            raise ValueError(f"--sparsity does not apply to {args.arch}" + (" (it uses --k)" if record.uses_k else ""))
-        sparsity = [None]
+            raise ValueError(f"--sparsity does not apply to {args.arch} (it uses --k)")
+        sparsity = [0.0]
     elif not sparsity:
-        sparsity = [record.hyperparams["sparsity_coef"]]
+        sparsity = [{"relu": 0.1, "jumprelu": 0.01, "gated": 0.1}[args.arch]]
     if len(sparsity) > 1 and n not in (1, len(sparsity)):
         raise ValueError(f"{len(sparsity)} --sparsity values for {n} SAEs: give one value or one per SAE")
     n = max(n, len(sparsity))
-    sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if record.uses_k else None, data=sample)
+    sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if args.arch in USES_K else None, data=sample)
     chunk = min(args.steps, 250)
     cfg = TrainConfig(
         steps=args.steps,
@@ -71,7 +64,6 @@ def stack_and_config(args, key, n: int, d_in: int, sample=None):
         lr=args.lr,
         seed=args.seed,
         sparsity_coef=sparsity if len(sparsity) > 1 else sparsity[0],
-        aux_coef=record.hyperparams.get("aux_coef"),
         lr_warmup_steps=min(100, args.steps // 10),
         lr_decay="linear",
         chunk_steps=chunk,

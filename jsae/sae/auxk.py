@@ -95,14 +95,14 @@ def reconstruction_with_auxk(
     dead: Bool[Array, " d_sae"] | None,
     activate: Callable[[Float[Array, "B d_sae"]], Float[Array, "B d_sae"]],
 ):
-    """The TopK-family loss: squared error of ``decode(activate(pre))`` + ``hp["aux_coef"]``
+    """The TopK-family loss: squared error of ``decode(activate(pre))`` + ``aux_coef`` (default 1/32)
     times AuxK. Returns ``(total, (metrics, f))`` as ``SAE.loss`` does."""
     pre = sae.pre_acts(x)
     f = activate(pre)
     x_hat = sae.decode(f)
     recon = squared_error(x, x_hat)
     aux = auxk_loss(pre, dead, sae.W_dec, x - x_hat, sae.k_aux)
-    total = recon + hp["aux_coef"] * aux
+    total = recon + hp.get("aux_coef", 1.0 / 32) * aux
     return total, ({"loss": total, "recon": recon, "aux": aux, **reconstruction_metrics(x, x_hat, f)}, f)
 
 
@@ -171,7 +171,7 @@ def sparse_reconstruction_with_auxk(
     x_hat = sp.decode_entries(a.f_vals, a.rows, a.cols, sae.W_dec, a.shape[0], per_row) + sae.b_dec
     recon = squared_error(x, x_hat)
     aux = sparse_auxk(sae, a, x - x_hat, dead)
-    total = recon + hp["aux_coef"] * aux
+    total = recon + hp.get("aux_coef", 1.0 / 32) * aux
     f = sp.dense_from_entries(a.f_vals, a.rows, a.cols, a.shape)
     return total, ({"loss": total, "recon": recon, "aux": aux, **reconstruction_metrics(x, x_hat, f)}, f)
 

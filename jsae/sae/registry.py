@@ -1,93 +1,24 @@
-"""Architectures by name: the records (``jsae.sae.record.Architecture``) of jsae's architectures and of
-any registered with :func:`register`.
-
-``ARCHITECTURES`` and ``USES_K`` name jsae's own architectures (derived from their records); the
-functions below also see registered ones.
-"""
+"""Architectures by name, for the CLI and for loading saved SAEs."""
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from jsae.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk
 from jsae.sae.base import SAE
-from jsae.sae.record import Architecture
 from jsae.sae.stack import stack
 
-BUILTIN: tuple[Architecture, ...] = tuple(m.ARCHITECTURE for m in (relu, topk, batchtopk, jumprelu, gated, matryoshka))
-ARCHITECTURES: tuple[str, ...] = tuple(a.name for a in BUILTIN)
-USES_K: tuple[str, ...] = tuple(a.name for a in BUILTIN if a.uses_k)
-
-_RECORDS: dict[str, Architecture] = {}
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+USES_K = ("topk", "batchtopk", "matryoshka")
 
 
-def register(record: Architecture) -> Architecture:
-    """Add an architecture: afterwards the CLI helpers, the trainer's hyperparameter defaults and
-    ``jsae.io.saelens`` know it. Registering the same record again is a no-op; another record under a
-    taken name, class or SAELens architecture name raises a ValueError. Returns the record."""
-    if not isinstance(record, Architecture):
-        raise TypeError(f"register takes a jsae.sae.record.Architecture, got {type(record).__name__}")
-    if _RECORDS.get(record.name) is record:
-        return record
-    for other in _RECORDS.values():
-        clash = (
-            f"name {record.name!r}"
-            if other.name == record.name
-            else f"class {record.cls.__name__}"
-            if other.cls is record.cls
-            else next((f"SAELens architecture {s!r}" for s in record.saelens_reads if s in other.saelens_reads), None)
-        )
-        if clash:
-            raise ValueError(f"cannot register {record.name!r}: its {clash} is already {other.name!r}'s")
-    _RECORDS[record.name] = record
-    return record
-
-
-for _record in BUILTIN:
-    register(_record)
-
-
-def names() -> tuple[str, ...]:
-    """Every registered architecture's name (jsae's first, then registered ones in order)."""
-    return tuple(_RECORDS)
-
-
-def get(arch: str) -> Architecture:
-    """The record of the named architecture; an unknown name raises a ValueError listing the known ones."""
-    if arch not in _RECORDS:
-        raise ValueError(f"unknown SAE architecture {arch!r}; choose one of {', '.join(_RECORDS)}")
-    return _RECORDS[arch]
-
-
-def of(sae: SAE | type) -> Architecture:
-    """The record of an SAE (or stack) by its class; an unregistered class raises a TypeError."""
-    cls = sae if isinstance(sae, type) else type(sae)
-    for record in _RECORDS.values():
-        if record.cls is cls:
-            return record
-    raise TypeError(
-        f"{cls.__module__}.{cls.__name__} is not a registered SAE architecture: give its module a record "
-        "(jsae.sae.record.Architecture) and pass it to jsae.sae.registry.register"
-    )
-
-
-def reading_saelens(saelens_arch: str) -> Architecture | None:
-    """The record that reads the named SAELens architecture ("standard", "topk", ...), or None."""
-    return next((r for r in _RECORDS.values() if saelens_arch in r.saelens_reads), None)
-
-
-def saelens_names() -> tuple[str, ...]:
-    """Every SAELens architecture name some registered record reads."""
-    return tuple(s for r in _RECORDS.values() for s in r.saelens_reads)
-
-
-def module(arch: str) -> ModuleType:
-    """The module that defines an architecture (``jsae.sae.<arch>`` for jsae's), with its ``init``."""
-    return importlib.import_module(get(arch).init.__module__)
+def module(arch: str):
+    """The module of an architecture (``jsae.sae.<arch>``), with its ``init``."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown SAE architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return importlib.import_module(f"jsae.sae.{arch}")
 
 
 def init_stack(
@@ -101,10 +32,9 @@ def init_stack(
     data: Float[Array, "N n d_in"] | Float[Array, "n d_in"] | None = None,
     **cfg,
 ) -> SAE:
-    """N SAEs of the named architecture (``k`` is passed only to architectures that take it)."""
-    record = get(arch)
-    if record.uses_k:
+    """N SAEs of the named architecture (``k`` is passed only to the TopK family)."""
+    if arch in USES_K:
         if k is None:
             raise ValueError(f"architecture {arch!r} needs k (active latents per token)")
         cfg["k"] = k
-    return stack(record.init, jax.random.split(key, n), d_in, d_sae, data=data, **cfg)
+    return stack(module(arch).init, jax.random.split(key, n), d_in, d_sae, data=data, **cfg)
