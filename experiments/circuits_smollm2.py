@@ -1,8 +1,9 @@
 """Circuit discovery on SmolLM2-135M (270 heads): discrete SAE codes vs attribution patching vs random,
 each graded against head-level activation patching (the causal reference; SmolLM2 has no published
-circuit). Tasks: IOI and greater-than.
+circuit). Tasks: IOI, greater-than and docstring.
 
     python experiments/circuits_smollm2.py            # -> results/circuits_smollm2.json + .png
+    python experiments/circuits_smollm2.py --tasks docstring   # rerun one task, keep the others' results
 
 Settings: 200 clean + 200 corrupted prompts for discovery (positives = clean prompts the model gets
 right); activation patching of every head on 12 other prompts (a different seed); reference circuit =
@@ -50,8 +51,9 @@ from jsae.analysis.circuits import (  # noqa: E402  (after prepare_process)
 )
 from jsae.models import load  # noqa: E402
 from jsae.rundir import to_jsonable  # noqa: E402
-from jsae.tasks import greater_than, ioi  # noqa: E402
+from jsae.tasks import docstring, greater_than, ioi  # noqa: E402
 
+TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
 N_PROMPTS = 200
 N_REFERENCE = 12
 OUT = Path(__file__).resolve().parent.parent / "results"
@@ -196,11 +198,25 @@ def main() -> None:
         action="store_true",
         help="also grade activation patching on 12 other prompts against the reference",
     )
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=tuple(TASKS),
+        default=tuple(TASKS),
+        help="tasks to run (default: all); the results of the others are kept from the existing JSON",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
     results, details = {}, {}
-    for name, gen in (("ioi", ioi), ("greater_than", greater_than)):
+    old_path = OUT / "circuits_smollm2.json"
+    if set(args.tasks) != set(TASKS) and old_path.is_file():
+        old = json.loads(old_path.read_text())
+        for name in TASKS:
+            if name not in args.tasks and name in old:
+                results[name], details[name] = old[name], old["settings"]["details"][name]
+    for name in args.tasks:
+        gen = TASKS[name]
         print(f"{name}:")
         task, reference_task = gen(tok, N_PROMPTS, seed=0), gen(tok, N_REFERENCE, seed=1)
         res = run_comparison(
@@ -246,6 +262,7 @@ def main() -> None:
         OUT / "circuits_smollm2.png",
         "SmolLM2-135M: head rankings vs activation patching",
     )
+    results = {name: results[name] for name in TASKS if name in results}
     payload = {
         **results,
         "settings": {
@@ -254,6 +271,7 @@ def main() -> None:
             "n_reference_prompts": N_REFERENCE,
             "details": details,
             "total_seconds": time.perf_counter() - t0,
+            "tasks_run": list(args.tasks),
         },
     }
     (OUT / "circuits_smollm2.json").write_text(json.dumps(to_jsonable(payload), indent=1))

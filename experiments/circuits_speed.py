@@ -2,10 +2,12 @@
 
     python experiments/circuits_speed.py     # -> results/circuits_speed.json
 
-Each measurement is a fresh Python process that does what a user does: load SmolLM2-135M, build 10 IOI
-prompts and their corruptions, discover the circuit (harvest + per-head SAEs + paired codes; and
-``activation_difference``), then run activation patching of all 270 heads on the same 10 prompts, then
-both once more (warm: compiled in this process). Processes run in two settings:
+Each measurement is a fresh Python process per discovery method that does what a user does: load
+SmolLM2-135M, build 10 IOI prompts and their corruptions, discover the circuit with one method
+(``sae_per_head_paired``: harvest + per-head SAEs + paired codes; or ``activation_difference``), then
+run activation patching of all 270 heads on the same 10 prompts, then both once more (warm: compiled in
+this process). One process per method, so each method's first call compiles everything it needs.
+Processes run in two settings:
 
 - ``empty_cache``: JAX's persistent compilation cache points at an empty folder (a first run ever);
 - ``cached``: the same folder again, filled by the run before (every later run on the machine).
@@ -28,8 +30,8 @@ N_PROMPTS = 10
 METHODS = ("sae_per_head_paired", "activation_difference")
 
 
-def child() -> None:
-    """One user session; prints a JSON line of seconds."""
+def child(method: str) -> None:
+    """One user session with one discovery method; prints a JSON line of seconds."""
     from jsae.runtime import prepare_process
 
     prepare_process()
@@ -43,31 +45,40 @@ def child() -> None:
     task = ioi(tok, N_PROMPTS, seed=0)
     out = {}
     for call in ("first", "warm"):
-        for method in METHODS:
-            t0 = time.perf_counter()
-            acts = harvest_task(model, tok, task)
-            discover(model, tok, task, method, key=jax.random.key(0), activations=acts)
-            out[f"{method}_{call}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        acts = harvest_task(model, tok, task)
+        discover(model, tok, task, method, key=jax.random.key(0), activations=acts)
+        out[f"{method}_{call}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         activation_patching(model, tok, task)
         out[f"activation_patching_{call}"] = time.perf_counter() - t0
+    from jsae.bench import machine
+
+    out["machine"] = machine()
     print("RESULT " + json.dumps(out))
 
 
-def run(cache: str) -> dict:
+def run(cache: str, method: str) -> dict:
     env = {**os.environ, "JSAE_JAX_CACHE": cache}
-    p = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, __file__, "--child", method]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as cache:
-        settings = {"empty_cache": run(cache), "cached": run(cache)}
+    settings: dict[str, dict[str, dict]] = {"empty_cache": {}, "cached": {}}
+    for m in METHODS:  # a fresh cache folder per method: its first process compiles everything it needs
+        with tempfile.TemporaryDirectory() as cache:
+            settings["empty_cache"][m] = run(cache, m)
+            settings["cached"][m] = run(cache, m)
     table = {}
-    for name, s in settings.items():
+    for name, per_method in settings.items():
         for call in ("first", "warm"):
             for m in METHODS:
+                s = per_method[m]
                 ratio = s[f"activation_patching_{call}"] / s[f"{m}_{call}"]
                 table[f"{name}/{call}/{m}"] = {
                     "discovery_seconds": s[f"{m}_{call}"],
@@ -78,10 +89,20 @@ def main() -> None:
                     f"{name:12s} {call:5s} {m:22s} {s[f'{m}_{call}']:6.2f} s  vs patching "
                     f"{s[f'activation_patching_{call}']:6.1f} s  = {ratio:5.1f}x"
                 )
-    result = {"n_prompts": N_PROMPTS, "task": "ioi", "model": "smollm2-135m", "runs": settings, "table": table}
+    result = {
+        "n_prompts": N_PROMPTS,
+        "task": "ioi",
+        "model": "smollm2-135m",
+        "machine": settings["empty_cache"][METHODS[0]].pop("machine"),
+        "runs": settings,
+        "table": table,
+    }
     (OUT / "circuits_speed.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {OUT / 'circuits_speed.json'}")
 
 
 if __name__ == "__main__":
-    child() if "--child" in sys.argv else main()
+    if "--child" in sys.argv:
+        child(sys.argv[sys.argv.index("--child") + 1])
+    else:
+        main()

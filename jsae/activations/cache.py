@@ -28,9 +28,10 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 try:
     import fcntl
@@ -41,6 +42,8 @@ import ml_dtypes
 import numpy as np
 import tensorstore as ts
 from jaxtyping import Array, Float
+
+_T = TypeVar("_T")
 
 FORMAT = "jsae-activation-cache"
 VERSION = 1
@@ -90,7 +93,7 @@ def _read_json(path: Path, what: str):
 
 
 def _crc(buf: np.ndarray) -> str:
-    return f"{zlib.crc32(buf.reshape(-1).view(np.uint8)) & 0xFFFFFFFF:08x}"
+    return f"{zlib.crc32(buf.reshape(-1).view(np.uint8).data) & 0xFFFFFFFF:08x}"
 
 
 def _flat(d, prefix="") -> dict:
@@ -209,7 +212,7 @@ def _read_raw(path: Path, meta: dict, i: int, crc: str | None) -> np.ndarray:
     fix = f"delete {f} and {_RESUME} (here: chunk {i})"
     try:
         with open(f, "rb", buffering=0) as fh:
-            got = fh.readinto(buf)
+            got = fh.readinto(buf.data)
             extra = fh.read(1)
     except FileNotFoundError:
         raise IncompleteCacheError(f"chunk {i} of {path} is missing on disk ({f}); {_RESUME}") from None
@@ -242,11 +245,14 @@ def _rows(rows, n: int) -> np.ndarray | None:
     return r.astype(np.intp)
 
 
-class _Pending:
+class _Pending(Generic[_T]):
     """``fn(*args)``, run now on a daemon thread (``background``) or when the result is asked for."""
 
-    def __init__(self, fn, args, background: bool):
-        self._fn, self._args, self._value, self._error = fn, args, None, None
+    _value: _T  # set by _run() unless fn raised (then _error is set)
+
+    def __init__(self, fn: Callable[..., _T], args: tuple, background: bool):
+        self._fn, self._args = fn, args
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True) if background else None
         if self._thread:
             self._thread.start()
@@ -257,7 +263,7 @@ class _Pending:
         except BaseException as e:  # handed to the consumer by result()
             self._error = e
 
-    def result(self):
+    def result(self) -> _T:
         if self._thread:
             self._thread.join()
         else:
@@ -572,7 +578,7 @@ class ActivationCache:
         def following(e: int, k: int) -> tuple[int, int]:
             return (e, k + 1) if (k + 1) * span < spe * B else (e + 1, 0)
 
-        def load(e: int, k: int) -> _Pending:
+        def load(e: int, k: int) -> _Pending[tuple[np.ndarray, np.ndarray]]:
             return _Pending(self._window, (seed, e, k, W, rows), background=prefetch)
 
         data, perm = load(epoch, k).result()

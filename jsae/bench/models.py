@@ -17,7 +17,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model, tok, meta = load("smollm2-135m")
     load_s = time.perf_counter() - t0
+    if tok is None:
+        raise RuntimeError("smollm2-135m loaded without a tokenizer; the benchmark needs one to encode its prompts")
     texts = prompts(args.batch)
     tokens, lengths = tok.encode_batch(texts, multiple_of=8)
     n_tokens = int(lengths.sum())
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> None:
     jax_fwd()
     compile_s = time.perf_counter() - t_compile
 
-    torch_fwd = hf = None
+    torch_fwd: Callable[[], Any] | None = None
+    hf = None
     torch_threads = max_abs_diff = None
     try:
         import torch
@@ -101,11 +106,12 @@ def run(args: argparse.Namespace) -> None:
         ids = torch.as_tensor(tokens, dtype=torch.long)
         torch_threads = torch.get_num_threads()
 
-        def torch_fwd():
+        def torch_forward():
             with torch.inference_mode():
                 return hf(ids).logits
 
-        ref = torch_fwd().numpy()
+        torch_fwd = torch_forward
+        ref = torch_forward().numpy()
         got = np.asarray(forward(model, tokens)[0])
         max_abs_diff = float(max(np.abs(got[i, : lengths[i]] - ref[i, : lengths[i]]).max() for i in range(len(texts))))
     except ImportError as e:
@@ -195,17 +201,19 @@ def stream_case(model, tok, hf, reps: int) -> dict:
     tokens = np.asarray(next(iter(ContextStream(open_text(None), tok, context_size=128, batch_contexts=32))))
     jax_fwd = lambda: jax.block_until_ready(forward(model, tokens, logits="last")[0])  # noqa: E731
     got = np.asarray(jax_fwd())  # compiles
-    torch_fwd = diff = None
+    torch_fwd: Callable[[], Any] | None = None
+    diff = None
     if hf is not None:
         import torch
 
         ids = torch.as_tensor(tokens, dtype=torch.long)
 
-        def torch_fwd():
+        def torch_forward():
             with torch.inference_mode():
                 return hf.lm_head(hf.model(ids).last_hidden_state[:, -1])
 
-        diff = float(np.abs(got - torch_fwd().numpy()).max())
+        torch_fwd = torch_forward
+        diff = float(np.abs(got - torch_forward().numpy()).max())
     jsae_t, torch_t = [], []
     for _ in range(reps):  # interleaved, as above
         jsae_t.append(timed(jax_fwd))

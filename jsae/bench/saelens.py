@@ -19,9 +19,9 @@ def available() -> bool:
 
 
 def _sae(arch: str, d: int, m: int, k: int):
-    from sae_lens import StandardTrainingSAE, TopKTrainingSAE
-    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+    from sae_lens import StandardTrainingSAE, TopKTrainingSAE  # pyright: ignore[reportMissingImports]  # sae_lens: optional, not a dependency
+    from sae_lens.saes.standard_sae import StandardTrainingSAEConfig  # pyright: ignore[reportMissingImports]  # sae_lens: optional, not a dependency
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig  # pyright: ignore[reportMissingImports]  # sae_lens: optional, not a dependency
 
     if arch == "relu":
         return StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=m, l1_coefficient=0.1))
@@ -31,8 +31,8 @@ def _sae(arch: str, d: int, m: int, k: int):
 
 
 def _fit(arch: str, d: int, m: int, b: int, k: int, steps: int, x) -> None:
-    from sae_lens import LoggingConfig, SAETrainer
-    from sae_lens.config import SAETrainerConfig
+    from sae_lens import LoggingConfig, SAETrainer  # pyright: ignore[reportMissingImports]  # sae_lens: optional, not a dependency
+    from sae_lens.config import SAETrainerConfig  # pyright: ignore[reportMissingImports]  # sae_lens: optional, not a dependency
 
     n_batches = x.shape[0] // b
     batches = (x[(i % n_batches) * b : (i % n_batches + 1) * b] for i in itertools.count())
@@ -66,7 +66,7 @@ def sae_steps_per_s(arch: str, d: int, m: int, b: int, n_heads: int, steps: int,
 @contextlib.contextmanager
 def _quiet_progress():
     """Silence SAETrainer's progress bar (one per head), as jsae's side runs with ``progress=False``."""
-    import sae_lens.training.sae_trainer as trainer
+    import sae_lens.training.sae_trainer as trainer  # pyright: ignore[reportMissingImports]  # sae_lens: optional, not a dependency
 
     saved = trainer.tqdm
     trainer.tqdm = functools.partial(saved, disable=True)

@@ -111,8 +111,12 @@ def run(args: argparse.Namespace) -> None:
         return init_stack("topk", jax.random.key(0), n, d, m, k=k, data=sample)
 
     from jsae.sae.auxk import use_sparse
+    from jsae.sae.topk import TopKSAE
 
-    sparse = use_sparse(make_sae().sparse, m, k, d)  # the path TopK's loss takes at this size
+    probe = make_sae()
+    if not isinstance(probe, TopKSAE):
+        raise TypeError(f"init_stack('topk', ...) built a {type(probe).__name__}, not a TopKSAE")
+    sparse = use_sparse(probe.sparse, m, k, d)  # the path TopK's loss takes at this size
 
     # (b) forward + buffer + 270 SAEs, fused
     stamps: list[float] = []

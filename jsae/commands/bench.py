@@ -8,11 +8,10 @@ import time
 from jsae.rundir import new_run_dir, write_json
 
 BENCHMARKS = {
-    "train": "N SAEs trained in one vmapped program vs a Python loop of jitted steps vs PyTorch (about 6 min)",
-    "models": "SmolLM2-135M forward tokens/s, jsae vs transformers, and harvest throughput (about 2 min)",
-    "evals": "spliced-CE evaluation of N SAEs, vectorised vs one at a time (a few minutes)",
-    "stream": "text -> SmolLM2 -> 270 per-head SAEs: forward alone, streamed training, training from a cache "
-    "(about 5 min)",
+    "train": "N SAEs trained in one vmapped program vs a Python loop of jitted steps vs PyTorch",
+    "models": "SmolLM2-135M forward tokens/s, jsae vs transformers, and harvest throughput",
+    "evals": "spliced-CE evaluation of N SAEs, vectorised vs one at a time",
+    "stream": "text -> SmolLM2 -> 270 per-head SAEs: forward alone, streamed training, training from a cache",
 }
 
 

@@ -20,12 +20,12 @@ into its tokens), so a checkpoint restores it without replaying the stream.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .errors import DataError
-from .source import TextSource, digest
+from .source import Record, TextSource, digest
 
 _STATE_VERSION = 1
 
@@ -188,7 +188,10 @@ class ContextStream:
         from .pack import PackedBatches
 
         start, stop = self.shard
-        ds = grain.MapDataset.source(self.source)[start:stop]
+        # grain's RandomAccessDataSource protocol names __getitem__'s parameter ``index`` (not positional-only),
+        # TextSource's is ``i``; grain only ever subscripts, so the source fits the protocol as used.
+        source = cast("grain.sources.RandomAccessDataSource[Record]", self.source)
+        ds = grain.MapDataset.source(source)[start:stop]
         if self.passes != 1:
             ds = ds.repeat(self.passes)
         ds = ds.map_with_index(self._tokens)

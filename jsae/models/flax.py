@@ -184,7 +184,7 @@ def run_linen(module, variables, heads: AttentionHeads, *args, mask=None, value=
 
 
 def _resolve(root, path: str):
-    parent, node = None, root
+    parent = node = root
     parts = path.split("/")
     for i, part in enumerate(parts):
         parent = node

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -153,6 +153,26 @@ def _named(a, *names) -> pz.nx.NamedArray:
     return pz.nx.wrap(jnp.asarray(a, jnp.float32)).tag(*names)
 
 
+def _rescale(by: float) -> pz.nn.ConstantRescale:
+    """penzai's ``ConstantRescale`` by ``by`` held as a float32 array (so ``x * by`` follows array dtype rules)."""
+    return pz.nn.ConstantRescale(by=jnp.asarray(by, jnp.float32))  # pyright: ignore[reportArgumentType]  # penzai types by as float
+
+
+def _sublayers(layer: pz.nn.Layer, what: str) -> list[pz.nn.Layer]:
+    """``layer.sublayers`` (penzai's ``Sequential`` family, ``NamedGroup``, ``CheckedSequential``)."""
+    subs = getattr(layer, "sublayers", None)
+    if subs is None:
+        raise UnsupportedArchitectureError(f"{what} is a {type(layer).__name__}, which has no sublayers")
+    return list(subs)
+
+
+def _need(weights: Array | None, field: str) -> Array:
+    """A weight of ``Blocks`` that the penzai layers being built need (None where the arch has none)."""
+    if weights is None:
+        raise UnsupportedArchitectureError(f"to_penzai needs Blocks.{field}, which this model does not have (None)")
+    return weights
+
+
 # ---------------------------------------------------------------------------------------------------
 # Running a penzai model on jsae's token arrays
 
@@ -182,11 +202,15 @@ def _per_head_attention(attn: pz.nn.Attention, layer: int) -> pz.nn.Attention:
             "[NamedEinsum, Linear or Affine] as penzai's transformer builders make it"
         )
     lin = lins[0]
+    label = getattr(lin.weights, "label", None)  # penzai's ParameterLike has only .value; Parameters have labels
+    if label is None:
+        raise UnsupportedArchitectureError(
+            f"the attention output weights of block {layer} are a {type(lin.weights).__name__} without a label; "
+            "jsae needs a penzai Parameter"
+        )
     heads = tuple(a for a in _HEAD_AXES if a in lin.in_axis_names)
     w = _merge_heads(lin.weights.value, heads)
-    per_head = pz.nn.Linear(
-        weights=_param(w, lin.weights.label), in_axis_names=("projection",), out_axis_names=lin.out_axis_names
-    )
+    per_head = pz.nn.Linear(weights=_param(w, label), in_axis_names=("projection",), out_axis_names=lin.out_axis_names)
     seq = [einsums[0], MergeHeads(heads), HookPoint("z", layer), per_head, HookPoint("result", layer), SumHeads()]
     return dataclasses.replace(attn, attn_value_to_output=pz.nn.Sequential(seq + list(biases)))
 
@@ -213,8 +237,8 @@ def _hooked_block(block, layer: int):
             pz.nn.BranchAndAddTogether(
                 [
                     ident,
-                    pz.nn.Sequential(list(a.sublayers) + [hp("attn_out")]),
-                    pz.nn.Sequential(list(m.sublayers) + [hp("mlp_out")]),
+                    pz.nn.Sequential(_sublayers(a, f"the attention branch of block {layer}") + [hp("attn_out")]),
+                    pz.nn.Sequential(_sublayers(m, f"the MLP branch of block {layer}") + [hp("mlp_out")]),
                 ]
             ),
             hp("resid_post"),
@@ -252,7 +276,7 @@ def add_hook_points(pz_model):
 
 def _llamalike_config(cfg: ModelConfig) -> llc.LlamalikeTransformerConfig:
     act = cfg.mlp_act or "silu"
-    variants = {"silu": "swiglu", "gelu_tanh": "geglu_approx"}
+    variants: dict[str, Literal["swiglu", "geglu_approx"]] = {"silu": "swiglu", "gelu_tanh": "geglu_approx"}
     if act not in variants:
         raise UnsupportedArchitectureError(
             f"gated MLP activation {act!r} has no penzai llamalike variant; supported: {sorted(variants)}"
@@ -331,14 +355,14 @@ def _llama_to_penzai(model: Transformer):
                 p + "attention/key.weights": kv(b.W_K[i]),
                 p + "attention/value.weights": kv(b.W_V[i]),
                 p + "attention/output.weights": heads(b.W_O[i], post=("projection", "embedding")),
-                p + "mlp/gating_linear.weights": _named(b.W_gate[i], "embedding", "neurons"),
+                p + "mlp/gating_linear.weights": _named(_need(b.W_gate, "W_gate")[i], "embedding", "neurons"),
                 p + "mlp/value_linear.weights": _named(b.W_in[i], "embedding", "neurons"),
                 p + "mlp/out_linear.weights": _named(b.W_out[i], "neurons", "embedding"),
             }
         )
         if cfg.post_norms:
-            vals[p + "post_attention_norm/scale.weights"] = _named(b.ln1_post_w[i], "embedding")
-            vals[p + "post_ffw_norm/scale.weights"] = _named(b.ln2_post_w[i], "embedding")
+            vals[p + "post_attention_norm/scale.weights"] = _named(_need(b.ln1_post_w, "ln1_post_w")[i], "embedding")
+            vals[p + "post_ffw_norm/scale.weights"] = _named(_need(b.ln2_post_w, "ln2_post_w")[i], "embedding")
     skeleton = llc.build_llamalike_transformer(pcfg, init_base_rng=None, name="transformer")
     pz_model = pz.bind_variables(skeleton, [_param(v, "transformer/" + k) for k, v in vals.items()])
     pz.nn.assert_no_parameter_slots(pz_model)
@@ -346,7 +370,7 @@ def _llama_to_penzai(model: Transformer):
     subs = list(pz_model.body.sublayers)
     subs = [s for s in subs if not isinstance(s, pz.nn.ConstantRescale)]
     if cfg.embed_scale != 1.0:
-        subs.insert(1, pz.nn.ConstantRescale(by=jnp.asarray(cfg.embed_scale, jnp.float32)))
+        subs.insert(1, _rescale(cfg.embed_scale))
     return dataclasses.replace(pz_model, body=pz.nn.Sequential(subs))
 
 
@@ -397,10 +421,10 @@ def _gpt2_to_penzai(model: Transformer):
     blocks = []
     for i in range(cfg.n_layers):
         p = f"transformer/block_{i}/"
+        b_O, b_in, b_out = _need(b.b_O, "b_O"), _need(b.b_in, "b_in"), _need(b.b_out, "b_out")
+        ln1_b, ln2_b = _need(b.ln1_b, "ln1_b"), _need(b.ln2_b, "ln2_b")
         attn = pz.nn.Attention(
-            input_to_query=pz.nn.Sequential(
-                [proj(b.W_Q, b.b_Q, "query", i), pz.nn.ConstantRescale(by=jnp.asarray(dh**-0.5, jnp.float32))]
-            ),
+            input_to_query=pz.nn.Sequential([proj(b.W_Q, b.b_Q, "query", i), _rescale(dh**-0.5)]),
             input_to_key=pz.nn.Sequential([proj(b.W_K, b.b_K, "key", i)]),
             input_to_value=pz.nn.Sequential([proj(b.W_V, b.b_V, "value", i)]),
             query_key_to_attn=pz.nn.Sequential(
@@ -415,7 +439,7 @@ def _gpt2_to_penzai(model: Transformer):
                     pz.nn.NamedEinsum((hp, qk[1]), qk[0]),
                     _affine(
                         _named(b.W_O[i], "heads", "projection", "embedding"),
-                        _named(b.b_O[i], "embedding"),
+                        _named(b_O[i], "embedding"),
                         ("heads", "projection"),
                         ("embedding",),
                         p + "attention/output",
@@ -425,9 +449,9 @@ def _gpt2_to_penzai(model: Transformer):
         )
         mlp = model_parts.TransformerFeedForward(
             [
-                dense(b.W_in[i], b.b_in[i], "embedding", "neurons", p + "mlp/in"),
+                dense(b.W_in[i], b_in[i], "embedding", "neurons", p + "mlp/in"),
                 pz.nn.Elementwise(functools.partial(jax.nn.gelu, approximate=True)),
-                dense(b.W_out[i], b.b_out[i], "neurons", "embedding", p + "mlp/out"),
+                dense(b.W_out[i], b_out[i], "neurons", "embedding", p + "mlp/out"),
             ]
         )
         blocks.append(
@@ -435,11 +459,11 @@ def _gpt2_to_penzai(model: Transformer):
                 [
                     pz.nn.Residual(
                         pz.nn.Sequential(
-                            [_layernorm(b.ln1_w[i], b.ln1_b[i], cfg.norm_eps, p + "pre_attention_norm"), attn]
+                            [_layernorm(b.ln1_w[i], ln1_b[i], cfg.norm_eps, p + "pre_attention_norm"), attn]
                         )
                     ),
                     pz.nn.Residual(
-                        pz.nn.Sequential([_layernorm(b.ln2_w[i], b.ln2_b[i], cfg.norm_eps, p + "pre_ffw_norm"), mlp])
+                        pz.nn.Sequential([_layernorm(b.ln2_w[i], ln2_b[i], cfg.norm_eps, p + "pre_ffw_norm"), mlp])
                     ),
                 ]
             )
@@ -491,7 +515,6 @@ def _unsupported(what: str, found) -> UnsupportedArchitectureError:
 
 def _np(named: pz.nx.NamedArray, *names: str, stack: str | None) -> np.ndarray:
     """The named array as numpy with axes ``names`` (``head`` groups merged), prefixed by ``stack``."""
-    names = [n for n in names]
     pre = [stack] if stack and stack in named.named_shape else []
     missing = set(named.named_shape) - set(names) - set(pre) - set(_HEAD_AXES)
     if missing:
@@ -560,8 +583,8 @@ def _attention(attn: pz.nn.Attention, stack, d: dict, info: dict) -> None:
     wv, bv = _linear_bias(attn.input_to_value, "the value projection", stack, ["embedding"], ["H", "projection"])
     wo, bo = _linear_bias(attn.attn_value_to_output, "the output projection", stack, ["H", "projection"], ["embedding"])
     d.update(W_Q=wq, W_K=wk, W_V=wv, W_O=wo, b_Q=bq, b_K=bk, b_V=bv, b_O=bo)
-    q_layers = pz.select(attn.input_to_query).at_instances_of(pz.nn.ApplyRoPE | pz.nn.ApplyRoPEToSubset).get_sequence()
-    k_layers = pz.select(attn.input_to_key).at_instances_of(pz.nn.ApplyRoPE | pz.nn.ApplyRoPEToSubset).get_sequence()
+    q_layers = pz.select(attn.input_to_query).at_instances_of((pz.nn.ApplyRoPE, pz.nn.ApplyRoPEToSubset)).get_sequence()
+    k_layers = pz.select(attn.input_to_key).at_instances_of((pz.nn.ApplyRoPE, pz.nn.ApplyRoPEToSubset)).get_sequence()
     if len(q_layers) != len(k_layers) or len(q_layers) > 1:
         raise _unsupported("rotary layers on queries and keys", f"{len(q_layers)} and {len(k_layers)}")
     if q_layers:
@@ -574,8 +597,9 @@ def _attention(attn: pz.nn.Attention, stack, d: dict, info: dict) -> None:
     qk_sel = pz.select(attn.query_key_to_attn)
     window = qk_sel.at_instances_of(pz.nn.ApplyCausalSlidingWindowAttentionMask).get_sequence()
     if not window and not pz.select(attn.query_key_to_attn).at_instances_of(pz.nn.ApplyCausalAttentionMask).count():
-        raise _unsupported("a causal attention mask", [type(s).__name__ for s in attn.query_key_to_attn.sublayers])
-    info["window"] = int(window[0].sliding_window_size) if window else 0
+        found = getattr(attn.query_key_to_attn, "sublayers", [attn.query_key_to_attn])
+        raise _unsupported("a causal attention mask", [type(s).__name__ for s in found])
+    info["window"] = int(np.asarray(window[0].sliding_window_size)) if window else 0
 
 
 def _mlp(ff, stack, d: dict, info: dict) -> None:
@@ -607,7 +631,7 @@ def _block(block, stack) -> tuple[dict, dict]:
         and isinstance(subs[0].branches[0], pz.nn.Identity)
     ):
         info["parallel"] = True
-        attn_seq, mlp_seq = (_strip(s.sublayers) for s in subs[0].branches[1:])
+        attn_seq, mlp_seq = (_strip(_sublayers(s, "a parallel block's branch")) for s in subs[0].branches[1:])
     else:
         raise _unsupported("a transformer block", [type(s).__name__ for s in subs])
     if not (2 <= len(attn_seq) <= 3 and isinstance(attn_seq[1], pz.nn.Attention)):
@@ -653,7 +677,7 @@ def from_penzai(pz_model, n_ctx: int = 8192, name: str = "") -> Transformer:
         s = rest.pop(0)
         if isinstance(s, LearnedPositions):
             pos_embed = _np(s.table.value, "position", "embedding", stack=None)
-        else:
+        elif isinstance(s, pz.nn.ConstantRescale):  # (the loop admits only these two)
             embed_scale *= float(s.by)
     while rest and isinstance(rest[0], model_parts.TransformerBlock | pz.nn.LayerStack):
         s = rest.pop(0)

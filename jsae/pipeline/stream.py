@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import jax
@@ -281,6 +281,7 @@ def train_on_model(
             assert ckpt is not None  # something was restored, so there is a checkpointer
             meta = ckpt.read_meta(step)["extra"]
             exchange_index, reader = meta["exchange"], contexts.iterator(meta["reader"])
+            sample = None  # the restored state needs no first rows
             state = shard_leading(pad_leading(state, n_pad), mesh)
             buffer = shard_leading(pad_leading(jnp.asarray(buffer), n_pad), mesh)
             bar.update(exchange_index * pl.rows_per_exchange)
@@ -304,7 +305,7 @@ def train_on_model(
                 if sample is None:  # no buffer: the first exchange's rows decide scales and init
                     sample = capture_rows(run_model, batch, inputs, skip)
                 state = _initial_state(sae, sample, cfg, hp_np, n_pad, mesh)
-                del sample
+                sample = None  # drop the first rows: not needed again
             t = time.perf_counter()
             (state, buffer), metrics = step_fn(
                 (state, buffer), run_model, hp, jnp.asarray(step, jnp.int32), batch, exchange_key(key, exchange_index)
@@ -325,7 +326,7 @@ def train_on_model(
                     cfg,
                     arch,
                     n,
-                    extra={"exchange": exchange_index, "reader": reader.get_state()},
+                    extra={"exchange": exchange_index, "reader": _reader_state(reader)},
                 )
             if on_exchange is not None:
                 on_exchange(exchange_index)
@@ -340,7 +341,7 @@ def train_on_model(
                 cfg,
                 arch,
                 n,
-                extra={"exchange": exchange_index, "reader": reader.get_state()},
+                extra={"exchange": exchange_index, "reader": _reader_state(reader)},
             )
     finally:
         bar.close()
@@ -365,6 +366,16 @@ def _initial_state(sae, sample, cfg: TrainConfig, hp_np, n_pad: int, mesh) -> Tr
     scales = jax.vmap(normalisation_scale)(sample) if cfg.normalise_activations else jnp.ones((n,))
     state = init_state(sae, cfg, jnp.asarray(hp_np["lr"]), scales)
     return shard_leading(pad_leading(jax.tree.map(jnp.array, state), n_pad), mesh)
+
+
+def _reader_state(reader: Iterator[np.ndarray]) -> dict:
+    """The reader's position, for a checkpoint (the iterators of ``ContextBatches`` have ``get_state()``)."""
+    get_state = getattr(reader, "get_state", None)
+    if get_state is None:
+        raise TypeError(
+            f"cannot checkpoint the stream: its context iterator ({type(reader).__name__}) has no get_state()"
+        )
+    return get_state()
 
 
 def _next(reader, index: int) -> np.ndarray:

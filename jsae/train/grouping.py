@@ -78,7 +78,7 @@ def group_size(
     return _largest_divisor_at_most(n, max(1, fit))
 
 
-def free_device_bytes(device: jax.Device) -> int | None:
+def free_device_bytes(device: jax.Device) -> int | None:  # pyright: ignore[reportInvalidTypeForm]  # jax defines Device as a variable alias
     """Bytes still free on ``device`` (``memory_stats()``: ``bytes_limit`` (or ``bytes_reservable_limit``)
     minus ``bytes_in_use``), or None where the device does not report them (XLA:CPU)."""
     try:

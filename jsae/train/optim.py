@@ -43,7 +43,7 @@ def make_optimizer(cfg: TrainConfig, lr: Float[Array, ""] | float | None = None)
                 f"cfg.lr holds {np.size(cfg.lr)} per-SAE rates; pass lr= (the rate `init` stores), "
                 "or let init_state / train set each SAE's rate"
             )
-        lr = float(cfg.lr)
+        lr = float(np.asarray(cfg.lr))  # a scalar (checked above); asarray types it for float()
     adam = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
     return optax.chain(*parts, adam, optax.scale_by_schedule(lr_multiplier(cfg)))
