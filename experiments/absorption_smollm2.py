@@ -27,21 +27,21 @@ from pathlib import Path
 
 import jax
 
-from jsae.runtime import prepare_process  # noqa: E402
+from jsae.runtime import prepare_process
 
 prepare_process()  # one CPU device per core, persistent compilation cache
 
-import numpy as np  # noqa: E402 -- after prepare_process
+import numpy as np
 
-from jsae.analysis.absorption_run import (  # noqa: E402
+from jsae.analysis.absorption_run import (
     AbsorptionConfig,
     prepare_probe_data,
     train_relu_sweep,
     training_activations,
 )
-from jsae.models import load  # noqa: E402
-from jsae.rundir import write_json  # noqa: E402
-from jsae.tasks.first_letter import answer_token_ids  # noqa: E402
+from jsae.models import load
+from jsae.rundir import write_json
+from jsae.tasks.first_letter import answer_token_ids
 
 LAYER = 3
 WIDTHS = [1152, 2304]

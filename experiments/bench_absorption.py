@@ -19,24 +19,24 @@ from jsae.runtime import prepare_process
 
 prepare_process()
 
-import jax  # noqa: E402 -- after prepare_process
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from jsae.analysis.absorption_run import (  # noqa: E402
+from jsae.analysis.absorption_run import (
     AbsorptionConfig,
     absorption_run,
     prepare_probe_data,
     train_relu_sweep,
     training_activations,
 )
-from jsae.models import load  # noqa: E402
-from jsae.rundir import write_json  # noqa: E402
-from jsae.sae import concat  # noqa: E402
-from jsae.tasks.first_letter import answer_token_ids  # noqa: E402
+from jsae.models import load
+from jsae.rundir import write_json
+from jsae.sae import concat
+from jsae.tasks.first_letter import answer_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from absorption_reference import evaluate_sae  # noqa: E402 -- the oracle lives with the tests
+from absorption_reference import evaluate_sae
 
 LAYER, SPARSITY, WIDTH = 3, [1.0, 4.0, 16.0], 1152
 

@@ -23,12 +23,12 @@ from jsae.runtime import prepare_process
 
 prepare_process()  # one CPU device per core, persistent compilation cache
 
-import jax  # noqa: E402  (after prepare_process: it fixes the CPU device count)
+import jax
 
-from jsae.analysis.circuits import discover, harvest_task, head_names, roc_auc  # noqa: E402
-from jsae.models import load  # noqa: E402
-from jsae.plots import line_panels  # noqa: E402
-from jsae.tasks import greater_than, ioi  # noqa: E402
+from jsae.analysis.circuits import discover, harvest_task, head_names, roc_auc
+from jsae.models import load
+from jsae.plots import line_panels
+from jsae.tasks import greater_than, ioi
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than}

@@ -28,14 +28,14 @@ from jsae.runtime import prepare_process
 
 prepare_process()  # one CPU device per core, persistent compilation cache
 
-import jax.numpy as jnp  # noqa: E402  (after prepare_process: it fixes the CPU device count)
+import jax.numpy as jnp
 
-from jsae.analysis.circuits import head_names, roc_auc  # noqa: E402
-from jsae.analysis.faithfulness import faithfulness_curve, log_grid  # noqa: E402
-from jsae.models import capture, forward, load, pad_sequences  # noqa: E402
-from jsae.plots import line_panels  # noqa: E402
-from jsae.tasks import greater_than, ioi  # noqa: E402
-from jsae.tasks.base import Task  # noqa: E402
+from jsae.analysis.circuits import head_names, roc_auc
+from jsae.analysis.faithfulness import faithfulness_curve, log_grid
+from jsae.models import capture, forward, load, pad_sequences
+from jsae.plots import line_panels
+from jsae.tasks import greater_than, ioi
+from jsae.tasks.base import Task
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than}

@@ -30,13 +30,13 @@ from jsae.runtime import prepare_process
 
 prepare_process()  # one CPU device per core, persistent compilation cache
 
-import jax.numpy as jnp  # noqa: E402  (after prepare_process: it fixes the CPU device count)
-from tqdm.auto import tqdm  # noqa: E402
+import jax.numpy as jnp
+from tqdm.auto import tqdm
 
-from jsae.analysis.patching import metrics_with_heads_replaced, patching_effects, single_head_masks  # noqa: E402
-from jsae.models import capture, forward, load, pad_sequences  # noqa: E402
-from jsae.tasks import greater_than, ioi, task_metric  # noqa: E402
-from jsae.tasks.base import Task  # noqa: E402
+from jsae.analysis.patching import metrics_with_heads_replaced, patching_effects, single_head_masks
+from jsae.models import capture, forward, load, pad_sequences
+from jsae.tasks import greater_than, ioi, task_metric
+from jsae.tasks.base import Task
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 N_PROMPTS, CHUNK, SEED, DISCOVERY_SEED, DISCOVERY_N = 100, 20, 3, 0, 200

@@ -30,11 +30,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jsae.runtime import prepare_process  # noqa: E402
+from jsae.runtime import prepare_process
 
 prepare_process()  # one CPU device per core, persistent compilation cache
 
-from jsae.analysis.circuits import (  # noqa: E402  (after prepare_process)
+from jsae.analysis.circuits import (
     DISCOVERY_METHODS,
     METHODS,
     SAECodeConfig,
@@ -49,9 +49,9 @@ from jsae.analysis.circuits import (  # noqa: E402  (after prepare_process)
     roc_curve,
     run_methods,
 )
-from jsae.models import load  # noqa: E402
-from jsae.rundir import to_jsonable  # noqa: E402
-from jsae.tasks import docstring, greater_than, ioi  # noqa: E402
+from jsae.models import load
+from jsae.rundir import to_jsonable
+from jsae.tasks import docstring, greater_than, ioi
 
 TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
 N_PROMPTS = 200

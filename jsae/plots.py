@@ -96,7 +96,7 @@ def line_panels(
     fig, axes = figure(4.6 * len(panels), 3.8, ncols=len(panels))
     for ax, (name, series) in zip(np.atleast_1d(axes), panels.items()):
         # qualitative maps are ListedColormaps (with .colors); the stubs type the lookup as Colormap
-        palette = colormaps["tab10" if len(series) <= 10 else "tab20"].colors  # pyright: ignore[reportAttributeAccessIssue]
+        palette = colormaps["tab10" if len(series) <= 10 else "tab20"].colors  # pyright: ignore[reportAttributeAccessIssue]  # tab10/tab20 are ListedColormaps; the stubs say Colormap
         for i, (label, (x, y, err)) in enumerate(series.items()):
             color = palette[i % len(palette)]
             if err is None:

@@ -198,7 +198,7 @@ def aggregate(letters: list[LetterAbsorption], min_probe_f1: float = 0.6) -> dic
     """SAE-level means over letters with probe F1 >= ``min_probe_f1`` (and at least one true positive)."""
     kept = [r for r in letters if r.probe_f1 >= min_probe_f1 and r.n_true_positives > 0]
     paper = [r for r in kept if r.n_paper_evaluated > 0]
-    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")
     return {
         "absorption_fraction": mean([r.absorption_fraction for r in kept]),
         "full_absorption": mean([r.full_absorption for r in kept]),

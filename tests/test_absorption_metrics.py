@@ -120,7 +120,7 @@ def test_candidates_are_tokens_with_every_main_latent_off():
 
 
 def test_aggregate_skips_letters_with_a_weak_probe():
-    row = lambda c, f1, frac, ev, ab: LetterAbsorption(c, f1, [0], 10, frac, frac / 2, 3, ev, ab, ab / max(ev, 1))  # noqa: E731
+    row = lambda c, f1, frac, ev, ab: LetterAbsorption(c, f1, [0], 10, frac, frac / 2, 3, ev, ab, ab / max(ev, 1))
     out = aggregate([row(0, 0.9, 0.2, 2, 1), row(1, 0.8, 0.4, 2, 0), row(2, 0.3, 1.0, 2, 2)])
     assert out["n_letters"] == 2
     assert out["absorption_fraction"] == pytest.approx(0.3)

@@ -46,7 +46,7 @@ def numpy_saelens(directory, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = {k: v.astype(np.float64) for k, v in load_file(str(directory / "sae_weights.safetensors")).items()}
     x = x.astype(np.float64)
     xc = x - t["b_dec"] if cfg["apply_b_dec_to_input"] else x
-    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    relu = lambda a: np.maximum(a, 0.0)
     arch = cfg["architecture"]
     if arch == "gated":
         f = ((xc @ t["W_enc"] + t["b_gate"]) > 0) * relu(xc @ (t["W_enc"] * np.exp(t["r_mag"])) + t["b_mag"])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 flax = pytest.importorskip("flax")
-import flax.linen as nn  # noqa: E402
-from flax import nnx  # noqa: E402
+import flax.linen as nn
+from flax import nnx
 
-from jsae.models import HookError  # noqa: E402
-from jsae.models.flax import AttentionHeads, harvest, patcher, runner  # noqa: E402
+from jsae.models import HookError
+from jsae.models.flax import AttentionHeads, harvest, patcher, runner
 
 L, H, DH, D, V, T = 2, 3, 4, 12, 17, 6
 
@@ -150,7 +150,7 @@ def test_linen_zero_ablate_and_patch_vmap_grad(linen_lm):
 
     # vmap over one-head masks (activation patching) equals patching each head by itself
     masks = jnp.eye(L * H).reshape(L * H, L, H)
-    metric = lambda o: o[:, -1, 0].sum()  # noqa: E731
+    metric = lambda o: o[:, -1, 0].sum()
     each = jax.vmap(lambda m: metric(patch(tokens, m, other_result)))(masks)
     for i in (0, 4):
         np.testing.assert_allclose(each[i], metric(patch(tokens, masks[i], other_result)), rtol=1e-5)

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_models_hooks import hf_run  # noqa: E402
+from test_models_hooks import hf_run
 
-from jsae.models import harvest, load  # noqa: E402
+from jsae.models import harvest, load
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from conftest import IOI_CLEAN, IOI_CORRUPT
 
 torch = pytest.importorskip("torch")
 
-from jsae.models import (  # noqa: E402
+from jsae.models import (
     HookSpec,
     Replace,
     capture,
@@ -22,7 +22,7 @@ from jsae.models import (  # noqa: E402
     patch,
     zero_ablate,
 )
-from jsae.models import hooks as H  # noqa: E402
+from jsae.models import hooks as H
 
 
 def _attn_modules(hf):

@@ -8,7 +8,7 @@ from conftest import IOI_CLEAN
 
 torch = pytest.importorskip("torch")
 
-from jsae.models import forward, load  # noqa: E402
+from jsae.models import forward, load
 
 
 def _hf_logits(model, tokens: np.ndarray) -> np.ndarray:

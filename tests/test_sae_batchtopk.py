@@ -74,7 +74,7 @@ def test_exactly_k_times_batch_active(k, batch):
     p = random_params(21)
     p["b_enc"] = p["b_enc"] + 20.0  # every pre-activation positive
     x = jnp.asarray(random_batch(21, batch=batch), jnp.float32)
-    _, (_, f) = make(p, k).loss(x, {}, jnp.zeros(D_SAE, bool))
+    _, (_, f) = make(p, k).loss(x, {"aux_coef": 1 / 32}, jnp.zeros(D_SAE, bool))
     assert int(np.sum(np.asarray(f) != 0)) == k * batch
 
 
@@ -153,8 +153,8 @@ def test_fold_scale():
     np.testing.assert_allclose(folded.encode(x), sae.encode(c * x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(folded(x), sae(c * x) / c, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        folded.loss(x, {}, jnp.zeros(D_SAE, bool))[1][1],
-        sae.loss(c * x, {}, jnp.zeros(D_SAE, bool))[1][1],
+        folded.loss(x, {"aux_coef": 1 / 32}, jnp.zeros(D_SAE, bool))[1][1],
+        sae.loss(c * x, {"aux_coef": 1 / 32}, jnp.zeros(D_SAE, bool))[1][1],
         rtol=1e-5,
         atol=1e-6,
     )

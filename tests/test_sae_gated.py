@@ -16,8 +16,9 @@ from sae_testing import (
     random_params,
 )  # noqa: F401  (x64 is a fixture)
 
-from jsae.sae import concat, gated, stack
+from jsae.sae import concat, gated, registry, stack
 from jsae.sae.gated import GatedSAE
+from jsae.train import TrainConfig
 
 
 def gated_params(seed):
@@ -58,9 +59,14 @@ def test_loss_matches_numpy():
     assert 0 < ref_metrics["l0"] < D_SAE
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
     assert_metrics_close(metrics, {"loss": ref, **ref_metrics})
-    # aux_coef defaults to the paper's 1
-    loss1, _ = make(p, jnp.float32).loss(jnp.asarray(x, jnp.float32), {"sparsity_coef": 0.3}, jnp.zeros(D_SAE, bool))
+    # a run that gives no aux_coef trains with the record's default, the paper's 1 (not AuxK's 1/32)
+    hp = TrainConfig(steps=1, sparsity_coef=0.3).per_sae(1, registry.get("gated"))
+    assert float(hp["aux_coef"][0]) == 1.0
+    hp1 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
+    loss1, _ = make(p, jnp.float32).loss(jnp.asarray(x, jnp.float32), hp1, jnp.zeros(D_SAE, bool))
     np.testing.assert_allclose(float(loss1), np_gated_loss(p, x, 0.3, 1.0)[0], rtol=1e-5)
+    with pytest.raises(KeyError, match="aux_coef"):  # the loss itself has no silent default
+        make(p, jnp.float32).loss(jnp.asarray(x, jnp.float32), {"sparsity_coef": 0.3}, jnp.zeros(D_SAE, bool))
 
 
 def test_gradient_matches_finite_differences(x64):
@@ -96,8 +102,7 @@ def test_init_and_constrain():
     unit = gated.init(jax.random.key(0), D_IN, D_SAE, unit_norm_decoder=True)
     grown = eqx.tree_at(lambda s: s.W_dec, unit, unit.W_dec * 2)
     np.testing.assert_allclose(np.linalg.norm(grown.constrain().W_dec, axis=1), 1.0, rtol=1e-5)
-    with pytest.raises(TypeError, match="encode"):
-        sae.activation(x @ sae.W_enc)
+    assert not hasattr(sae, "activation")  # one pre-activation is not enough: encode(x) is the only rule
 
 
 def test_stack_equals_separate_inits():

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("jsae.train")
 
-from jsae.sae import jumprelu, stack  # noqa: E402
-from jsae.train import TrainConfig, train  # noqa: E402
+from jsae.sae import jumprelu, stack
+from jsae.train import TrainConfig, train
 
 
 def sparse_dictionary_data(seed: int, d: int, n_features: int, tokens: int, p: float):

@@ -68,7 +68,7 @@ def test_prefixes_are_validated():
 def test_threshold_buffer_and_export_to_jumprelu():
     p, x = random_params(51), jnp.asarray(random_batch(51, batch=16), jnp.float32)
     sae = make(p, 2, (2, 6))
-    _, (_, f) = sae.loss(x, {}, jnp.zeros(D_SAE, bool))
+    _, (_, f) = sae.loss(x, {"aux_coef": 1 / 32}, jnp.zeros(D_SAE, bool))
     sae = sae.update_buffers(f)
     np.testing.assert_allclose(float(sae.threshold), np.min(np.asarray(f)[np.asarray(f) > 0]), rtol=1e-6)
     exported = to_jumprelu(sae)

@@ -16,8 +16,9 @@ from sae_testing import (
     random_params,
 )  # noqa: F401  (x64 is a fixture)
 
-from jsae.sae import concat, geometric_median, stack, topk
+from jsae.sae import concat, geometric_median, registry, stack, topk
 from jsae.sae.topk import TopKSAE
+from jsae.train import TrainConfig
 
 DEAD = np.array([True, False, True, False, False, True])
 
@@ -65,8 +66,11 @@ def test_loss_matches_numpy():
     assert ref_metrics["aux"] > 0
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
     assert_metrics_close(metrics, {"loss": ref, **ref_metrics})
-    # default aux_coef is the paper's 1/32
-    loss_default, _ = make(p, 2, 2).loss(jnp.asarray(x, jnp.float32), {}, jnp.asarray(DEAD))
+    # a run that gives no aux_coef trains with the record's default, the paper's 1/32
+    hp = TrainConfig(steps=1).per_sae(1, registry.get("topk"))
+    assert sorted(hp) == ["aux_coef", "lr"]  # no sparsity coefficient: k sets the sparsity
+    hp1 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
+    loss_default, _ = make(p, 2, 2).loss(jnp.asarray(x, jnp.float32), hp1, jnp.asarray(DEAD))
     np.testing.assert_allclose(float(loss_default), np_topk_loss(p, x, DEAD, 2, 2, 1 / 32)[0], rtol=1e-5)
 
 

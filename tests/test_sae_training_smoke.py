@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("jsae.train")
 
-from jsae.sae import registry, stack, to_jumprelu  # noqa: E402
-from jsae.train import TrainConfig, train  # noqa: E402
+from jsae.sae import registry, stack, to_jumprelu
+from jsae.train import TrainConfig, train
 
 CONFIGS = {
     "relu": {},

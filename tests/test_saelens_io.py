@@ -62,7 +62,7 @@ def numpy_encode(directory, x: np.ndarray) -> np.ndarray:
     cfg = json.loads((directory / "cfg.json").read_text())
     t = {k: v.astype(np.float64) for k, v in load_file(str(directory / "sae_weights.safetensors")).items()}
     xc = x - t["b_dec"] if cfg["apply_b_dec_to_input"] else x
-    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    relu = lambda a: np.maximum(a, 0.0)
     arch = cfg["architecture"]
     if arch == "gated":
         gate = (xc @ t["W_enc"] + t["b_gate"]) > 0

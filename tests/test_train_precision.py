@@ -79,7 +79,7 @@ def test_step_matmuls_take_bf16_inputs_and_accumulate_in_float32(mod, kw):
     opt = optax.adam(1e-3)
     state = init_sae_state(sae, opt)
     x = jnp.ones((8, 16))
-    hp = {"sparsity_coef": jnp.asarray(0.1)}
+    hp = {"sparsity_coef": jnp.asarray(0.1), "aux_coef": jnp.asarray(1 / 32)}  # each loss reads what it needs
     dots = dot_dtypes(make_step(opt, compute_dtype="bfloat16"), state, x, hp)
     big = [d for d in dots if d[0] == ("bfloat16", "bfloat16")]
     assert big and all(out == "float32" for _, out in big), dots

@@ -29,8 +29,10 @@ from jsae.analysis.absorption import (
     saebench_absorption,
     summarise,
 )
+from jsae.analysis.probes import LinearProbe
 from jsae.models import capture, forward, layer_range, map_batches
 from jsae.sae.base import SAE
+from jsae.tasks.first_letter import Prompts
 
 
 @dataclass
@@ -42,8 +44,8 @@ class ProbeData:
     train_letters: np.ndarray
     test_acts: np.ndarray
     test_letters: np.ndarray
-    test_prompts: object
-    probe: object
+    test_prompts: Prompts
+    probe: LinearProbe
     probe_f1: np.ndarray
     test_pred: np.ndarray
 
@@ -299,7 +301,7 @@ def absorption_run(
         for c, ids in enumerate(r.main_latents):
             main[i, c, ids] = True
     letters = np.asarray(data.test_letters)
-    dirs = np.asarray(data.probe.directions())  # [26, D]  # pyright: ignore[reportAttributeAccessIssue]
+    dirs = np.asarray(data.probe.directions())  # [26, D]
     kw = dict(absorber_cos=cfg.absorber_cos, full_cos=cfg.full_cos, proportion=cfg.proportion)
     kw["max_absorbers"] = cfg.max_absorbers
     frac, full, candidate = _saebench_stack(

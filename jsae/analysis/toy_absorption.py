@@ -38,6 +38,7 @@ that child.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -46,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from jsae.sae import registry
 from jsae.sae.base import SAE
 from jsae.sae.registry import init_stack
 from jsae.train import TrainConfig, TrainResult, train
@@ -176,6 +178,7 @@ def train_toy_saes(
     n_features: int = 4,
     k: int = 1,
     prefixes: tuple[int, ...] | None = None,
+    decoder_norm: float = 0.5,
     steps: int = 1500,
     batch_size: int = 256,
     lr: float = 3e-3,
@@ -183,9 +186,11 @@ def train_toy_saes(
 ) -> tuple[TrainResult, np.ndarray, np.ndarray]:
     """Train ``n_seeds * len(sparsity_coefs)`` SAEs of ``arch`` on the toy data in one vmapped stack.
 
-    ``d_sae`` defaults to ``n_features`` (one latent per true feature, the paper's setting); ``k`` is
-    used by topk/batchtopk/matryoshka, ``sparsity_coefs`` by relu; Matryoshka's ``prefixes`` default to
-    ``(1, d_sae)`` (the first latent alone must reconstruct, as for a parent).
+    ``d_sae`` defaults to ``n_features`` (one latent per true feature, the paper's setting); ``k`` goes
+    to architectures that take it (``uses_k``), ``sparsity_coefs`` to those with a sparsity coefficient
+    (the others get the same list of seeds, their coefficient reported as given). Nested widths
+    ``prefixes`` (default ``(1, d_sae)``: the first latent alone must reconstruct, as for a parent) and
+    ``decoder_norm`` (0.5) go to architectures whose ``init`` takes them.
     ``span``: if given (the feature directions), every SAE starts with decoder rows drawn at random
     inside their span (see ``init_in_span``).
     Returns the TrainResult and, per SAE, its seed index and sparsity coefficient (both [N]).
@@ -194,22 +199,19 @@ def train_toy_saes(
     seeds = np.repeat(np.arange(n_seeds), len(sparsity_coefs))
     coefs = np.tile(np.asarray(sparsity_coefs, np.float32), n_seeds)
     n = len(seeds)
-    cfg: dict = {}
-    if arch == "matryoshka":
-        cfg["prefixes"] = prefixes or (1, d_sae)
-    if arch == "relu":
-        cfg["decoder_norm"] = 0.5
+    record = registry.get(arch)
+    takes = inspect.signature(record.init).parameters
+    options = {"prefixes": prefixes or (1, d_sae), "decoder_norm": decoder_norm}
+    cfg = {name: v for name, v in options.items() if name in takes}
     k_init, k_span = jax.random.split(key)
-    sae = init_stack(
-        arch, k_init, n, x.shape[-1], d_sae, k=k if arch in ("topk", "batchtopk", "matryoshka") else None, **cfg
-    )
+    sae = init_stack(arch, k_init, n, x.shape[-1], d_sae, k=k if record.uses_k else None, **cfg)
     if span is not None:
         sae = init_in_span(k_span, sae, span)
     tc = TrainConfig(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
-        sparsity_coef=[float(c) for c in coefs],
+        sparsity_coef=[float(c) for c in coefs] if record.sparsity else None,
         chunk_steps=min(steps, 500),
         dead_after_tokens=batch_size * 50,
         grad_clip=None,

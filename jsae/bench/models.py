@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> None:
     tokens, lengths = tok.encode_batch(texts, multiple_of=8)
     n_tokens = int(lengths.sum())
 
-    jax_fwd = lambda: jax.block_until_ready(forward(model, tokens)[0])  # noqa: E731
+    def jax_fwd():
+        return jax.block_until_ready(forward(model, tokens)[0])
+
     t_compile = time.perf_counter()
     jax_fwd()
     compile_s = time.perf_counter() - t_compile
@@ -199,7 +201,10 @@ def stream_case(model, tok, hf, reps: int) -> dict:
     from jsae.data import ContextStream, open_text
 
     tokens = np.asarray(next(iter(ContextStream(open_text(None), tok, context_size=128, batch_contexts=32))))
-    jax_fwd = lambda: jax.block_until_ready(forward(model, tokens, logits="last")[0])  # noqa: E731
+
+    def jax_fwd():
+        return jax.block_until_ready(forward(model, tokens, logits="last")[0])
+
     got = np.asarray(jax_fwd())  # compiles
     torch_fwd: Callable[[], Any] | None = None
     diff = None

@@ -91,7 +91,10 @@ def step_matmuls_gflops(n: int, d: int, m: int, b: int, mesh, reps: int = 10) ->
     dW_dec = f^T g, dW_enc = x^T dpre (10*B*d*m per SAE). N must divide by the device count."""
     keys = jax.random.split(jax.random.key(0), 5)
     spec = jax.sharding.PartitionSpec(AXIS)
-    put = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))  # noqa: E731
+
+    def put(a):
+        return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+
     x, g = put(jax.random.normal(keys[0], (n, b, d))), put(jax.random.normal(keys[1], (n, b, d)))
     dpre = put(jax.random.normal(keys[2], (n, b, m)))
     W_enc, W_dec = put(jax.random.normal(keys[3], (n, d, m))), put(jax.random.normal(keys[4], (n, m, d)))

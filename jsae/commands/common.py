@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from jsae.sae.registry import ARCHITECTURES, USES_K, init_stack
+from jsae.sae import registry
+from jsae.sae.registry import init_stack
 from jsae.train import TrainConfig
 
 
 def add_train_options(p, *, steps: int | None, d_sae: int, k: int = 8, batch: int | None = 256) -> None:
     """Options shared by the subcommands that train SAEs (a None default is resolved by the command)."""
-    p.add_argument("--arch", default="topk", choices=ARCHITECTURES, help="SAE architecture (default: %(default)s)")
-    p.add_argument("--d-sae", type=int, default=d_sae, help="latents per SAE (default: %(default)s)")
-    p.add_argument(
-        "--k", type=int, default=k, help="active latents per token for topk/batchtopk/matryoshka (default: %(default)s)"
+    records = [registry.get(name) for name in registry.names()]
+    with_k = "/".join(r.name for r in records if r.uses_k)
+    sparsity = "; ".join(
+        f"{r.name}: {r.sparsity}, default {r.hyperparams['sparsity_coef']}" for r in records if r.sparsity
     )
+    p.add_argument("--arch", default="topk", choices=registry.names(), help="SAE architecture (default: %(default)s)")
+    p.add_argument("--d-sae", type=int, default=d_sae, help="latents per SAE (default: %(default)s)")
+    p.add_argument("--k", type=int, default=k, help=f"active latents per token for {with_k} (default: %(default)s)")
     p.add_argument(
         "--sparsity",
         type=float,
         nargs="+",
         default=None,
-        help="L1/L0 coefficient(s) for relu/jumprelu/gated; several values sweep them, one SAE each",
+        help=f"sparsity coefficient(s) ({sparsity}); several values sweep them, one SAE each",
     )
     p.add_argument(
         "--steps",
@@ -45,25 +49,30 @@ def add_train_options(p, *, steps: int | None, d_sae: int, k: int = 8, batch: in
 
 
 def stack_and_config(args, key, n: int, d_in: int, sample=None):
-    """The SAE stack and TrainConfig an argparse namespace asks for (a sparsity sweep sets N)."""
-    sparsity = args.sparsity
-    if args.arch in USES_K:
-        if sparsity:
-            raise ValueError(f"--sparsity does not apply to {args.arch} (it uses --k)")
-        sparsity = [0.0]
-    elif not sparsity:
-        sparsity = [{"relu": 0.1, "jumprelu": 0.01, "gated": 0.1}[args.arch]]
+    """The SAE stack and TrainConfig an argparse namespace asks for (a sparsity sweep sets N). The
+    config names every loss hyperparameter the architecture reads (its record's defaults where the
+    command line gives none), so a run's config.json says what it trained with."""
+    record = registry.get(args.arch)
+    sparsity: list[float] = list(args.sparsity or [])
+    if record.sparsity is None and sparsity:
+        raise ValueError(f"--sparsity does not apply to {args.arch}" + (" (it uses --k)" if record.uses_k else ""))
+    default = record.hyperparams.get("sparsity_coef")
+    if record.sparsity is not None and not sparsity:
+        if default is None:
+            raise ValueError(f"{args.arch} has no default sparsity coefficient: pass --sparsity")
+        sparsity = [default]
     if len(sparsity) > 1 and n not in (1, len(sparsity)):
         raise ValueError(f"{len(sparsity)} --sparsity values for {n} SAEs: give one value or one per SAE")
     n = max(n, len(sparsity))
-    sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if args.arch in USES_K else None, data=sample)
+    sae = init_stack(args.arch, key, n, d_in, args.d_sae, k=args.k if record.uses_k else None, data=sample)
     chunk = min(args.steps, 250)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch,
         lr=args.lr,
         seed=args.seed,
-        sparsity_coef=sparsity if len(sparsity) > 1 else sparsity[0],
+        sparsity_coef=None if not sparsity else sparsity if len(sparsity) > 1 else sparsity[0],
+        aux_coef=record.hyperparams.get("aux_coef"),
         lr_warmup_steps=min(100, args.steps // 10),
         lr_decay="linear",
         chunk_steps=chunk,

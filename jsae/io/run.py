@@ -42,8 +42,8 @@ import jax
 import numpy as np
 
 from jsae.io.saelens import HEAD_POINTS, RESIDUAL_POINTS, hook_name, save_saelens
+from jsae.sae import registry
 from jsae.sae.base import SAE
-from jsae.sae.registry import ARCHITECTURES, module
 from jsae.sae.stack import n_saes
 
 STACK_WEIGHTS = "sae_stack.safetensors"
@@ -168,16 +168,11 @@ def _tuples(x: Any) -> Any:
 
 
 def _architecture(sae: SAE) -> str:
-    """The registry name of a stack's architecture (its module in ``jsae.sae``)."""
-    cls = type(sae)
-    arch = cls.__module__.rsplit(".", 1)[-1]
-    known = cls.__module__ == f"jsae.sae.{arch}" and arch in ARCHITECTURES
-    if not known or getattr(module(arch), cls.__name__, None) is not cls:
-        raise RunFormatError(
-            f"save_run saves jsae's architectures ({', '.join(ARCHITECTURES)}); got a "
-            f"{cls.__module__}.{cls.__name__}: save it with jsae.io.save_saelens_stack instead"
-        )
-    return arch
+    """The registry name of a stack's architecture (its record, ``jsae.sae.registry.of``)."""
+    try:
+        return registry.of(sae).name
+    except TypeError as e:
+        raise RunFormatError(f"save_run saves registered architectures ({', '.join(registry.names())}): {e}") from None
 
 
 def _fields(cls) -> tuple[list[str], list[str]]:
@@ -418,12 +413,13 @@ def load_run(run_dir: str | Path) -> tuple[SAE, list[dict[str, Any]], dict[str, 
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
     arch, cls_name = record.get("architecture"), record.get("class")
-    if arch not in ARCHITECTURES or not isinstance(getattr(module(arch), str(cls_name), None), type):
+    known = registry.names()
+    if arch not in known or registry.get(str(arch)).cls.__name__ != cls_name:
         raise RunFormatError(
-            f"{run_dir / STACK_JSON}: unknown architecture {arch!r} / class {cls_name!r}; this jsae "
-            f"has {', '.join(ARCHITECTURES)}"
+            f"{run_dir / STACK_JSON}: unknown architecture {arch!r} / class {cls_name!r}; registered "
+            f"architectures: {', '.join(known)} (register a record with jsae.sae.registry.register first)"
         )
-    cls = getattr(module(arch), str(cls_name))
+    cls = registry.get(str(arch)).cls
     array_names, static_names = _fields(cls)
     static = record.get("static") or {}
     if sorted(static) != sorted(static_names):
@@ -436,7 +432,7 @@ def load_run(run_dir: str | Path) -> tuple[SAE, list[dict[str, Any]], dict[str, 
         raise RunFormatError(f"{run_dir} has {STACK_JSON} but no {STACK_WEIGHTS}")
     try:
         with safe_open(str(weights), framework="flax") as f:
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise RunFormatError(f"cannot read {weights}: {e}") from e
     if sorted(arrays) != sorted(array_names):

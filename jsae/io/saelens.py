@@ -1,6 +1,9 @@
 """SAELens format: a directory with ``cfg.json`` + ``sae_weights.safetensors`` (safetensors and JSON only).
 
-Architectures and their tensors (SAELens 6.x names; ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``):
+Each architecture's record (``jsae.sae.record.Architecture``) says how it converts: ``to_saelens``
+gives the SAELens architecture name, tensors and extra cfg keys; ``saelens_reads`` names the SAELens
+architectures it reads with their tensors, and ``from_saelens`` builds the module. jsae's records (SAELens
+6.x names; ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``):
 
 ==========  ==========================================  =====================================
 SAELens     tensors                                     jsae module
@@ -36,20 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsae.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE, concat, n_saes, to_jumprelu, unstack
-from jsae.sae.auxk import resolve_k_aux
+from jsae.sae import concat, n_saes, registry, unstack
 from jsae.sae.base import SAE
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
 SAELENS_VERSION = "6.0.0"  # the cfg.json layout written here (metadata block, architecture key)
-TENSORS: dict[str, tuple[str, ...]] = {
-    "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
-    "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
-    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
-    "gated": ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"),
-}
 NORMALISATIONS_OK = ("none", "expected_average_only_in")
 RESIDUAL_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")  # blocks.<l>.hook_<point>
 HEAD_POINTS = ("z", "result")  # blocks.<l>.attn.hook_<point>: per-head activations [.., n_heads, d]
@@ -95,31 +90,18 @@ def hook_name(layer: int, point: str) -> str:
 # save
 
 
-def _architecture_and_tensors(sae: SAE) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
-    """SAELens architecture name, tensors and extra cfg keys of one (unstacked) SAE."""
-    if isinstance(sae, BatchTopKSAE):  # also Matryoshka: inference is a JumpReLU with a global threshold
-        sae = to_jumprelu(sae)
-    base = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if isinstance(sae, JumpReLUSAE):
-        return "jumprelu", {**base, "threshold": sae.threshold}, {}
-    if isinstance(sae, TopKSAE):
-        return "topk", base, {"k": sae.k, "rescale_acts_by_decoder_norm": False}
-    if isinstance(sae, GatedSAE):
-        tensors = {
-            "W_enc": sae.W_enc,
-            "b_gate": sae.b_enc,
-            "b_mag": sae.b_mag,
-            "r_mag": sae.r_mag,
-            "W_dec": sae.W_dec,
-            "b_dec": sae.b_dec,
-        }
-        return "gated", tensors, {}
-    if isinstance(sae, ReLUSAE):
-        return "standard", base, {}
-    raise SAELensFormatError(
-        f"cannot save a {type(sae).__name__} in the SAELens format; supported: ReLUSAE (standard), TopKSAE, "
-        "JumpReLUSAE, GatedSAE, BatchTopKSAE and MatryoshkaSAE (saved as jumprelu)"
-    )
+def _architecture_and_tensors(sae: SAE) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """SAELens architecture name, tensors and extra cfg keys of one (unstacked) SAE (its record's
+    ``to_saelens``)."""
+    try:
+        record = registry.of(sae)
+    except TypeError as e:
+        raise SAELensFormatError(f"cannot save a {type(sae).__name__} in the SAELens format: {e}") from None
+    if record.to_saelens is None:
+        raise SAELensFormatError(
+            f"the {record.name!r} architecture has no SAELens form (its record's to_saelens is None)"
+        )
+    return record.to_saelens(sae)
 
 
 def save_saelens(
@@ -229,7 +211,7 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise SAELensFormatError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     meta = cfg.get("metadata") or {}
-    out = dict(cfg, path=str(path))
+    out: dict[str, Any] = {**cfg, "path": str(path)}
     for key, old in (("hook_name", "hook_point"), ("model_name", None), ("hook_head_index", "hook_point_head_index")):
         out[key] = meta.get(key, cfg.get(key, cfg.get(old) if old else None))
     arch = cfg.get("architecture")
@@ -258,7 +240,7 @@ def _read_tensors(path: Path) -> dict[str, jax.Array]:
         raise SAELensFormatError(f"{path} has no {WEIGHTS_FILENAME}")
     try:
         with safe_open(str(weights), framework="flax") as f:
-            return {k: jnp.asarray(f.get_tensor(k), jnp.float32) for k in f.keys()}  # noqa: SIM118
+            return {k: jnp.asarray(f.get_tensor(k), jnp.float32) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise SAELensFormatError(f"cannot read {weights}: {e}") from e
 
@@ -270,29 +252,31 @@ def _int_field(cfg: dict, key: str, path: Path) -> int:
     return v
 
 
-def _check_tensors(arch: str, t: dict[str, jax.Array], d_in: int, d_sae: int, path: Path) -> None:
-    expected = TENSORS[arch]
-    if "log_threshold" in t and arch == "jumprelu" and "threshold" not in t:
+def _check_tensors(
+    arch: str, spec: dict[str, tuple[str, ...]], t: dict[str, jax.Array], d_in: int, d_sae: int, path: Path
+) -> None:
+    """``t`` holds exactly the tensors of ``spec`` (name -> dims) with the shapes cfg.json implies."""
+    if "log_threshold" in t and "threshold" in spec and "threshold" not in t:  # older SAELens files
         t["threshold"] = jnp.exp(t.pop("log_threshold"))
     if "scaling_factor" in t:  # SAELens drops an all-ones finetuning scale and refuses any other
         if not bool(jnp.all(t["scaling_factor"] == 1.0)):
             raise SAELensFormatError(f"{path}: a finetuning scaling_factor other than 1 is not supported")
         del t["scaling_factor"]
-    missing = [k for k in expected if k not in t]
+    missing = [k for k in spec if k not in t]
     if missing:
         raise SAELensFormatError(
             f"{path / WEIGHTS_FILENAME} lacks {', '.join(missing)} needed by a {arch!r} SAE "
             f"(it has {', '.join(sorted(t)) or 'no tensors'})"
         )
-    extra = sorted(set(t) - set(expected))
+    extra = sorted(set(t) - set(spec))
     if extra:
         raise SAELensFormatError(
             f"{path / WEIGHTS_FILENAME} has tensors {', '.join(extra)} that a {arch!r} SAE "
             f"does not use; is cfg.json's architecture right?"
         )
-    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    for k in expected:
-        want = shapes.get(k, (d_sae,))
+    sizes = {"d_in": d_in, "d_sae": d_sae}
+    for k, dims in spec.items():
+        want = tuple(sizes[d] for d in dims)
         if tuple(t[k].shape) != want:
             raise SAELensFormatError(
                 f"{path}: {k} has shape {tuple(t[k].shape)} but cfg.json (d_in={d_in}, d_sae={d_sae}) needs {want}"
@@ -310,9 +294,11 @@ def load_saelens(path: str | Path) -> tuple[SAE, dict[str, Any]]:
     path = Path(path)
     cfg = read_cfg(path)
     arch = cfg["architecture"]
-    if arch not in ARCHITECTURES:
+    record = registry.reading_saelens(arch)
+    if record is None or record.from_saelens is None:
         raise SAELensFormatError(
-            f"{path / CFG_FILENAME}: architecture {arch!r} is not supported; jsae reads {', '.join(ARCHITECTURES)}"
+            f"{path / CFG_FILENAME}: architecture {arch!r} is not supported; jsae reads "
+            f"{', '.join(registry.saelens_names())}"
         )
     d_in, d_sae = _int_field(cfg, "d_in", path), _int_field(cfg, "d_sae", path)
     norm = cfg["normalize_activations"]
@@ -328,62 +314,11 @@ def load_saelens(path: str | Path) -> tuple[SAE, dict[str, Any]]:
             stacklevel=2,
         )
     t = _read_tensors(path)
-    _check_tensors(arch, t, d_in, d_sae, path)
-    b_in = bool(cfg.get("apply_b_dec_to_input", True))
-    if arch == "standard":
-        sae = ReLUSAE(
-            W_enc=t["W_enc"],
-            b_enc=t["b_enc"],
-            W_dec=t["W_dec"],
-            b_dec=t["b_dec"],
-            apply_b_dec_to_input=b_in,
-            unit_norm_decoder=False,
-        )
-    elif arch == "topk":
-        k = _int_field(cfg, "k", path)
-        if k > d_sae:
-            raise SAELensFormatError(f"{path / CFG_FILENAME}: k={k} exceeds d_sae={d_sae}")
-        W_enc, b_enc, W_dec = t["W_enc"], t["b_enc"], t["W_dec"]
-        if cfg.get("rescale_acts_by_decoder_norm", False):  # encode scales pre by |W_dec|, decode divides
-            norms = jnp.linalg.norm(W_dec, axis=-1)
-            W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
-        sae = TopKSAE(
-            W_enc=W_enc,
-            b_enc=b_enc,
-            W_dec=W_dec,
-            b_dec=t["b_dec"],
-            apply_b_dec_to_input=b_in,
-            k=k,
-            k_aux=resolve_k_aux(None, d_in, d_sae),
-        )
-    elif arch == "jumprelu":
-        if bool(jnp.any(t["threshold"] < 0)):
-            raise SAELensFormatError(
-                f"{path}: negative JumpReLU thresholds; SAELens then applies a ReLU first, "
-                "jsae's JumpReLU assumes threshold >= 0"
-            )
-        sae = JumpReLUSAE(
-            W_enc=t["W_enc"],
-            b_enc=t["b_enc"],
-            W_dec=t["W_dec"],
-            b_dec=t["b_dec"],
-            apply_b_dec_to_input=b_in,
-            threshold=t["threshold"],
-            bandwidth=0.001,
-            unit_norm_decoder=False,
-            l0_grad_to_pre=True,
-        )
-    else:
-        sae = GatedSAE(
-            W_enc=t["W_enc"],
-            b_enc=t["b_gate"],
-            W_dec=t["W_dec"],
-            b_dec=t["b_dec"],
-            apply_b_dec_to_input=b_in,
-            r_mag=t["r_mag"],
-            b_mag=t["b_mag"],
-            unit_norm_decoder=False,
-        )
+    _check_tensors(arch, dict(record.saelens_reads[arch]), t, d_in, d_sae, path)
+    try:
+        sae = record.from_saelens(arch, t, cfg)
+    except ValueError as e:
+        raise SAELensFormatError(f"{path / CFG_FILENAME}: {e}") from e
     return sae, cfg
 
 

@@ -33,7 +33,7 @@ from .errors import HookError, ModelError
 
 def _flax():
     try:
-        import flax  # noqa: F401
+        import flax  # noqa: F401 - imported only to check that the optional extra is installed
     except ImportError as e:  # pragma: no cover - exercised only without flax
         raise ModelError("jsae.models.flax needs flax: pip install 'jsae[flax]' (or pip install flax)") from e
     import flax.linen as nn

@@ -332,7 +332,6 @@ def _llama_to_penzai(model: Transformer):
     kv = lambda w: (
         _named(w, "embedding", "heads", "projection")
         if G == 1
-        # noqa: E731
         else (
             _named(w[:, 0], "embedding", "projection")
             if K == 1

@@ -164,7 +164,10 @@ class Tokenizer:
         cfg_path = d / "tokenizer_config.json"
         if cfg_path.is_file():
             special = json.loads(cfg_path.read_text())
-        tok_id = lambda name: backend.token_to_id(_tok_str(special.get(name))) if special.get(name) else None  # noqa: E731
+
+        def tok_id(name: str) -> int | None:
+            return backend.token_to_id(_tok_str(special.get(name))) if special.get(name) else None
+
         eos = tok_id("eos_token") or backend.token_to_id("<|endoftext|>")
         return cls(
             backend,

@@ -33,6 +33,7 @@ from jsae.activations.buffer import drain, exchange, exchange_key
 from jsae.activations.capture import capture_rows, model_for
 from jsae.activations.points import HookInput, input_width
 from jsae.models.transformer import Transformer
+from jsae.sae import registry
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
 from jsae.train.checkpoint import Checkpointer
@@ -246,7 +247,7 @@ def train_on_model(
 
     # the template of what a checkpoint holds: training state and buffer
     template_sae = sae if isinstance(sae, SAE) else jax.eval_shape(sae, jnp.zeros((n, 8, d_in)))
-    hp_np = cfg.per_sae(n)
+    hp_np = cfg.per_sae(n, registry.of(template_sae))
     ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
     arch = type(template_sae).__name__
     restored = None

@@ -1,8 +1,10 @@
 """SAE architectures: each one short file with an equinox module and its ``init``.
 
 Build one with ``jsae.sae.<arch>.init(key, d_in, d_sae, ...)`` or many with
-``jsae.sae.stack(jsae.sae.<arch>.init, keys, d_in, d_sae, ...)``; ``jsae.sae.registry`` finds an
-architecture by name.
+``jsae.sae.stack(jsae.sae.<arch>.init, keys, d_in, d_sae, ...)``. Each architecture's module exports
+its record, ``ARCHITECTURE`` (a :class:`jsae.sae.record.Architecture`: name, ``init``, whether it takes
+``k``, default hyperparameters, SAELens conversion); ``jsae.sae.registry`` collects them
+(``registry.get(name)``, ``registry.of(sae)``, ``registry.register(record)``).
 """
 
 from jsae.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk
@@ -11,6 +13,7 @@ from jsae.sae.batchtopk import BatchTopKSAE, to_jumprelu
 from jsae.sae.gated import GatedSAE
 from jsae.sae.jumprelu import JumpReLUSAE
 from jsae.sae.matryoshka import MatryoshkaSAE
+from jsae.sae.record import Architecture, SAELensForm
 from jsae.sae.relu import ReLUSAE
 from jsae.sae.stack import concat, index, n_saes, stack, unstack
 from jsae.sae.topk import TopKSAE
@@ -18,6 +21,8 @@ from jsae.sae.topk import TopKSAE
 __all__ = [
     "SAE",
     "Hyper",
+    "Architecture",
+    "SAELensForm",
     "relu",
     "topk",
     "batchtopk",

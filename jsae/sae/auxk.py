@@ -94,15 +94,16 @@ def reconstruction_with_auxk(
     hp: Hyper,
     dead: Bool[Array, " d_sae"] | None,
     activate: Callable[[Float[Array, "B d_sae"]], Float[Array, "B d_sae"]],
+    k_aux: int,
 ):
-    """The TopK-family loss: squared error of ``decode(activate(pre))`` + ``aux_coef`` (default 1/32)
-    times AuxK. Returns ``(total, (metrics, f))`` as ``SAE.loss`` does."""
+    """The TopK-family loss: squared error of ``decode(activate(pre))`` + ``hp["aux_coef"]``
+    times AuxK over ``k_aux`` dead latents. Returns ``(total, (metrics, f))`` as ``SAE.loss`` does."""
     pre = sae.pre_acts(x)
     f = activate(pre)
     x_hat = sae.decode(f)
     recon = squared_error(x, x_hat)
-    aux = auxk_loss(pre, dead, sae.W_dec, x - x_hat, sae.k_aux)
-    total = recon + hp.get("aux_coef", 1.0 / 32) * aux
+    aux = auxk_loss(pre, dead, sae.W_dec, x - x_hat, k_aux)
+    total = recon + hp["aux_coef"] * aux
     return total, ({"loss": total, "recon": recon, "aux": aux, **reconstruction_metrics(x, x_hat, f)}, f)
 
 
@@ -112,7 +113,7 @@ Entries = Callable[[Float[Array, "B d_sae"]], tuple[Array, Array]]
 class Active(NamedTuple):
     """The active entries of a batch (``jsae.sae.sparse``): latent ``cols[e]`` of token ``rows[e]`` with
     ReLU'd value ``f_vals[e]`` (gradients flow to the encoder through them), and AuxK's candidates
-    (``aux_rows``, ``aux_cols``, values ``aux_z``; None when no latent is dead)."""
+    (``aux_rows``, ``aux_cols``, values ``aux_z``, ``k_aux`` per row; None when no latent is dead)."""
 
     rows: Int[Array, " E"]
     cols: Int[Array, " E"]
@@ -121,18 +122,22 @@ class Active(NamedTuple):
     aux_cols: Int[Array, " A"] | None
     aux_z: Float[Array, " A"] | None
     shape: tuple[int, int]
+    k_aux: int
 
 
-def active_latents(sae: SAE, x: Float[Array, "B d_in"], dead: Bool[Array, " d_sae"] | None, entries: Entries) -> Active:
+def active_latents(
+    sae: SAE, x: Float[Array, "B d_in"], dead: Bool[Array, " d_sae"] | None, entries: Entries, k_aux: int
+) -> Active:
     """Pre-activations once without a gradient, the entries chosen by ``entries(pre) -> (rows, cols)``
-    (and AuxK's), and their values through ``sparse.active_pre`` (one call for both)."""
+    (and AuxK's ``k_aux`` per row), and their values through ``sparse.active_pre`` (one call for both)."""
     pre = jax.lax.stop_gradient(sae.pre_acts(x))
     rows, cols = entries(pre)
     n_main = rows.shape[0]
+    shape = (pre.shape[0], pre.shape[1])
     if dead is None:
         vals = sp.active_pre(x, sae.b_dec, sae.W_enc, sae.b_enc, pre, rows, cols, sae.apply_b_dec_to_input)
-        return Active(rows, cols, jax.nn.relu(vals), None, None, None, pre.shape)
-    aux_rows, aux_cols = sp.auxk_entries(pre, dead, sae.k_aux)
+        return Active(rows, cols, jax.nn.relu(vals), None, None, None, shape, k_aux)
+    aux_rows, aux_cols = sp.auxk_entries(pre, dead, k_aux)
     vals = sp.active_pre(
         x,
         sae.b_dec,
@@ -144,15 +149,15 @@ def active_latents(sae: SAE, x: Float[Array, "B d_in"], dead: Bool[Array, " d_sa
         sae.apply_b_dec_to_input,
     )
     aux_z = jnp.where(dead[aux_cols], jax.nn.relu(vals[n_main:]), 0.0)
-    return Active(rows, cols, jax.nn.relu(vals[:n_main]), aux_rows, aux_cols, aux_z, pre.shape)
+    return Active(rows, cols, jax.nn.relu(vals[:n_main]), aux_rows, aux_cols, aux_z, shape, k_aux)
 
 
 def sparse_auxk(sae: SAE, active: Active, residual: Float[Array, "B d_in"], dead) -> Float[Array, ""]:
     """``auxk_loss`` from the active entries (0 when ``dead`` is None)."""
-    if dead is None:
+    if dead is None or active.aux_z is None or active.aux_rows is None or active.aux_cols is None:
         return jnp.zeros((), residual.dtype)
     B, m = active.shape
-    e_hat = sp.decode_entries(active.aux_z, active.aux_rows, active.aux_cols, sae.W_dec, B, min(sae.k_aux, m))
+    e_hat = sp.decode_entries(active.aux_z, active.aux_rows, active.aux_cols, sae.W_dec, B, min(active.k_aux, m))
     return normalised_aux(residual, e_hat, dead)
 
 
@@ -163,15 +168,17 @@ def sparse_reconstruction_with_auxk(
     dead: Bool[Array, " d_sae"] | None,
     entries: Entries,
     per_row: int | None,
+    k_aux: int,
 ):
     """``reconstruction_with_auxk`` computed on the active entries only (``jsae.sae.sparse``): the same
     loss, metrics and ``f`` up to float rounding. ``entries(pre) -> (rows, cols)`` picks the active
-    latents (TopK: k per row, ``per_row=k``; BatchTopK: k*B in the batch, ``per_row=None``)."""
-    a = active_latents(sae, x, dead, entries)
+    latents (TopK: k per row, ``per_row=k``; BatchTopK: k*B in the batch, ``per_row=None``); AuxK uses
+    ``k_aux`` dead latents per row."""
+    a = active_latents(sae, x, dead, entries, k_aux)
     x_hat = sp.decode_entries(a.f_vals, a.rows, a.cols, sae.W_dec, a.shape[0], per_row) + sae.b_dec
     recon = squared_error(x, x_hat)
     aux = sparse_auxk(sae, a, x - x_hat, dead)
-    total = recon + hp.get("aux_coef", 1.0 / 32) * aux
+    total = recon + hp["aux_coef"] * aux
     f = sp.dense_from_entries(a.f_vals, a.rows, a.cols, a.shape)
     return total, ({"loss": total, "recon": recon, "aux": aux, **reconstruction_metrics(x, x_hat, f)}, f)
 

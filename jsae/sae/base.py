@@ -15,19 +15,29 @@ architecture adds) with static configuration, and pure methods:
 - ``constrain()``: projection after an optimizer step (e.g. unit-norm decoder rows).
 - ``fold_scale(c)``: an SAE trained on ``c * x`` turned into one that reads and writes raw ``x``.
 
+``encode``, ``loss``, ``update_buffers`` and ``constrain`` are abstract; each architecture file also
+exports its record (``jsae.sae.record.Architecture``) as ``ARCHITECTURE``.
+
 Conventions: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (row i is latent i's direction).
 The reconstruction loss is the squared error summed over ``d_in`` and averaged over the batch.
 A stack of N SAEs is the same module with a leading axis ``[N, ...]`` on every array.
 """
 
-from __future__ import annotations
-
-from typing import ClassVar, Literal
+import abc
+from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+# equinox's abstract class variables, spelled as equinox documents for type checkers (pyright #4965).
+# This file has no ``from __future__ import annotations``: equinox reads the abstract annotations of
+# ``SAE`` at class creation and does not support them as strings.
+if TYPE_CHECKING:
+    from typing import ClassVar as AbstractClassVar
+else:
+    from equinox import AbstractClassVar
 
 Hyper = dict[str, Float[Array, ""]]
 """Per-SAE scalar hyperparameters, e.g. ``{"sparsity_coef": 5.0, "aux_coef": 1/32}``."""
@@ -36,19 +46,22 @@ Metrics = dict[str, Float[Array, ""]]
 
 
 class SAE(eqx.Module):
-    """Shared parameters and pure functions of every architecture (abstract)."""
+    """The SAE protocol (abstract): every architecture is a final subclass that declares these fields
+    (in this order, before its own) and implements the abstract methods; the concrete methods here are
+    never overridden (equinox's abstract/final pattern). Architectures share code through functions
+    (``jsae.sae.auxk``, ``jsae.sae.batchtopk``), not through subclassing."""
 
-    W_enc: Float[Array, "d_in d_sae"]
-    b_enc: Float[Array, " d_sae"]
-    W_dec: Float[Array, "d_sae d_in"]
-    b_dec: Float[Array, " d_in"]
-    apply_b_dec_to_input: bool = eqx.field(static=True)
-    # True when ``loss`` reads the ``dead`` mask (AuxK); the trainer then tracks which latents are dead
-    # inside the step, and skips that work for architectures that never look at it.
-    uses_dead_latents: ClassVar[bool] = False
-    # Array fields that are buffers, set by ``update_buffers`` and not by the optimizer: the trainer
-    # zeroes their updates, so no optimizer (weight decay, say) moves them.
-    buffers: ClassVar[tuple[str, ...]] = ()
+    W_enc: eqx.AbstractVar[Float[Array, "d_in d_sae"]]
+    b_enc: eqx.AbstractVar[Float[Array, " d_sae"]]
+    W_dec: eqx.AbstractVar[Float[Array, "d_sae d_in"]]
+    b_dec: eqx.AbstractVar[Float[Array, " d_in"]]
+    apply_b_dec_to_input: eqx.AbstractVar[bool]  # a static field: pre-activations read x - b_dec
+    # uses_dead_latents: True when ``loss`` reads the ``dead`` mask (AuxK); the trainer then tracks which
+    # latents are dead inside the step, and skips that work for architectures that never look at it.
+    # buffers: array fields set by ``update_buffers`` and not by the optimizer: the trainer zeroes their
+    # updates, so no optimizer (weight decay, say) moves them.
+    uses_dead_latents: AbstractClassVar[bool]
+    buffers: AbstractClassVar[tuple[str, ...]]
 
     @property
     def d_in(self) -> int:
@@ -59,15 +72,14 @@ class SAE(eqx.Module):
         return self.W_enc.shape[-1]
 
     def pre_acts(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
+        """``(x - b_dec) W_enc + b_enc`` (``x W_enc + b_enc`` without ``apply_b_dec_to_input``)."""
         if self.apply_b_dec_to_input:
             return centered_matmul(x, self.b_dec, self.W_enc) + self.b_enc
         return matmul(x, self.W_enc) + self.b_enc
 
-    def activation(self, pre: Float[Array, "... d_sae"]) -> Float[Array, "... d_sae"]:
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def encode(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
-        return self.activation(self.pre_acts(x))
+        """Latent activations (the inference rule)."""
 
     def decode(self, f: Float[Array, "... d_sae"]) -> Float[Array, "... d_in"]:
         return matmul(f, self.W_dec) + self.b_dec
@@ -75,22 +87,35 @@ class SAE(eqx.Module):
     def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_in"]:
         return self.decode(self.encode(x))
 
+    @abc.abstractmethod
     def loss(
         self, x: Float[Array, "B d_in"], hp: Hyper, dead: Bool[Array, " d_sae"] | None
     ) -> tuple[Float[Array, ""], tuple[Metrics, Float[Array, "B d_sae"]]]:
-        raise NotImplementedError
+        """The training objective (module docstring); reads its hyperparameters as ``hp[name]``."""
 
-    def update_buffers(self, f: Float[Array, "B d_sae"]) -> SAE:
-        return self
+    @abc.abstractmethod
+    def update_buffers(self, f: Float[Array, "B d_sae"]) -> Self:
+        """Non-gradient state after a step (``return self`` when there is none)."""
 
-    def constrain(self) -> SAE:
-        return self
+    @abc.abstractmethod
+    def constrain(self) -> Self:
+        """Projection after an optimizer step (``return self`` when there is none)."""
 
-    def fold_scale(self, c: Float[Array, ""]) -> SAE:
+    def fold_scale(self, c: Float[Array, ""]) -> Self:
         """Return the SAE that, on raw ``x``, does what this one does on ``c * x`` (outputs unscaled)."""
         return eqx.tree_at(
             lambda s: (s.W_enc, s.W_dec, s.b_dec), self, (self.W_enc * c, self.W_dec / c, self.b_dec / c)
         )
+
+
+S = TypeVar("S", bound=SAE)
+
+
+def unit_rows_if(sae: S, unit_norm_decoder: bool) -> S:
+    """``sae`` with unit-norm decoder rows when ``unit_norm_decoder`` (the usual ``constrain``)."""
+    if not unit_norm_decoder:
+        return sae
+    return eqx.tree_at(lambda s: s.W_dec, sae, unit_rows(sae.W_dec))
 
 
 def matmul(a: Float[Array, "... n"], W: Float[Array, "n p"]) -> Float[Array, "... p"]:

@@ -13,19 +13,27 @@ initialises it (the stored value is -1 until then, and ``encode`` behaves as a R
 in ``loss`` and is read through ``stop_gradient`` elsewhere, so its gradient is exactly zero and Adam
 leaves it unchanged. ``to_jumprelu`` exports the inference SAE as a ``JumpReLUSAE``.
 
-Hyperparameters (``hp``): ``aux_coef`` (default 1/32). ``sparsity_coef`` is unused.
-Decoder rows have unit norm (init and ``constrain``).
+Hyperparameters (``hp``): ``aux_coef`` (default 1/32, the AuxK weight of Bussmann et al.'s code, from
+Gao et al.). There is no sparsity coefficient: k sets the sparsity. Decoder rows have unit norm (init
+and ``constrain``). SAELens: saved as "jumprelu" (the inference rule, ``to_jumprelu``); a SAELens
+jumprelu file loads as a ``JumpReLUSAE``.
+
+Matryoshka (``jsae.sae.matryoshka``) shares this file's functions (``batch_activation``,
+``updated_threshold``, ``threshold_activation``, ``init_fields``, ``to_jumprelu``); neither class
+subclasses the other.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from functools import partial
+from typing import ClassVar, Protocol, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from jsae.sae import jumprelu
 from jsae.sae import sparse as sp
 from jsae.sae.auxk import (
     check_k,
@@ -35,50 +43,83 @@ from jsae.sae.auxk import (
     sparse_reconstruction_with_auxk,
     use_sparse,
 )
-from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows
+from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows_if
 from jsae.sae.jumprelu import JumpReLUSAE
+from jsae.sae.record import Architecture, SAELensForm
 from jsae.sae.topk import resolve_b_dec_init
 
 
+def threshold_activation(pre: Float[Array, "... d_sae"], threshold: Float[Array, ""]) -> Float[Array, "... d_sae"]:
+    """Inference rule: a JumpReLU with one global threshold (a ReLU before calibration, threshold < 0);
+    the threshold is read through ``stop_gradient``."""
+    theta = jnp.maximum(jax.lax.stop_gradient(threshold), 0.0)
+    return pre * (pre > theta).astype(pre.dtype)
+
+
+def batch_activation(pre: Float[Array, "B d_sae"], k: int) -> Float[Array, "B d_sae"]:
+    """Training rule: the k*B largest pre-activations of the batch, ReLU'd."""
+    return keep_top_k_flat(pre, k * pre.shape[0])
+
+
+def batch_entries(pre: Float[Array, "B d_sae"], k: int):
+    """The training rule's active entries ``(rows, cols)`` for the sparse path (``jsae.sae.sparse``)."""
+    return sp.flat_topk_entries(pre, k * pre.shape[0])
+
+
+def updated_threshold(threshold: Float[Array, ""], f: Float[Array, "B d_sae"], decay: float) -> Float[Array, ""]:
+    """The threshold EMA after a batch: the smallest positive activation of ``f``, averaged with decay
+    ``decay`` (the first batch sets it; a batch without any positive activation leaves it)."""
+    f = jax.lax.stop_gradient(f)
+    batch_min = jnp.min(jnp.where(f > 0, f, jnp.inf))
+    ema = jnp.where(threshold < 0, batch_min, decay * threshold + (1 - decay) * batch_min)
+    return jnp.where(jnp.isfinite(batch_min), ema, threshold).astype(threshold.dtype)
+
+
+@final
 class BatchTopKSAE(SAE):
+    W_enc: Float[Array, "d_in d_sae"]
+    b_enc: Float[Array, " d_sae"]
+    W_dec: Float[Array, "d_sae d_in"]
+    b_dec: Float[Array, " d_in"]
+    apply_b_dec_to_input: bool = eqx.field(static=True)
     threshold: Float[Array, ""]
     k: int = eqx.field(static=True)
     k_aux: int = eqx.field(static=True)
     threshold_decay: float = eqx.field(static=True)
     sparse: bool | None = eqx.field(static=True, default=None)  # training path: None = by size (use_sparse)
-    uses_dead_latents: ClassVar[bool] = True  # AuxK (Matryoshka inherits it)
+    uses_dead_latents: ClassVar[bool] = True  # AuxK
     buffers: ClassVar[tuple[str, ...]] = ("threshold",)  # set by update_buffers, never by the optimizer
 
-    def activation(self, pre):
-        """Inference rule: a JumpReLU with the learnt global threshold (a ReLU before calibration)."""
-        theta = jnp.maximum(jax.lax.stop_gradient(self.threshold), 0.0)
-        return pre * (pre > theta).astype(pre.dtype)
-
-    def batch_activation(self, pre: Float[Array, "B d_sae"]) -> Float[Array, "B d_sae"]:
-        """Training rule: the k*B largest pre-activations of the batch, ReLU'd."""
-        return keep_top_k_flat(pre, self.k * pre.shape[0])
+    def encode(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
+        return threshold_activation(self.pre_acts(x), self.threshold)
 
     def loss(self, x: Float[Array, "B d_in"], hp: Hyper, dead: Bool[Array, " d_sae"] | None):
         if use_sparse(self.sparse, self.d_sae, self.k, self.d_in):
-            return sparse_reconstruction_with_auxk(
-                self, x, hp, dead, lambda pre: sp.flat_topk_entries(pre, self.k * pre.shape[0]), None
-            )
-        return reconstruction_with_auxk(self, x, hp, dead, self.batch_activation)
+            entries = partial(batch_entries, k=self.k)
+            return sparse_reconstruction_with_auxk(self, x, hp, dead, entries, None, self.k_aux)
+        return reconstruction_with_auxk(self, x, hp, dead, lambda pre: batch_activation(pre, self.k), self.k_aux)
 
     def update_buffers(self, f: Float[Array, "B d_sae"]) -> BatchTopKSAE:
-        f = jax.lax.stop_gradient(f)
-        batch_min = jnp.min(jnp.where(f > 0, f, jnp.inf))
-        old = self.threshold
-        ema = jnp.where(old < 0, batch_min, self.threshold_decay * old + (1 - self.threshold_decay) * batch_min)
-        new = jnp.where(jnp.isfinite(batch_min), ema, old).astype(old.dtype)
-        return eqx.tree_at(lambda s: s.threshold, self, new)
+        return eqx.tree_at(lambda s: s.threshold, self, updated_threshold(self.threshold, f, self.threshold_decay))
 
     def constrain(self) -> BatchTopKSAE:
-        return eqx.tree_at(lambda s: s.W_dec, self, unit_rows(self.W_dec))
+        return unit_rows_if(self, True)
 
 
-def to_jumprelu(sae: BatchTopKSAE, *, bandwidth: float = 0.001) -> JumpReLUSAE:
-    """The inference SAE as a JumpReLU with every latent's threshold = the global one (stacks too)."""
+class GlobalThresholdSAE(Protocol):
+    """What ``to_jumprelu`` reads: an SAE with one global inference threshold (BatchTopK, Matryoshka)."""
+
+    W_enc: Float[Array, "d_in d_sae"]
+    b_enc: Float[Array, " d_sae"]
+    W_dec: Float[Array, "d_sae d_in"]
+    b_dec: Float[Array, " d_in"]
+    apply_b_dec_to_input: bool
+    threshold: Float[Array, ""]
+
+
+def to_jumprelu(sae: GlobalThresholdSAE, *, bandwidth: float = 0.001) -> JumpReLUSAE:
+    """The inference SAE of a BatchTopK or Matryoshka SAE as a JumpReLU with every latent's threshold =
+    the global one (stacks too)."""
     theta = jnp.maximum(sae.threshold, 0.0)
     return JumpReLUSAE(
         W_enc=sae.W_enc,
@@ -124,7 +165,7 @@ def init(
 def init_fields(
     key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input, sparse=None
 ) -> dict:
-    """The constructor arguments shared by BatchTopK and its subclasses (Matryoshka)."""
+    """The constructor arguments shared by BatchTopK and Matryoshka."""
     k = check_k(k, d_sae)
     if not 0.0 <= threshold_decay < 1.0:
         raise ValueError(f"threshold_decay must be in [0, 1), got {threshold_decay}")
@@ -141,3 +182,18 @@ def init_fields(
         threshold_decay=float(threshold_decay),
         sparse=sparse,
     )
+
+
+def to_saelens(sae: GlobalThresholdSAE) -> SAELensForm:
+    """Saved as its inference rule, a SAELens "jumprelu" (BatchTopK and Matryoshka)."""
+    return jumprelu.to_saelens(to_jumprelu(sae))
+
+
+ARCHITECTURE = Architecture(
+    name="batchtopk",
+    cls=BatchTopKSAE,
+    init=init,
+    uses_k=True,
+    hyperparams={"aux_coef": 1.0 / 32},
+    to_saelens=to_saelens,
+)

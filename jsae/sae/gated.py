@@ -10,14 +10,17 @@
              + aux_coef * mean_b ||x - (ReLU(pi_gate) sg(W_dec) + sg(b_dec))||^2
 
 (sg = stop_gradient.) The gate's step passes no gradient; the sparsity and auxiliary terms train the
-gate path. Hyperparameters (``hp``): ``sparsity_coef`` (required), ``aux_coef`` (the paper uses 1,
-the default here; note ``TrainConfig.aux_coef`` defaults to AuxK's 1/32 -- pass 1.0 for Gated SAEs).
+gate path. Hyperparameters (``hp``): ``sparsity_coef`` (default 0.1, jsae's CLI value for activations
+normalised to mean norm sqrt(d_in); the paper sweeps it) and ``aux_coef`` (default 1: the paper adds
+the auxiliary reconstruction loss unweighted). SAELens architecture: "gated" (``b_gate`` = ``b_enc``).
 
 ``fold_scale`` needs nothing beyond the base rule: scaling W_enc by c scales W_mag = W_enc exp(r_mag)
 by c too, so both pre-activations, hence f, are unchanged.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, final
 
 import equinox as eqx
 import jax
@@ -35,14 +38,23 @@ from jsae.sae.base import (
     matmul,
     reconstruction_metrics,
     squared_error,
-    unit_rows,
+    unit_rows_if,
 )
+from jsae.sae.record import Architecture, SAELensForm, saelens_b_dec_to_input
 
 
+@final
 class GatedSAE(SAE):
+    W_enc: Float[Array, "d_in d_sae"]
+    b_enc: Float[Array, " d_sae"]
+    W_dec: Float[Array, "d_sae d_in"]
+    b_dec: Float[Array, " d_in"]
+    apply_b_dec_to_input: bool = eqx.field(static=True)
     r_mag: Float[Array, " d_sae"]
     b_mag: Float[Array, " d_sae"]
     unit_norm_decoder: bool = eqx.field(static=True)
+    uses_dead_latents: ClassVar[bool] = False
+    buffers: ClassVar[tuple[str, ...]] = ()
 
     def gate_and_magnitude(
         self, x: Float[Array, "... d_in"]
@@ -55,9 +67,6 @@ class GatedSAE(SAE):
                 centered_matmul(x, self.b_dec, W_mag) + self.b_mag,
             )
         return matmul(x, self.W_enc) + self.b_enc, matmul(x, W_mag) + self.b_mag
-
-    def activation(self, pre):
-        raise TypeError("a Gated SAE's activation needs both pre-activations: use encode(x)")
 
     @staticmethod
     def gated_activation(pi_gate, pi_mag):
@@ -74,7 +83,7 @@ class GatedSAE(SAE):
         gate = jax.nn.relu(pi_gate)
         sparsity = jnp.mean(gate @ decoder_norms(self.W_dec))
         aux = squared_error(x, matmul(gate, jax.lax.stop_gradient(self.W_dec)) + jax.lax.stop_gradient(self.b_dec))
-        total = recon + hp["sparsity_coef"] * sparsity + hp.get("aux_coef", 1.0) * aux
+        total = recon + hp["sparsity_coef"] * sparsity + hp["aux_coef"] * aux
         metrics = {
             "loss": total,
             "recon": recon,
@@ -84,10 +93,11 @@ class GatedSAE(SAE):
         }
         return total, (metrics, f)
 
+    def update_buffers(self, f: Float[Array, "B d_sae"]) -> GatedSAE:
+        return self
+
     def constrain(self) -> GatedSAE:
-        if not self.unit_norm_decoder:
-            return self
-        return eqx.tree_at(lambda s: s.W_dec, self, unit_rows(self.W_dec))
+        return unit_rows_if(self, self.unit_norm_decoder)
 
 
 def init(
@@ -113,3 +123,44 @@ def init(
         b_mag=jnp.zeros((d_sae,)),
         unit_norm_decoder=unit_norm_decoder,
     )
+
+
+def to_saelens(sae: GatedSAE) -> SAELensForm:
+    tensors = {"W_enc": sae.W_enc, "b_gate": sae.b_enc, "b_mag": sae.b_mag, "r_mag": sae.r_mag}
+    return SAELensForm("gated", {**tensors, "W_dec": sae.W_dec, "b_dec": sae.b_dec}, {})
+
+
+def from_saelens(architecture: str, t: dict[str, Array], cfg: dict) -> GatedSAE:
+    """A SAELens "gated" SAE (``b_gate`` is jsae's ``b_enc``)."""
+    return GatedSAE(
+        W_enc=t["W_enc"],
+        b_enc=t["b_gate"],
+        W_dec=t["W_dec"],
+        b_dec=t["b_dec"],
+        apply_b_dec_to_input=saelens_b_dec_to_input(cfg),
+        r_mag=t["r_mag"],
+        b_mag=t["b_mag"],
+        unit_norm_decoder=False,
+    )
+
+
+ARCHITECTURE = Architecture(
+    name="gated",
+    cls=GatedSAE,
+    init=init,
+    uses_k=False,
+    hyperparams={"sparsity_coef": 0.1, "aux_coef": 1.0},
+    sparsity="L1 coefficient of the gate (weighted by decoder row norms)",
+    saelens_reads={
+        "gated": {
+            "W_enc": ("d_in", "d_sae"),
+            "b_gate": ("d_sae",),
+            "b_mag": ("d_sae",),
+            "r_mag": ("d_sae",),
+            "W_dec": ("d_sae", "d_in"),
+            "b_dec": ("d_in",),
+        }
+    },
+    to_saelens=to_saelens,
+    from_saelens=from_saelens,
+)

@@ -5,7 +5,9 @@
     x_hat = f W_dec + b_dec
     loss  = mean_b ||x - x_hat||^2 + sparsity_coef * mean_b sum_i H(pre_i - threshold_i)
 
-Hyperparameters (``hp``): ``sparsity_coef`` (the L0 coefficient, required).
+Hyperparameters (``hp``): ``sparsity_coef``, the L0 coefficient (default 0.01, jsae's CLI value for
+activations normalised to mean norm sqrt(d_in); Rajamanoharan et al. sweep it to set L0, so choose it
+for the L0 you want). SAELens architecture: "jumprelu" (Gemma Scope).
 
 The step has zero gradient almost everywhere, so both discontinuities use straight-through
 pseudo-derivatives with the rectangle kernel K(u) = 1[|u| < 1/2] and bandwidth eps (``bandwidth``):
@@ -36,6 +38,7 @@ with unit-norm decoder rows, as in Gemma Scope; for other scales pass values in 
 from __future__ import annotations
 
 from functools import partial
+from typing import ClassVar, final
 
 import equinox as eqx
 import jax
@@ -52,6 +55,7 @@ from jsae.sae.base import (
     squared_error,
     unit_rows,
 )
+from jsae.sae.record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
 
 
 def rectangle(u: Array) -> Array:
@@ -106,14 +110,26 @@ def _step_bwd(bandwidth, grad_to_pre, res, g):
 step.defvjp(_step_fwd, _step_bwd)
 
 
+@final
 class JumpReLUSAE(SAE):
+    W_enc: Float[Array, "d_in d_sae"]
+    b_enc: Float[Array, " d_sae"]
+    W_dec: Float[Array, "d_sae d_in"]
+    b_dec: Float[Array, " d_in"]
+    apply_b_dec_to_input: bool = eqx.field(static=True)
     threshold: Float[Array, " d_sae"]
     bandwidth: float = eqx.field(static=True)
     unit_norm_decoder: bool = eqx.field(static=True)
     l0_grad_to_pre: bool = eqx.field(static=True)
+    uses_dead_latents: ClassVar[bool] = False
+    buffers: ClassVar[tuple[str, ...]] = ()
 
-    def activation(self, pre):
+    def activation(self, pre: Float[Array, "... d_sae"]) -> Float[Array, "... d_sae"]:
+        """``pre * H(pre - threshold)`` with the straight-through threshold gradient."""
         return jumprelu(pre, self.threshold, self.bandwidth)
+
+    def encode(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
+        return self.activation(self.pre_acts(x))
 
     def loss(self, x: Float[Array, "B d_in"], hp: Hyper, dead: Bool[Array, " d_sae"] | None):
         pre = self.pre_acts(x)
@@ -124,6 +140,9 @@ class JumpReLUSAE(SAE):
         total = recon + hp["sparsity_coef"] * l0_penalty
         metrics = {"loss": total, "recon": recon, "l0_penalty": l0_penalty, **reconstruction_metrics(x, x_hat, f)}
         return total, (metrics, f)
+
+    def update_buffers(self, f: Float[Array, "B d_sae"]) -> JumpReLUSAE:
+        return self
 
     def constrain(self) -> JumpReLUSAE:
         W_dec = self.W_dec
@@ -210,3 +229,31 @@ def from_weights(
         unit_norm_decoder=unit_norm_decoder,
         l0_grad_to_pre=l0_grad_to_pre,
     )
+
+
+def to_saelens(sae: JumpReLUSAE) -> SAELensForm:
+    return SAELensForm("jumprelu", {**base_tensors(sae), "threshold": sae.threshold}, {})
+
+
+def from_saelens(architecture: str, t: dict[str, Array], cfg: dict) -> JumpReLUSAE:
+    """A SAELens "jumprelu" SAE (Gemma Scope); thresholds must be >= 0."""
+    if bool(jnp.any(t["threshold"] < 0)):
+        raise ValueError(
+            "negative JumpReLU thresholds; SAELens then applies a ReLU first, jsae's JumpReLU assumes threshold >= 0"
+        )
+    return from_weights(
+        t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], t["threshold"], apply_b_dec_to_input=saelens_b_dec_to_input(cfg)
+    )
+
+
+ARCHITECTURE = Architecture(
+    name="jumprelu",
+    cls=JumpReLUSAE,
+    init=init,
+    uses_k=False,
+    hyperparams={"sparsity_coef": 0.01},
+    sparsity="L0 coefficient",
+    saelens_reads={"jumprelu": {**BASE_TENSORS, "threshold": ("d_sae",)}},
+    to_saelens=to_saelens,
+    from_saelens=from_saelens,
+)

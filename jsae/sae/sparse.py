@@ -18,8 +18,6 @@ selectable (each architecture's ``sparse`` field).
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
@@ -38,8 +36,7 @@ def flat_topk_entries(pre: Float[Array, "B m"], k_total: int) -> tuple[Int[Array
     return flat // pre.shape[1], flat % pre.shape[1]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(7,))
-def active_pre(
+def _active_pre(
     x: Float[Array, "B d"],
     b_dec: Float[Array, " d"],
     W_enc: Float[Array, "d m"],
@@ -52,6 +49,10 @@ def active_pre(
     """``pre[rows, cols]`` where ``pre = (x - b_dec if centered else x) @ W_enc + b_enc`` was computed
     already (pass it through ``stop_gradient``); gradients reach x, b_dec, W_enc and b_enc, never pre."""
     return pre[rows, cols]
+
+
+# custom_vjp called, not used through functools.partial as a decorator, so type checkers see the return type
+active_pre = jax.custom_vjp(_active_pre, nondiff_argnums=(7,))
 
 
 def _active_pre_fwd(x, b_dec, W_enc, b_enc, pre, rows, cols, centered):

@@ -116,7 +116,7 @@ class Checkpointer:
             leaves = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
                 "state"
             ]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} is corrupt ({type(e).__name__}: {str(e)[:200]}); "
                 "delete that step's folder to resume from an earlier one, or use a new directory"

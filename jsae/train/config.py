@@ -10,6 +10,8 @@ from typing import Literal
 
 import numpy as np
 
+from jsae.sae.record import Architecture
+
 PerSAE = float | Sequence[float]
 """A hyperparameter shared by every SAE of a stack (a float) or one value per SAE (a length-N list)."""
 
@@ -20,7 +22,8 @@ class TrainConfig:
 
     Per-SAE hyperparameters (``lr``, ``sparsity_coef``, ``aux_coef`` and any entry of ``extra_hp``)
     take a float (same for all N) or N floats. Structural choices (d_sae, k, architecture) live in the
-    SAE stack itself.
+    SAE stack itself. ``sparsity_coef`` and ``aux_coef`` left at None take the architecture's defaults
+    (its record's ``hyperparams``, e.g. Gated's aux 1.0, TopK's 1/32; see :meth:`per_sae`).
 
     Attributes:
       steps: optimizer steps per SAE.
@@ -31,9 +34,11 @@ class TrainConfig:
       lr_warmup_steps: linear warm-up of the learning rate from 0.
       lr_decay: "constant", "linear" or "cosine" decay to 0 over the last ``1 - lr_decay_start`` of steps
         (Anthropic's April-2024 recipe: linear over the last 20%).
-      sparsity_coef: L1 / L0 coefficient (per SAE allowed); ignored by TopK-style architectures.
+      sparsity_coef: L1 / L0 coefficient (per SAE allowed; None: the architecture's default); TopK-style
+        architectures have none and ignore it.
       sparsity_warmup_steps: the sparsity coefficient ramps linearly from 0 over these steps.
-      aux_coef: weight of an architecture's auxiliary loss (AuxK, gated aux).
+      aux_coef: weight of an architecture's auxiliary loss (AuxK, gated aux; None: the architecture's
+        default).
       dead_after_tokens: a latent that has not fired for this many tokens counts as dead (AuxK, metrics).
       normalise_activations: scale each SAE's inputs to mean norm sqrt(d_in) during training and fold
         the scale back into the weights at the end (the returned SAEs read raw activations).
@@ -61,9 +66,9 @@ class TrainConfig:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     grad_clip: float | None = 1.0
-    sparsity_coef: PerSAE = 0.0
+    sparsity_coef: PerSAE | None = None
     sparsity_warmup_steps: int = 0
-    aux_coef: PerSAE = 1.0 / 32
+    aux_coef: PerSAE | None = None
     dead_after_tokens: int = 1_000_000
     normalise_activations: bool = False
     chunk_steps: int = 100
@@ -96,10 +101,31 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
 
-    def per_sae(self, n: int) -> dict[str, np.ndarray]:
-        """Every per-SAE hyperparameter as a float32 array [n]; wrong lengths raise one clear error."""
-        values = {"lr": self.lr, "sparsity_coef": self.sparsity_coef, "aux_coef": self.aux_coef, **self.extra_hp}
-        return {name: per_sae_array(name, v, n) for name, v in values.items()}
+    def per_sae(self, n: int, architecture: Architecture) -> dict[str, np.ndarray]:
+        """Every per-SAE hyperparameter of a run of ``architecture`` as a float32 array [n]: ``lr``, each
+        loss hyperparameter the architecture reads (given here, else its record's default) and every
+        other value given (``extra_hp``, or a coefficient the architecture ignores). A hyperparameter
+        with no default that the run does not give, or a wrong length, raises one clear error."""
+        return {name: per_sae_array(name, v, n) for name, v in self.hyperparams(architecture).items()}
+
+    def hyperparams(self, architecture: Architecture) -> dict[str, PerSAE]:
+        """The per-SAE values of :meth:`per_sae` before they become arrays (a float or N floats each)."""
+        given = {"sparsity_coef": self.sparsity_coef, "aux_coef": self.aux_coef, **self.extra_hp}
+        values: dict[str, PerSAE] = {"lr": self.lr}
+        for name, default in architecture.hyperparams.items():
+            value = given.get(name)
+            if value is None:
+                value = default
+            if value is None:
+                fields = ("sparsity_coef", "aux_coef")
+                hint = f"TrainConfig({name}=...)" if name in fields else f"TrainConfig(extra_hp={{{name!r}: ...}})"
+                raise ValueError(
+                    f"the {architecture.name!r} architecture needs the per-SAE hyperparameter {name!r}, which "
+                    f"has no default: pass {hint}"
+                )
+            values[name] = value
+        values.update({name: v for name, v in given.items() if v is not None and name not in values})
+        return values
 
     def __hash__(self) -> int:  # extra_hp is a dict; hash the JSON form (used as a jit static argument)
         return hash(json.dumps(self.to_json(), sort_keys=True))

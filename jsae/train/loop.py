@@ -21,6 +21,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from jsae.sae import registry
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
 from jsae.train import data as data_mod
@@ -224,7 +225,7 @@ def train(
       CheckpointError: a foreign, corrupt or mismatched checkpoint directory.
     """
     n = n_saes(sae)
-    hp_np = cfg.per_sae(n)
+    hp_np = cfg.per_sae(n, registry.of(sae))
     is_array = _is_array(data)
     if is_array:
         data_mod.check_array(data, n, sae.d_in, cfg.batch_size)

@@ -134,8 +134,7 @@ def _apply(
 ):
     params = trainable(sae)
     updates, opt_state = optimizer.update(grads, opt_state, params)  # pyright: ignore[reportArgumentType]  # an SAE is a pytree; optax's Params alias does not say so
-    # optax's Updates alias is a pytree, here an SAE
-    sae = eqx.apply_updates(sae, _freeze_buffers(sae, updates))  # pyright: ignore[reportArgumentType]
+    sae = eqx.apply_updates(sae, _freeze_buffers(sae, updates))  # pyright: ignore[reportArgumentType]  # optax's Updates alias is a pytree, here an SAE
     sae = sae.constrain().update_buffers(jax.lax.stop_gradient(f))
     fired = jnp.any(f != 0, axis=0)
     since = jnp.where(fired, 0, jnp.minimum(since + f.shape[0], jnp.iinfo(jnp.int32).max // 2))
