@@ -29,6 +29,7 @@ from jsae.analysis.absorption_run import (
     train_relu_sweep,
     training_activations,
 )
+from jsae.bench import machine
 from jsae.models import load
 from jsae.rundir import write_json
 from jsae.sae import concat
@@ -73,6 +74,7 @@ def main() -> None:
             "setting": f"smollm2-135m layer {LAYER}, 3000/1000 words, {len(saes)} ReLU SAEs width {WIDTH}, "
             "2 IG candidates per letter, 4 IG steps",
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            "machine": machine(),
             "old_seconds_per_sae": old_s,
             "new_seconds_per_sae": new_s,
             "new_first_call_seconds_per_sae": first_s / len(saes),

@@ -1,5 +1,5 @@
 """Benchmark: SmolLM2-135M forward tokens/s, jsae (JAX) vs transformers (torch) on this CPU, and harvest
-throughput. Writes ``results/bench_models.json``. Runs with no arguments in well under 5 minutes.
+throughput. Writes ``results/bench_models.json``.
 
 Both frameworks run the same right-padded batch of prompts (full logits at every position, float32),
 interleaved rep by rep; tokens/s counts real (unpadded) tokens and uses the best of ``--reps`` runs
