@@ -5,10 +5,9 @@
     loss  = mean_b ||x - x_hat||^2 + aux_coef * AuxK      (AuxK: see jsae.sae.auxk)
 
 Hyperparameters (``hp``): ``aux_coef`` (default 1/32, Gao et al.'s alpha). There is no sparsity
-coefficient: k sets the sparsity. Decoder rows have unit norm (init and ``constrain``). The AuxK term is normalised by
-the
-residual's variance as in the paper while the reconstruction term is the plain squared error of
-``base.squared_error``, so the balance between them depends on the data scale (train on normalised
+coefficient: k sets the sparsity. Decoder rows have unit norm (init and ``constrain``). The AuxK term
+is normalised by the residual's variance as in the paper while the reconstruction term is the plain
+squared error of ``base.squared_error``, so the balance between them depends on the data scale (train on normalised
 activations, ``TrainConfig(normalise_activations=True)``, to keep the paper's balance meaningful).
 
 Training can run sparse (``sparse=True``; ``None`` picks by ``auxk.use_sparse``): only the k active
