@@ -9,10 +9,15 @@ growing n are nested under one seed); the seed also keys the SAE training. Metho
 SAE (``sae_shared``), per-head paired codes (``sae_per_head_paired``) and ``activation_difference``
 (no SAE). Each ranking is graded by AUC against the 100-prompt activation-patching reference (top 10%
 by |effect|), against its heads certain at 2 standard errors, and against the old 12-prompt reference.
+
+    python experiments/circuits_examples.py --methods sae_per_head_paired   # rerun one method
+
+reruns only the named methods and keeps every other method's results from the JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -51,22 +56,24 @@ def masks(name: str, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def main() -> None:
+def main(methods: tuple[str, ...] = METHODS) -> None:
     t_start = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
     names = head_names(model.cfg.n_layers, model.cfg.n_heads)
+    path = OUT / "circuits_examples.json"
+    kept = json.loads(path.read_text()) if set(methods) != set(METHODS) else {}
     results, panels = {}, {}
     for name, gen in TASKS.items():
         refs = masks(name, names)
         pool = gen(tok, POOL_N, seed=POOL_SEED)
-        runs = {m: {n: [] for n in SIZES} for m in METHODS}
+        runs = {m: {n: [] for n in SIZES} for m in methods}
         for seed in SEEDS:
             for n in SIZES:
                 task = pool.sample(n, seed)
                 t0 = time.perf_counter()
                 acts = harvest_task(model, tok, task)
                 harvest_s = time.perf_counter() - t0
-                for method in METHODS:
+                for method in methods:
                     t0 = time.perf_counter()
                     found = discover(model, tok, task, method, key=jax.random.key(seed), activations=acts)
                     row = {f"auc_{k}": roc_auc(found.scores, v) for k, v in refs.items()}
@@ -74,7 +81,7 @@ def main() -> None:
                     runs[method][n].append(row)
                 print(
                     f"{name} seed {seed} n {n:3d}: "
-                    + "  ".join(f"{m} {runs[m][n][-1]['auc_reference_100']:.3f}" for m in METHODS)
+                    + "  ".join(f"{m} {runs[m][n][-1]['auc_reference_100']:.3f}" for m in methods)
                 )
         summary = {
             m: {
@@ -91,7 +98,8 @@ def main() -> None:
             }
             for m, per_n in runs.items()
         }
-        results[name] = summary
+        results[name] = {m: summary[m] if m in summary else kept[name][m] for m in METHODS}
+        summary = results[name]
         panels[name] = {
             m: (
                 np.asarray(SIZES, float),
@@ -109,8 +117,14 @@ def main() -> None:
         "certain_2se": "heads with |effect| >= 2 standard errors on those prompts",
         "reference_12": "the 12-prompt reference of results/circuits_smollm2.json",
         "total_seconds": time.perf_counter() - t_start,
+        "methods_run": list(methods),
     }
-    (OUT / "circuits_examples.json").write_text(json.dumps(results, indent=1) + "\n")
+    if kept:
+        results["settings"]["kept_from_before"] = {
+            "methods": [m for m in METHODS if m not in methods],
+            "total_seconds": kept["settings"].get("total_seconds"),
+        }
+    path.write_text(json.dumps(results, indent=1) + "\n")
     line_panels(
         OUT / "circuits_examples.png",
         panels,
@@ -124,4 +138,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to (re)run")
+    main(tuple(ap.parse_args().methods))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jsae.analysis import circuits as C
+from jsae.analysis import codes as K
 from jsae.tasks.base import Task, pad_answers
 
 
@@ -144,11 +145,13 @@ def test_standardise_heads_matches_loop():
     np.testing.assert_array_equal(got[2], 0.0)
 
 
-def test_per_head_saes_reconstruct_offset_heads():
+@pytest.mark.parametrize("basis", [False, True])
+def test_per_head_saes_reconstruct_offset_heads(basis):
     """Head outputs averaged over positions are a large per-head offset plus small prompt-to-prompt
     variation, with norms differing 100x between heads: the per-head SAEs (as trained for
-    ``sae_per_head``) must still reconstruct their training rows (explained variance computed here in
-    numpy from the returned weights) with a few active latents."""
+    ``sae_per_head``, at full width or in the rows' basis and mapped back) must still reconstruct their
+    training rows (explained variance computed here in numpy from the returned full-width weights) with
+    a few active latents, and the returned codes are the argmax latents of those weights."""
     rng = np.random.default_rng(1)
     H, n, d = 6, 10, 32
     scale = np.array([0.01, 0.1, 1.0, 3.0, 10.0, 30.0])[:, None, None]
@@ -158,17 +161,74 @@ def test_per_head_saes_reconstruct_offset_heads():
     rows = np.arange(n)
     cfg = C.SAECodeConfig()
     standard = C.standardise_heads(acts, rows)
-    result = C._train_saes(
-        jax.random.key(0), standard, H, cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs, cfg.per_head_lr
+    sae, inputs, codes, _ = C.fit_per_head(
+        jax.random.key(0),
+        jnp.asarray(standard),
+        jnp.asarray(rows),
+        cfg.per_head_l1 * d,
+        cfg.per_head_lr,
+        d_sae=cfg.per_head_d_sae,
+        epochs=cfg.per_head_epochs,
+        basis=basis,
     )
-    s = jax.tree.map(np.asarray, result.sae)
+    s = jax.tree.map(np.asarray, sae)
+    assert s.W_enc.shape == (H, n if basis else d, cfg.per_head_d_sae)
     for h in range(H):
-        x = standard[h]
+        x = standard[h] @ np.asarray(C.row_basis(jnp.asarray(standard)))[h] if basis else standard[h]
+        np.testing.assert_allclose(np.asarray(inputs)[h], x, rtol=1e-4, atol=1e-4)
         f = np.maximum((x - s.b_dec[h]) @ s.W_enc[h] + s.b_enc[h], 0)
         x_hat = f @ s.W_dec[h] + s.b_dec[h]
-        ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+        ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()  # the rows' own EV (an isometry)
         assert ev > 0.5, (h, ev)
         assert 0.5 <= (f > 0).sum(-1).mean() <= 8, h
+        top2 = np.sort(f, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-4  # rows whose argmax is not a float tie
+        np.testing.assert_array_equal(np.asarray(codes)[clear, h], f.argmax(-1)[clear])
+
+
+def test_row_basis_is_an_isometry_of_the_rows():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 5, 12)).astype(np.float32)
+    x[2, 4] = x[2, 0] + x[2, 1]  # rank-deficient rows are still held exactly
+    x[1] *= 1e4  # the scale of a head's rows does not matter
+    q = np.asarray(C.row_basis(jnp.asarray(x)))
+    assert q.shape == (3, 12, 5)
+    assert np.linalg.norm(q[2, :, 4]) == 0  # the dependent row adds no column
+    for h in range(3):
+        gram = np.eye(5) if h < 2 else np.diag([1.0, 1, 1, 1, 0])
+        np.testing.assert_allclose(q[h].T @ q[h], gram, atol=1e-5)
+        np.testing.assert_allclose(x[h] @ q[h] @ q[h].T, x[h], rtol=1e-5, atol=1e-5 * np.abs(x[h]).max())
+        coords = x[h] @ q[h]
+        dist = np.linalg.norm(x[h][:, None] - x[h][None], axis=-1)
+        got = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+        np.testing.assert_allclose(got, dist, atol=1e-4 * dist.max())
+
+
+def test_one_program_fit_equals_the_trainer():
+    """The per-head fit runs the trainer's own step in one program: at full width it gives the
+    ``train()`` run's codes and metrics (``_train_saes`` + ``discretise``, the trainer's host loop)."""
+    rng = np.random.default_rng(4)
+    H, n, d = 5, 12, 8
+    standard = C.standardise_heads(rng.normal(size=(H, n, d)).astype(np.float32), np.arange(0, n, 2))
+    rows = np.arange(0, n, 2)
+    key = jax.random.key(3)
+    sae, _, codes, metrics = C.fit_per_head(
+        key, jnp.asarray(standard), jnp.asarray(rows), 0.08, 5e-3, d_sae=6, epochs=40, basis=False
+    )
+    result = C._train_saes(key, standard[:, rows], H, 0.08, 6, 40, 5e-3)
+    np.testing.assert_allclose(np.asarray(sae.W_enc), np.asarray(result.sae.W_enc), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(K.discretise(result.sae, standard, per_head=True)))
+    for k in ("l0", "explained_variance", "loss"):
+        np.testing.assert_allclose(np.asarray(metrics[k]), result.metrics[k], rtol=1e-4, atol=1e-6)
+
+
+def test_paired_codes_in_the_row_basis_rank_planted_heads_first():
+    """Few prompts of wide heads (24 rows, width 64): the per-head SAEs train in the rows' basis."""
+    acts, positive, pair, ref = _planted_paired(0, n_pairs=12, d=64)
+    cfg = C.SAECodeConfig(per_head_d_sae=16, n_train=12)
+    found = C.sae_code_scores(jax.random.key(0), acts, positive, "sae_per_head_paired", cfg, pair=pair)
+    assert C.roc_auc(found.scores, ref) >= 0.95
+    assert found.info["explained_variance"] > 0.5
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -73,3 +73,12 @@ def test_bad_inputs_say_what_to_do(tiny):
         map_batches(_last_and_all, tiny, [[1, 2], [3]], None, np.ones(3, np.float32))
     with pytest.raises(ModelError, match="per_token=True"):
         map_batches(_resid, tiny, [[1] * 9, [3]], batch_size=1)
+
+
+def test_last_batch_pads_to_a_multiple_of_8_rows():
+    """20 prompts in batches of 32 run as 24 rows (not 32); full batches keep batch_size rows."""
+    (one,) = plan_buckets(np.full(20, 5), batch_size=32)
+    assert (one.n_rows, one.T, len(one.rows)) == (24, 8, 20)
+    buckets = plan_buckets(np.arange(1, 42), batch_size=32, pad_multiple=8)
+    assert [(b.n_rows, len(b.rows)) for b in buckets] == [(32, 32), (16, 9)]
+    assert sorted(np.concatenate([b.rows for b in buckets]).tolist()) == list(range(41))

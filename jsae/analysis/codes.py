@@ -153,4 +153,9 @@ def paired_code_changes(
             f"clean_rows {tuple(clean_rows.shape)} and corrupted_rows {tuple(corrupted_rows.shape)} "
             "must be two non-empty index vectors of the same length (one entry per prompt pair)"
         )
+    return _changed_fraction(codes, clean_rows, corrupted_rows)
+
+
+@jax.jit
+def _changed_fraction(codes: Int[Array, "n H"], clean_rows: Int[Array, " m"], corrupted_rows: Int[Array, " m"]):
     return jnp.mean((codes[clean_rows] != codes[corrupted_rows]).astype(jnp.float32), axis=0)

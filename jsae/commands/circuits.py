@@ -85,6 +85,12 @@ def register(sub) -> None:
     p.add_argument(
         "--per-head-lr", type=float, default=5e-3, help="learning rate of the per-head SAEs (default: %(default)s)"
     )
+    p.add_argument(
+        "--per-head-full-width",
+        action="store_true",
+        help="train the per-head SAEs at the head's full width even when the prompts are few (default: with "
+        "at most half as many rows as the width, train in the rows' own coordinates, the same geometry)",
+    )
     p.add_argument("--n-train", type=int, default=10, help="training prompts, half positive (default: %(default)s)")
     p.add_argument(
         "--point",
@@ -292,6 +298,7 @@ def run(args) -> None:
         per_head_l1=args.per_head_l1,
         per_head_epochs=args.per_head_epochs,
         per_head_lr=args.per_head_lr,
+        per_head_basis=not args.per_head_full_width,
     )
     gen = TASKS[task_name]
     task = gen(tok, args.prompts, seed=args.seed)

@@ -1,7 +1,7 @@
 """One batched loop over many sequences: length buckets, one compilation per shape, padding stripped.
 
 Every analysis that runs the model over more prompts than fit in one call does the same thing: sort the
-sequences by length, cut them into batches, right-pad each batch to a bucketed length and a fixed row
+sequences by length, cut them into batches, right-pad each batch to a bucketed length and a bucketed row
 count (so each bucket compiles once), run a jitted function, drop the padding rows (and, per token, the
 padding positions) and put the results back in the caller's order. :func:`map_batches` is that loop.
 
@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from .errors import ModelError
 from .tokenizer import TokenBatch
 
+ROW_MULTIPLE = 8  # a partial batch's row count is rounded up to this
+
 
 @dataclass(frozen=True)
 class Bucket:
@@ -47,8 +49,10 @@ def plan_buckets(
 ) -> list[Bucket]:
     """Batches of sequences sorted by length: each padded to a multiple of ``pad_multiple`` positions,
     with at most ``batch_size`` rows and, when ``bytes_per_token`` is given, at most ``max_batch_bytes`` of
-    live data (``rows * T * bytes_per_token``). Rows of one padded length share one row count, so each
-    distinct ``(n_rows, T)`` compiles once."""
+    live data (``rows * T * bytes_per_token``). Full batches share one row count; the last, partial
+    batch is padded only to the next multiple of ``ROW_MULTIPLE`` rows (20 prompts run as 24 rows, not
+    ``batch_size`` 32), so at most ``batch_size / ROW_MULTIPLE`` row counts exist and each distinct
+    ``(n_rows, T)`` compiles once."""
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or lengths.size == 0:
         raise ModelError(f"lengths must be a non-empty [S] array, got shape {tuple(lengths.shape)}")
@@ -66,6 +70,8 @@ def plan_buckets(
             n_rows = int(max(1, min(batch_size, max_batch_bytes // max(1, T * bytes_per_token))))
         rows = order[i : i + n_rows]
         T = _round_up(int(lengths[rows].max()), pad_multiple)
+        if len(rows) < n_rows:  # the last batch: no more padding rows than the next multiple of 8 needs
+            n_rows = min(n_rows, _round_up(len(rows), ROW_MULTIPLE))
         buckets.append(Bucket(rows, T, n_rows))
         i += n_rows
     return buckets
