@@ -499,10 +499,9 @@ def standardise_heads(acts: Float[np.ndarray, "H n d"], rows: np.ndarray) -> Flo
     return (centred * scale[:, None, None]).astype(np.float32)
 
 
-def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: float):
-    """``n_saes`` unit-norm ReLU SAEs trained full-batch on ``data`` (``[n, d]`` shared or ``[N, n, d]``)."""
-    d_in = data.shape[-1]
-    rows = data.shape[-2]
+def _code_saes(key, n_saes: int, d_in: int, d_sae: int, rows: int, sparsity, epochs: int, lr: float):
+    """The untrained stack of ``n_saes`` unit-norm ReLU SAEs and the full-batch run (``epochs`` Adam
+    steps on ``rows`` rows, no dead latents) that every code SAE trains with."""
     sae = init_stack("relu", key, n_saes, d_in, d_sae, unit_norm_decoder=True)
     tc = TrainConfig(
         steps=epochs,
@@ -513,6 +512,12 @@ def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: f
         chunk_steps=epochs,
         dead_after_tokens=rows * epochs + 1,
     )
+    return sae, tc
+
+
+def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: float):
+    """``n_saes`` unit-norm ReLU SAEs trained full-batch on ``data`` (``[n, d]`` shared or ``[N, n, d]``)."""
+    sae, tc = _code_saes(key, n_saes, data.shape[-1], d_sae, data.shape[-2], sparsity, epochs, lr)
     return train(sae, data, tc, progress=False)
 
 
@@ -587,16 +592,7 @@ def _fit_program(backend: str):
 def _fit_per_head(key, standard, rows, sparsity: float, lr: float, *, d_sae: int, epochs: int, basis: bool):
     x = jnp.einsum("hnd,hdr->hnr", standard, row_basis(standard)) if basis else standard
     H, _, d_in = x.shape
-    sae = init_stack("relu", key, H, d_in, d_sae, unit_norm_decoder=True)
-    tc = TrainConfig(
-        steps=epochs,
-        batch_size=rows.shape[0],
-        lr=lr,
-        sparsity_coef=sparsity,
-        grad_clip=None,
-        chunk_steps=epochs,
-        dead_after_tokens=rows.shape[0] * epochs + 1,
-    )
+    sae, tc = _code_saes(key, H, d_in, d_sae, rows.shape[0], sparsity, epochs, lr)
     hp = {k: jnp.asarray(v) for k, v in tc.per_sae(H, registry.get("relu")).items()}
     state = init_state(sae, tc, hp["lr"], jnp.ones((H,), jnp.float32))
     group = group_size(jax.default_backend(), H, rows.shape[0], d_in, d_sae)
