@@ -1,6 +1,6 @@
 """Feature absorption of jsae-trained SAEs on SmolLM2-135M (first-letter task), end to end on CPU.
 
-    python experiments/absorption_smollm2.py      # no arguments; times in README and the JSON
+    python experiments/absorption_smollm2.py      # no arguments; times in docs/BENCHMARKS.md and the JSON
 
 1. Setup (once): load SmolLM2-135M; first-letter ICL prompts for 3000 train / 1000 test words; residual
    stream (resid_post) of layer 3 at the word token; 26-way probe and per-letter F1.

@@ -439,7 +439,7 @@ class SAECodeConfig:
       position-averaged head output is mostly that offset, which a zero-initialised ``b_dec`` does not
       reach in a few hundred Adam steps, so every latent dies).
     per_head_epochs / per_head_lr: the per-head SAEs' full-batch Adam steps and rate (chosen on SmolLM2
-      IOI activations; the README's circuits section has the comparison with the paper's 500 at 1e-3).
+      IOI activations; docs/BENCHMARKS.md has the comparison with the paper's 500 at 1e-3).
     per_head_basis: train the per-head SAEs in each head's row coordinates (:func:`row_basis`) when the
       rows (clean and corrupted prompts) number at most half the head's width (jsae addition: 20 rows
       of a 576-wide head make the SAEs 29x narrower with the same geometry of the rows; off, or more
@@ -574,9 +574,8 @@ def fit_per_head(
     reconstruction errors, sparsity and codes are those of an SAE on the rows themselves whose
     directions lie in the rows' span, at ``d / n`` times less width.
 
-    On a CPU the program compiles at XLA's backend optimisation level 1 (of 3): half the compile
-    time of level 3 for this small training loop (1.0 s vs 1.9 s on a 2-core AMD EPYC), and no slower
-    to run (0.13 s vs 0.16 s).
+    On a CPU the program compiles at XLA's backend optimisation level 1 (of 3): about half the compile
+    time of level 3 for this small training loop, and no slower to run (figures in docs/BENCHMARKS.md).
     """
     program = _fit_program(jax.default_backend())
     return program(key, standard, rows, sparsity, lr, d_sae=d_sae, epochs=epochs, basis=basis)

@@ -15,7 +15,7 @@ import platform
 
 
 def machine() -> dict:
-    """What the figures were measured on: CPU model (machines differ between sessions), cores, backend."""
+    """What the figures were measured on: CPU model (development machines differ), cores, backend."""
     import jax
 
     cpu = platform.processor() or platform.machine()

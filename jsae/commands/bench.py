@@ -1,4 +1,4 @@
-"""``jsae bench``: the benchmarks behind the README's speed tables, written to a run directory."""
+"""``jsae bench``: the benchmarks behind docs/BENCHMARKS.md's speed tables, written to a run directory."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ BENCHMARKS = {
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="run the benchmarks behind the README's speed tables",
+        help="run the benchmarks behind the speed tables of docs/BENCHMARKS.md",
         description="Each benchmark measures jsae and its comparison side by side in one run "
         "and writes JSON to a run directory (or --out). 'all' runs them one after another.",
     )

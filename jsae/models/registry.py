@@ -82,8 +82,8 @@ def load(name_or_path: str | os.PathLike = SMOLLM2) -> tuple[Transformer, Tokeni
     """
     model, tokenizer, metadata = _open(name_or_path)
     # Host-to-device copies run asynchronously: without the wait, the first forward would wait for
-    # them instead, with their copying competing for the cores with its own tracing (0.1 s of copies
-    # made the first SmolLM2 forward 0.35 s slower on 2 cores).
+    # them instead, with their copying competing for the cores with its own tracing (a slower first
+    # forward on a CPU; figures in docs/BENCHMARKS.md).
     jax.block_until_ready(model)
     return model, tokenizer, metadata
 

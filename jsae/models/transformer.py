@@ -10,11 +10,11 @@ patching) need no model rewriting, whereas a penzai hook is a layer inserted by 
 means one new model, and one new trace, per edit structure; (2) the per-head ``result`` is computed
 only when a spec asks for it; the attention output is the fused ``z @ W_O`` unless ``result`` is
 edited, when it is the sum of the edited per-head results (a different float32 summation order: on
-SmolLM2 the logits then differ from the fused ones by rounding, see the README's models section);
+SmolLM2 the logits then differ from the fused ones by rounding, see docs/BENCHMARKS.md);
 (3) all layers are one ``lax.scan`` over ``[L]``-stacked weights with hook values sliced per layer,
 and penzai's hook points carry a static layer index, which needs unrolled blocks; (4) compile time: one
 scanned block compiles once for all layers, where penzai's unrolled blocks compile each layer
-(``experiments/bench_compile.py`` measures both; figures in the README). Parameters are an equinox
+(``experiments/bench_compile.py`` measures both; figures in docs/BENCHMARKS.md). Parameters are an equinox
 pytree with an explicit ``[L]`` layer axis and named dimensions in their docstrings.
 
 Shape letters: ``B`` batch, ``T`` positions, ``L`` layers, ``D`` d_model, ``H`` query heads, ``K``
