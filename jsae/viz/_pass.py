@@ -230,34 +230,47 @@ def choose_latents(counts: np.ndarray, n: int, max_density: float = 0.5, n_token
 
 
 def _init_acc(M: int, J: int, k: int, T: int, d: int, nb: int, sources: bool) -> dict:
+    """The running statistics before the first batch (numpy: put on the device without a compiled op)."""
+    f32, i32 = np.float32, np.int32
     per = {
-        "err": jnp.zeros((M,)),
-        "sum_x": jnp.zeros((M, d)),
-        "sum_x2": jnp.zeros((M,)),
-        "l0": jnp.zeros((M,)),
-        "fires": jnp.zeros((M, J), jnp.int32),
-        "hist": jnp.zeros((M, J, nb), jnp.int32),
-        "value": jnp.full((M, J, k), -jnp.inf),
-        "seq": jnp.full((M, J, k), -1, jnp.int32),
-        "pos": jnp.zeros((M, J, k), jnp.int32),
-        "acts": jnp.zeros((M, J, k, T)),
+        "err": np.zeros((M,), f32),
+        "sum_x": np.zeros((M, d), f32),
+        "sum_x2": np.zeros((M,), f32),
+        "l0": np.zeros((M,), f32),
+        "fires": np.zeros((M, J), i32),
+        "hist": np.zeros((M, J, nb), i32),
+        "value": np.full((M, J, k), -np.inf, f32),
+        "seq": np.full((M, J, k), -1, i32),
+        "pos": np.zeros((M, J, k), i32),
+        "acts": np.zeros((M, J, k, T), f32),
     }
     if sources:
-        per["sources"] = jnp.zeros((M, J, k, T))
-    return {"per_sae": per, "n": jnp.zeros((), jnp.int32)}
+        per["sources"] = np.zeros((M, J, k, T), f32)
+    return jax.device_put({"per_sae": per, "n": np.zeros((), i32)})
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "n", "center"))
-def _logits(W_dec_rows, W_O, heads, ln_f_w, W_U, *, kind: str, n: int, center: bool):
-    """Direct logit effects ``[M, J, n]`` of every shown latent (one SAE at a time: ``[J, V]`` live)."""
+@functools.partial(jax.jit, static_argnames=("kind", "n", "center", "sources"))
+def _per_latent(
+    model: Transformer, sae: SAE, latents, layers, heads, *, kind: str, n: int, center: bool, sources: bool
+):
+    """Direct logit effects ``[M, J, n]`` of every shown latent (one SAE at a time, so only ``[J, V]`` is live),
+    and for per-head ``z`` SAEs the constant term of each latent's pre-activation ``[M, J]``."""
+    W_U = model.unembed_matrix()
 
     def one(args):
-        rows, w_o, head = args
+        s, lat, layer, head = args
+        rows = s.W_dec[lat]  # [J, d]
         point, h = ("z", head) if kind == "head" else ("z", None) if kind == "all_heads" else ("model", None)
-        dirs = directions_in_model_space(rows, w_o, point, h)
-        return logit_effects(dirs, ln_f_w, W_U, n, center=center)
+        dirs = directions_in_model_space(rows, model.blocks.W_O[layer], point, h)
+        effects = logit_effects(dirs, model.ln_f_w, W_U, n, center=center)
+        constant = (
+            pre_activation_constant(s.W_enc[:, lat], s.b_enc[lat], s.b_dec, s.apply_b_dec_to_input)
+            if sources
+            else jnp.zeros(lat.shape)
+        )
+        return effects, constant
 
-    return jax.lax.map(one, (W_dec_rows, W_O, heads))
+    return jax.lax.map(one, (sae, latents, layers, heads))
 
 
 def feature_data(
@@ -356,27 +369,19 @@ def feature_data(
     total = np.asarray(per["sum_x2"], np.float64) - (sum_x**2).sum(-1) / max(n, 1)
     ev = 1.0 - np.asarray(per["err"], np.float64) / np.maximum(total, np.finfo(np.float64).tiny)
 
-    W_dec_rows = jnp.take_along_axis(sae.W_dec, lat_j[..., None], axis=1)  # [M, J, d]
-    W_O = model.blocks.W_O[layers]  # [M, H, dh, D]
-    up, up_ids, down, down_ids = _logits(
-        W_dec_rows,
-        W_O,
-        heads,
-        model.ln_f_w,
-        model.unembed_matrix(),
-        kind=layout.kind,
-        n=n_logits,
-        center=model.cfg.arch == "gpt2",
-    )
-    constant = None
-    if layout.sources:
-        W_enc_cols = jnp.take_along_axis(sae.W_enc, lat_j[:, None, :], axis=2)  # [M, d, J]
-        b_enc = jnp.take_along_axis(sae.b_enc, lat_j, axis=1)
-        constant = np.asarray(
-            jax.vmap(functools.partial(pre_activation_constant, apply_b_dec_to_input=bool(sae.apply_b_dec_to_input)))(
-                W_enc_cols, b_enc, sae.b_dec
-            )
+    (up, up_ids, down, down_ids), constant = jax.device_get(
+        _per_latent(
+            model,
+            sae,
+            lat_j,
+            layers,
+            heads,
+            kind=layout.kind,
+            n=n_logits,
+            center=model.cfg.arch == "gpt2",
+            sources=layout.sources,
         )
+    )
     return FeatureData(
         inputs=ins,
         latents=lat,
@@ -385,7 +390,7 @@ def feature_data(
         top_pos=np.asarray(per["pos"]),
         top_acts=np.asarray(per["acts"]),
         top_sources=np.asarray(per["sources"]) if layout.sources else None,
-        source_constant=constant,
+        source_constant=np.asarray(constant) if layout.sources else None,
         fires=np.asarray(per["fires"]),
         hist=np.asarray(per["hist"]),
         hist_edges=HIST_EDGES.copy(),
