@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument(
         "--latents",
         default="32",
-        help="latents per SAE: a count (the most frequent ones below 50%% density) or indices like 5,17,42 "
+        help="latents per SAE: a count (the most frequent ones below 20%% density) or indices like 5,17,42 "
         "(default: %(default)s)",
     )
     p.add_argument("--tokens", default="16k", help="text tokens to read, e.g. 16k, 100k (default: %(default)s)")

@@ -70,11 +70,11 @@ def rows_at(a: Float[Array, "B T J"], row: Int[Array, "J k"]) -> Float[Array, "J
 
 
 def attention_values(
-    model: Transformer, resid_pre: Float[Array, "B T D"], layer: Int[Array, ""], kv_head: Int[Array, ""]
-) -> Float[Array, "B T dh"]:
-    """The value vectors ``v [B, T, dh]`` of key/value head ``kv_head`` at ``layer`` from the residual stream
-    entering the block: ``v = norm1(resid_pre) W_V[:, kv_head] (+ b_V)`` (LayerNorm with bias for GPT-2,
-    RMSNorm otherwise, as the model's forward)."""
+    model: Transformer, resid_pre: Float[Array, "B T D"], layer: Int[Array, ""], kv_head: Int[Array, ""] | None = None
+) -> Float[Array, "B T dh"] | Float[Array, "B T K dh"]:
+    """The value vectors ``v [B, T, dh]`` of key/value head ``kv_head`` at ``layer`` (all of them, ``[B, T, K, dh]``,
+    when ``kv_head`` is None) from the residual stream entering the block: ``v = norm1(resid_pre) W_V (+ b_V)``
+    (LayerNorm with bias for GPT-2, RMSNorm otherwise, as the model's forward)."""
     p = model.blocks
     cfg = model.cfg
     x = resid_pre
@@ -85,9 +85,10 @@ def attention_values(
             h = h + p.ln1_b[layer]
     else:
         h = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps) * p.ln1_w[layer]
-    v = h @ p.W_V[layer][:, kv_head]
+    W_V = p.W_V[layer] if kv_head is None else p.W_V[layer][:, kv_head]  # [D, K, dh] or [D, dh]
+    v = jnp.einsum("btd,d...->bt...", h, W_V)
     if p.b_V is not None:
-        v = v + p.b_V[layer][kv_head]
+        v = v + (p.b_V[layer] if kv_head is None else p.b_V[layer][kv_head])
     return v
 
 

@@ -84,6 +84,7 @@ class _Layout:
     sources: bool  # per-head z: capture pattern + resid_pre for source attributions
     k: int
     skip: int
+    layers: tuple[int, ...] = ()  # the layers the SAEs read
 
 
 def normalise_inputs(inputs: Sequence[Mapping[str, Any] | Any], n: int) -> list[dict[str, Any]]:
@@ -171,7 +172,16 @@ def _update(acc, model, sae, latents, layers, heads, point_ids, tokens, lengths,
     edges = jnp.asarray(HIST_EDGES, jnp.float32)
     G = model.cfg.n_heads // model.cfg.n_kv_heads  # query heads per key/value head
     pattern = cache.get("pattern")  # [L, B, H, T, T] (per-head z only)
-    resid = cache.get("resid_pre")  # [L, B, T, D]
+    values, slot = (
+        None,
+        None,
+    )  # [L', B, T, K, dh]: the value vectors of the layers the SAEs read, computed once for all heads
+    if layout.sources:
+        read = np.asarray(sorted(set(layout.layers)), np.int32)
+        slot = jnp.asarray(np.searchsorted(read, np.arange(model.cfg.n_layers)).astype(np.int32))
+        values = jax.vmap(lambda r, layer: attention_values(model, r, layer))(
+            cache["resid_pre"][read], jnp.asarray(read)
+        )
     k = layout.k
 
     def one(args):
@@ -190,8 +200,8 @@ def _update(acc, model, sae, latents, layers, heads, point_ids, tokens, lengths,
         }
         value, row, position = batch_top_k(a, valid, k)
         cand = {"value": value, "seq": row_ids[row], "pos": position, "acts": rows_at(a, row)}
-        if pattern is not None and resid is not None:
-            v = attention_values(model, resid[layer], layer, head // G)  # [B, T, dh]
+        if pattern is not None and values is not None and slot is not None:
+            v = values[slot[layer], :, :, head // G]  # [B, T, dh]
             along = v @ s.W_enc[:, lat]  # [B, T, J]: v[s] . w for each latent
             p_rows = pattern[layer, row, head, position]  # [J, k, T]: attention of each kept query
             cand["sources"] = source_contributions(p_rows, rows_at(along, row))
@@ -218,7 +228,7 @@ def _probe_counts(model, sae, layers, heads, point_ids, tokens, lengths, row_ids
     )
 
 
-def choose_latents(counts: np.ndarray, n: int, max_density: float = 0.5, n_tokens: int = 1) -> np.ndarray:
+def choose_latents(counts: np.ndarray, n: int, max_density: float = 0.2, n_tokens: int = 1) -> np.ndarray:
     """``[M, n]`` latents to show for each SAE from firing counts ``[M, d_sae]`` on a probe batch: the most
     frequent latents that fire on at most ``max_density`` of the tokens, then the denser ones, then those
     that did not fire (ties by index)."""
@@ -297,7 +307,7 @@ def feature_data(
         ``d_model`` points.
       tokens: ``[S, T]`` contexts (``lengths [S]`` real tokens each; default all ``T``).
       latents: how many latents to show per SAE (chosen per SAE from the first batch: the most frequent
-        ones firing on at most half of its tokens, :func:`choose_latents`), a list shown for every SAE, or
+        ones firing on at most a fifth of its tokens, :func:`choose_latents`), a list shown for every SAE, or
         an ``[M, J]`` array.
       k: top contexts kept per latent. skip: leading positions of each row left out (a prepended BOS).
       batch_size: contexts per forward. n_logits: promoted and suppressed tokens per latent.
@@ -314,7 +324,9 @@ def feature_data(
         raise ValueError("feature_data takes a stack of SAEs [M, ...]; wrap one SAE with jsae.sae.concat([sae])")
     M, d_sae = sae.W_enc.shape[0], sae.W_enc.shape[-1]
     ins = normalise_inputs(inputs, M)
-    layout = dataclasses.replace(check_inputs(model, sae, ins), k=int(k), skip=int(skip))
+    layout = dataclasses.replace(
+        check_inputs(model, sae, ins), k=int(k), skip=int(skip), layers=tuple(sorted({i["layer"] for i in ins}))
+    )
     if k < 1 or k > S * T:
         raise ValueError(f"k must be in 1..{S * T} (the tokens given), got {k}")
     if not 0 <= skip < T:

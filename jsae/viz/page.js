@@ -18,10 +18,13 @@
   const grid = $('head-grid');
   if (D.per_head) {
     const L = Math.max(...D.saes.map((s) => s.layer)) + 1, H = Math.max(...D.saes.map((s) => s.head)) + 1;
-    grid.style.gridTemplateColumns = 'repeat(' + H + ', 1fr)';
+    grid.style.gridTemplateColumns = 'auto repeat(' + H + ', 1fr)';
+    grid.appendChild(el('span', 'glabel', ''));
+    for (let h = 0; h < H; h++) grid.appendChild(el('span', 'glabel', String(h)));
     const at = {}; D.saes.forEach((s, i) => { at[s.layer + '.' + s.head] = i; });
     const evs = D.saes.map((s) => s.ev), lo = Math.min(...evs), hi = Math.max(...evs);
     for (let l = 0; l < L; l++) for (let h = 0; h < H; h++) {
+      if (h === 0) grid.appendChild(el('span', 'glabel', 'L' + l));
       const i = at[l + '.' + h], c = el('div', 'cell');
       if (i === undefined) { c.classList.add('none'); } else {
         const t = hi > lo ? (D.saes[i].ev - lo) / (hi - lo) : 1;
