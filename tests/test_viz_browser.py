@@ -41,7 +41,8 @@ def page_file(tiny_llama_tok, tmp_path_factory):
     text = root / "text.txt"
     text.write_text((SAMPLE_TEXT + "\n") * 4)
     out = root / "page.html"
-    browse(run, latents=4, tokens=256, text=str(text), out=out, k=3, context=16, progress=False)
+    # the settings of test_viz_page's first test: in one pytest process the compiled pass is shared
+    browse(run, heads="0.1,1.3", latents=4, tokens=256, text=str(text), out=out, k=3, context=16, progress=False)
     return out
 
 
@@ -59,8 +60,9 @@ def test_page_in_headless_chromium(page_file, tmp_path):
             page.goto(page_file.as_uri())
             page.wait_for_function("window.__jsae_page_ready === true", timeout=10_000)
 
-            assert page.locator("#sae-select option").count() == 8  # 2 layers x 4 heads
-            assert page.locator("#head-grid .cell").count() == 8
+            assert page.locator("#sae-select option").count() == 2
+            assert page.locator("#head-grid .cell").count() == 8  # 2 layers x 4 heads, 2 of them with an SAE
+            assert page.locator("#head-grid .cell.none").count() == 6
             assert page.locator("#latent-list button").count() == 4
             assert page.locator("#panel-contexts .ctx").count() > 0
             assert page.locator("#panel-contexts .tok.at").count() == page.locator("#panel-contexts .ctx").count()
@@ -75,16 +77,16 @@ def test_page_in_headless_chromium(page_file, tmp_path):
             first = shown()
             page.click("#latent-list button[data-latent='1']")
             second = shown()
-            assert second[0] != first[0] and second[0].startswith("L0.H0 z")
+            assert second[0] != first[0] and second[0].startswith("L0.H1 z")
             assert page.locator("#latent-list button.sel").get_attribute("data-latent") == "1"
 
-            page.select_option("#sae-select", "5")  # layer 1, head 1
+            page.select_option("#sae-select", "1")  # layer 1, head 3
             third = shown()
-            assert third[0].startswith("L1.H1 z") and third != second
-            assert page.locator("#head-grid .cell.sel").get_attribute("data-sae") == "5"
+            assert third[0].startswith("L1.H3 z") and third != second
+            assert page.locator("#head-grid .cell.sel").get_attribute("data-sae") == "1"
 
-            page.click("#head-grid .cell[data-sae='2']")  # layer 0, head 2
-            assert shown()[0].startswith("L0.H2 z") and page.input_value("#sae-select") == "2"
+            page.click("#head-grid .cell[data-sae='0']")  # back to layer 0, head 1, by the grid
+            assert shown()[0].startswith("L0.H1 z") and page.input_value("#sae-select") == "0"
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
             browser.close()

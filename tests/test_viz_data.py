@@ -156,3 +156,33 @@ def test_residual_saes_top_k_and_logits_without_heads(setup):
         assert (data.top_seq[m, 0, 0], data.top_pos[m, 0, 0]) == (best // T, best % T)
         logits = (np.asarray(sae.W_dec[m], np.float64)[[1, 2]] * ln) @ W_U
         np.testing.assert_array_equal(data.logit_up_ids[m, :, 0], logits.argmax(1))
+
+
+def test_gpt2_sources_with_layernorm_and_value_biases_and_centred_logits(tiny_gpt2_dir):
+    model, _, _ = load_hf_dir(tiny_gpt2_dir[0])
+    cfg = model.cfg
+    inputs = [{"layer": 1, "point": "z", "head": 2}, {"layer": 0, "point": "z", "head": 1}]
+    sae = init_stack("relu", jax.random.key(3), 2, cfg.d_head, 16)
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, size=(4, 10)).astype(np.int32)
+    data = feature_data(model, sae, inputs, tokens, latents=[0, 1, 2], k=2, batch_size=4)
+    assert data.top_sources is not None and data.source_constant is not None
+    z = _all_z(model, tokens)
+    W_U, ln = np.asarray(model.unembed_matrix(), np.float64), np.asarray(model.ln_f_w, np.float64)
+    checked = 0
+    for m, inp in enumerate(inputs):
+        for j, lat in enumerate([0, 1, 2]):
+            for c in range(2):
+                s, t = int(data.top_seq[m, j, c]), int(data.top_pos[m, j, c])
+                if s < 0 or data.top_value[m, j, c] <= 0:
+                    continue
+                pre = _pre(sae, m, z[inp["layer"], s, t, inp["head"]])[lat]
+                total = data.top_sources[m, j, c].sum() + data.source_constant[m, j]
+                assert total == pytest.approx(pre, abs=1e-4 * max(1, abs(pre)))
+                checked += 1
+        d = np.asarray(sae.W_dec[m], np.float64)[[0, 1, 2]] @ np.asarray(
+            model.blocks.W_O[inp["layer"], inp["head"]], np.float64
+        )
+        logits = ((d - d.mean(1, keepdims=True)) * ln) @ W_U  # LayerNorm: centred, then the weight
+        np.testing.assert_array_equal(data.logit_up_ids[m, :, 0], logits.argmax(1))
+        np.testing.assert_allclose(data.logit_down[m, :, 0], logits.min(1), rtol=1e-4, atol=1e-5)
+    assert checked >= 6
