@@ -115,3 +115,13 @@ def test_bad_input_gets_one_clear_error_and_no_file(case, message, tiny_run, tmp
     assert rc == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".page.html.*"))
+
+
+def test_token_text_cannot_break_out_of_the_page_script():
+    from jsae.viz import render_html
+
+    nasty = "</script><script>alert(1)</script><!--"
+    payload = {"title": "<b>t</b>", "info": {}, "n_tokens": 0, "edges": [], "sources": False, "per_head": False}
+    html = render_html({**payload, "vocab": {"0": nasty}, "saes": []})
+    assert html.count("</script>") == 2 and "<b>t</b>" not in html  # the data and the code, nothing more
+    assert _payload(html)["vocab"]["0"] == nasty

@@ -114,8 +114,9 @@ def page_payload(
 
 
 def _script_json(payload: dict[str, Any]) -> str:
-    """JSON safe inside a ``<script>`` element (no ``</`` can close it early)."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    """JSON safe inside a ``<script>`` element: every ``<`` escaped, so no token text (``</script>``, ``<!--``) can
+    end or confuse it."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
 def render_html(payload: dict[str, Any]) -> str:
