@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup setup-test clean
+.PHONY: demo test lint setup setup-test chromium clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	touch $@
 
 setup: $(VENV)/.installed
-setup-test: $(VENV)/.installed-test
+setup-test: $(VENV)/.installed-test chromium
+
+# The feature page's browser test drives Debian's chromium through playwright (never `playwright install`).
+chromium:
+	which chromium || (apt-get update && apt-get install -y chromium)
 
 demo: setup
 	$(BIN)/jsae demo

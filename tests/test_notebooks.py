@@ -111,3 +111,14 @@ def test_notebook_04_saelens_round_trip_and_steering_closed_form(jupyter_path, t
     assert check["encode_max_abs_diff_vs_numpy"] < 1e-3, check
     assert check["alpha0_max_prob_diff"] < 1e-6, check
     assert check["huge_alpha_argmax"] == check["logit_lens_argmax"], check
+
+
+def test_notebook_05_per_head_saes_from_text_and_their_feature_page(jupyter_path, tmp_path, monkeypatch):
+    check, nb = run_notebook("05_per_head_saes_from_text.ipynb", jupyter_path, tmp_path, monkeypatch)
+    assert check["n_saes"] == 27 and check["page_heads"] == 27, check  # 3 layers x 9 heads of SmolLM2 (CI size)
+    assert check["saelens_same_arrays"] and check["grid_matches_metric"], check
+    assert check["sources_vs_direct_preactivation"] < 1e-3, check
+    html = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/html" in o.get("data", {})]
+    assert any("<iframe srcdoc=" in o["data"]["text/html"] for o in html), "the feature page was not displayed"
+    assert (tmp_path / "runs" / "per_head_saes" / "feature_page.html").is_file()
+    assert any(c.cell_type == "markdown" and c.source == "<!-- PLAN CELL -->" for c in nb.cells)
