@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "train", "cache", "circuits", "absorption", "eval", "bench", "browse")
+COMMANDS = ("demo", "train", "cache", "circuits", "absorption", "eval", "bench", "plan", "browse")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict]:

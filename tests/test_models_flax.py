@@ -194,3 +194,74 @@ def test_errors_name_the_paths(linen_lm):
         runner(NnxLM(nnx.Rngs(0)), AttentionHeads(("blocks/0/attn/out",), H))(tokens)
     with pytest.raises(HookError, match="mask must have shape"):
         patcher(model, AttentionHeads.from_template("block_{layer}/out", L, H), variables)(tokens, np.ones((3, 3)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# shapes checked against the parameters: flax's own MultiHeadDotProductAttention (kernel [H, dh, D])
+
+
+class LinenMHA(nn.Module):
+    """One flax ``MultiHeadDotProductAttention`` (4 heads of size 4, no mask) on embedded tokens."""
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(V, D, name="embed")(tokens)
+        return nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=16, out_features=D, name="attn")(x)
+
+
+def test_flax_mha_heads_match_hand_computed_and_wrong_n_heads_raises():
+    model = LinenMHA()
+    tokens = np.random.default_rng(2).integers(0, V, (2, T)).astype(np.int32)
+    variables = model.init(jax.random.key(1), tokens)
+    p = jax.tree.map(np.asarray, variables["params"])
+    x = p["embed"]["embedding"][tokens]
+    q, k, v = (
+        np.einsum("btd,dhe->bthe", x, p["attn"][n]["kernel"]) + p["attn"][n]["bias"] for n in ("query", "key", "value")
+    )
+    s = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(4)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    z = np.einsum("bhqk,bkhe->bqhe", a / a.sum(-1, keepdims=True), v)
+    ref = np.einsum("bqhe,hed->bqhd", z, p["attn"]["out"]["kernel"])  # [B, T, 4, D]
+    _, result = runner(model, AttentionHeads(("attn/out",), 4), variables)(tokens)
+    np.testing.assert_allclose(np.asarray(result[0]), ref, atol=1e-5)
+    # n_heads=2 would merge heads (0, 1) and (2, 3): refused, naming the module and the kernel's shape
+    with pytest.raises(HookError, match=r"'attn/out'.*'kernel' has shape \[4, 4, 12\].*4 heads, but n_heads=2"):
+        runner(model, AttentionHeads(("attn/out",), 2), variables)(tokens)
+
+
+class LinenRawWO(nn.Module):
+    """Attention whose output weight is a raw ``[H, dh, D]`` parameter of the attention module itself
+    (values from a ``Dense`` submodule, or from a raw parameter too when ``dh`` is given)."""
+
+    dh: int | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        B, T_, _ = x.shape
+        dh = self.dh or DH
+        if self.dh is None:
+            v = nn.Dense(H * DH, name="v")(x).reshape(B, T_, H, DH)
+        else:
+            v = jnp.einsum("btd,dhe->bthe", x, self.param("w_v", nn.initializers.normal(0.1), (D, H, dh)))
+        w_o = self.param("w_o", nn.initializers.normal(0.1), (H, dh, D))
+        return jnp.einsum("bthe,hed->btd", v, w_o)
+
+
+def test_raw_head_weight_named_with_kernel_gets_a_clear_error():
+    model = LinenRawWO()
+    x = np.random.default_rng(3).normal(size=(2, T, D)).astype(np.float32)
+    variables = model.init(jax.random.key(2), x)
+    # the named module's input is x [B, T, D], not the heads' values [B, T, H, dh] (here D = H * dh)
+    with pytest.raises(HookError, match=r"module '' \(parameter 'w_o' of shape \[3, 4, 12\]\) has submodules \['v'\]"):
+        runner(model, AttentionHeads(("",), H, kernel="w_o"), variables)(x)
+    # all raw parameters (no submodules), heads of size 2: its input [B, T, 12] is not z [B, T, 3, 2] or [B, T, 6]
+    raw = LinenRawWO(dh=2)
+    with pytest.raises(
+        HookError,
+        match=r"module '': parameter 'w_o' has shape \[3, 2, 12\].*\[\.\.\., 3, 2\] or \[\.\.\., 6\].*\[2, 6, 12\]",
+    ):
+        runner(raw, AttentionHeads(("",), H, kernel="w_o"), raw.init(jax.random.key(2), x))(x)
+    bad = LinenMHA()
+    tokens = np.zeros((1, T), np.int32)
+    with pytest.raises(HookError, match=r"'attn/out': parameter 'bias' has shape \[12\]; jsae reads .*\[H, dh, D\]"):
+        runner(bad, AttentionHeads(("attn/out",), 4, kernel="bias"), bad.init(jax.random.key(0), tokens))(tokens)

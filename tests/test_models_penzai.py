@@ -25,7 +25,15 @@ from jsae.models import (
     to_penzai,
     zero_ablate,
 )
-from jsae.models.penzai import HookPoint, ReplaceHeads, add_hook_points, head_mask, penzai_logits, select_hooks
+from jsae.models.penzai import (
+    HookPoint,
+    ReplaceHeads,
+    add_hook_points,
+    from_penzai_edited,
+    head_mask,
+    penzai_logits,
+    select_hooks,
+)
 
 
 def _randomised(pz_model, seed):
@@ -276,3 +284,101 @@ def test_errors_name_what_was_found(tiny_models):
     )
     with pytest.raises(UnsupportedArchitectureError, match="GPT-NeoX"):
         to_penzai(neox_like)
+
+
+# ---------------------------------------------------------------------------------------------------
+# layers jsae has no counterpart for: refused with their path, never dropped; ReplaceHeads edits as hooks
+
+
+@pytest.fixture(scope="module")
+def tiny_llamalike():
+    """A random penzai llamalike (GQA 2 x 2 heads, 2 unrolled blocks), hook points added."""
+    cfg = llc.LlamalikeTransformerConfig(
+        num_kv_heads=2,
+        query_head_multiplier=2,
+        embedding_dim=16,
+        projection_dim=4,
+        mlp_hidden_dim=24,
+        num_decoder_blocks=2,
+        vocab_size=23,
+        mlp_variant="swiglu",
+        tie_embedder_and_logits=False,
+    )
+    return _randomised(llc.build_llamalike_transformer(cfg, init_base_rng=jax.random.key(3)), 3)
+
+
+def _append(layer):
+    return pz.nn.Sequential([layer, pz.nn.ConstantRescale(by=0.5)])
+
+
+EXTRA_LAYER_SITES = {
+    # where a ConstantRescale(0.5) is appended, and the path that the error must name
+    "attention output": (lambda m: _at_attn(m, "attn_value_to_output"), r"ConstantRescale at .*attn_value_to_output"),
+    "values": (lambda m: _at_attn(m, "input_to_value"), r"ConstantRescale at .*input_to_value"),
+    "MLP": (
+        lambda m: (
+            pz.select(m).at_instances_of(pz.nn.BranchAndMultiplyTogether).at(lambda b: b.branches[1]).apply(_append)
+        ),
+        r"ConstantRescale at .*branches\[1\]",
+    ),
+    "norm": (
+        lambda m: pz.select(m).at_instances_of(pz.nn.RMSLayerNorm).at(lambda n: n.sublayers[1]).apply(_append),
+        r"ConstantRescale at body.*sublayers\[1\]",
+    ),
+    "unembedding": (
+        lambda m: pz.select(m).at(lambda m: m.body.sublayers[-1]).apply(_append),
+        r"after the unembedding.* at body\.sublayers\[4\]\.sublayers\[1\]: found ConstantRescale",
+    ),
+}
+
+
+def _at_attn(m, field):
+    return pz.select(m).at_instances_of(pz.nn.Attention).at(lambda a: getattr(a, field)).apply(_append)
+
+
+@pytest.mark.parametrize("site", list(EXTRA_LAYER_SITES))
+def test_from_penzai_refuses_a_layer_it_cannot_map(site, tiny_llamalike, rng):
+    edit, path = EXTRA_LAYER_SITES[site]
+    edited = edit(tiny_llamalike)
+    tokens = rng.integers(0, 23, (1, 7)).astype(np.int32)
+    # the extra layer changes penzai's own forward, so a conversion that dropped it would be wrong
+    assert np.abs(_penzai_run(edited, tokens) - _penzai_run(tiny_llamalike, tokens)).max() > 1e-2
+    with pytest.raises(UnsupportedArchitectureError, match=path):
+        from_penzai(edited)
+    with pytest.raises(UnsupportedArchitectureError, match=path):
+        from_penzai(add_hook_points(edited))
+
+
+def test_from_penzai_converts_a_rescaled_embedding(tiny_llamalike, rng):
+    """A ConstantRescale after the embedding is a jsae embed_scale: converted, logits as penzai's."""
+    edited = pz.select(tiny_llamalike).at(lambda m: m.body.sublayers[0]).apply(_append)
+    tokens = rng.integers(0, 23, (1, 7)).astype(np.int32)
+    ref = _penzai_run(edited, tokens)
+    assert np.abs(ref - _penzai_run(tiny_llamalike, tokens)).max() > 1e-2
+    model = from_penzai(edited)
+    assert model.cfg.embed_scale == 0.5
+    np.testing.assert_allclose(np.asarray(forward(model, tokens)[0]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_replace_heads_edits_convert_to_jsae_hooks(tiny_llamalike, rng):
+    """Two heads zeroed at ``result`` of block 1 and one head patched at ``z`` of block 0 (penzai layers)."""
+    tokens = rng.integers(0, 23, (2, 9)).astype(np.int32)
+    hooked = add_hook_points(tiny_llamalike)
+    saving = select_hooks(hooked, "z", 0).apply(lambda h: pz.nn.Sequential([h, SaveIntermediate()]))
+    penzai_logits(saving, tokens[::-1])  # z of block 0 on another input, the patch value
+    z_other = pz.select(saving).at_instances_of(SaveIntermediate).get_sequence()[0].saved.value
+    edited = select_hooks(hooked, "result", 1).apply(lambda h: pz.nn.Sequential([h, ReplaceHeads.zero(4, [0, 3])]))
+    edited = select_hooks(edited, "z", 0).apply(
+        lambda h: pz.nn.Sequential([h, ReplaceHeads(head_mask(4, [2]), z_other)])
+    )
+    with pytest.raises(UnsupportedArchitectureError, match="ReplaceHeads edit at .*from_penzai_edited"):
+        from_penzai(edited)
+    model, hooks = from_penzai_edited(edited)
+    ref = _penzai_run(edited, tokens)
+    assert np.abs(ref - _penzai_run(hooked, tokens)).max() > 1e-2  # the edits change the logits
+    np.testing.assert_allclose(np.asarray(forward(model, tokens, hooks=hooks)[0]), ref, atol=1e-4, rtol=1e-4)
+    unedited, no_hooks = from_penzai_edited(hooked)
+    assert no_hooks.edits == {}
+    np.testing.assert_allclose(
+        np.asarray(forward(unedited, tokens)[0]), _penzai_run(hooked, tokens), atol=1e-4, rtol=1e-4
+    )

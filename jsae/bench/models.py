@@ -9,6 +9,9 @@ A second case runs the shapes of the streaming pipeline (``jsae train --model``)
 of the offline corpus, no padding, the whole body and the logits at the last position only (the stream
 needs hook activations, not the ``[B, T, V]`` logits); torch runs ``model.model`` then ``lm_head`` on the
 last position, the same work.
+
+``--smoke`` checks that the script runs: tiny shapes (2 prompts, 2 x 16 stream tokens, 4 harvest prompts),
+one repetition, output in a new temporary directory (never ``results/``); its timings mean nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +47,19 @@ def prompts(n: int) -> list[str]:
     return out
 
 
+def torch_smollm2():
+    """transformers' float32 SmolLM2-135M from the same GGUF file jsae loads (ImportError without torch)."""
+    import torch
+    import transformers
+
+    from jsae.models import smollm2_gguf_path
+
+    p = smollm2_gguf_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(p.parent), gguf_file=p.name, dtype=torch.float32
+    ).eval()
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -62,6 +79,11 @@ def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_models.
         "--harvest-prompts", type=int, default=256, help="prompts for the harvest timing (default: %(default)s)"
     )
     ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the benchmark runs: tiny shapes, 1 repetition, output to a temporary directory",
+    )
+    ap.add_argument(
         "--out",
         default=out,
         help="JSON file to write (default: " + (out or "bench_models.json in a new run directory under --runs") + ")",
@@ -74,8 +96,17 @@ def main(argv: list[str] | None = None) -> None:
     run(ap.parse_args(argv))
 
 
-def run(args: argparse.Namespace) -> None:
+SMOKE = {"batch": 2, "reps": 1, "stream_reps": 1, "harvest_prompts": 4}
+STREAM_SHAPE = (32, 128)  # contexts x tokens: the streaming pipeline's default batch
+SMOKE_STREAM_SHAPE = (2, 16)
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run the benchmark; returns the JSON file written."""
     prepare_process()  # as the CLI: one CPU device per core (the model runs on device 0), compile cache
+    if args.smoke:
+        args = argparse.Namespace(**{**vars(args), **SMOKE})
+        args.out = str(Path(tempfile.mkdtemp(prefix="jsae-bench-models-smoke-")) / "bench_models.json")
     t0 = time.perf_counter()
     model, tok, meta = load("smollm2-135m")
     load_s = time.perf_counter() - t0
@@ -94,23 +125,22 @@ def run(args: argparse.Namespace) -> None:
 
     torch_fwd: Callable[[], Any] | None = None
     hf = None
-    torch_threads = max_abs_diff = None
+    torch_threads = max_abs_diff = restore_threads = None
     try:
         import torch
-        import transformers
 
-        from jsae.models import smollm2_gguf_path
-
-        p = smollm2_gguf_path()
-        hf = transformers.AutoModelForCausalLM.from_pretrained(
-            str(p.parent), gguf_file=p.name, dtype=torch.float32
-        ).eval()
-        ids = torch.as_tensor(tokens, dtype=torch.long)
+        hf = torch_smollm2()
+        if args.smoke:  # one thread: torch's thread pool crawls on a busy machine, and smoke timings are not read
+            restore_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        # encode_batch pads with -1 (jsae's PAD); torch's embedding needs real ids: pad with 0, masked out
+        ids = torch.as_tensor(np.where(tokens < 0, 0, tokens), dtype=torch.long)
+        attention_mask = torch.as_tensor(tokens >= 0, dtype=torch.long)
         torch_threads = torch.get_num_threads()
 
         def torch_forward():
             with torch.inference_mode():
-                return hf(ids).logits
+                return hf(input_ids=ids, attention_mask=attention_mask).logits
 
         torch_fwd = torch_forward
         ref = torch_forward().numpy()
@@ -131,11 +161,13 @@ def run(args: argparse.Namespace) -> None:
     torch_s = float(np.min(torch_times)) if torch_times else None
     torch_tps = n_tokens / torch_s if torch_s else None
 
-    stream = stream_case(model, tok, hf, args.stream_reps)
+    stream = stream_case(model, tok, hf, args.stream_reps, SMOKE_STREAM_SHAPE if args.smoke else STREAM_SHAPE)
 
     htexts = prompts(args.harvest_prompts)
     h_tokens = sum(len(tok.encode(t)) for t in htexts)
-    harvest(model, htexts[:32], tokenizer=tok, point="result", positions="mean", progress=False)  # compile
+    harvest(
+        model, htexts[: min(32, len(htexts))], tokenizer=tok, point="result", positions="mean", progress=False
+    )  # compile
     t = time.perf_counter()
     acts = harvest(model, htexts, tokenizer=tok, point="result", positions="mean", progress=True)
     harvest_s = time.perf_counter() - t
@@ -146,6 +178,7 @@ def run(args: argparse.Namespace) -> None:
         "harvest_tokens_per_s": h_tokens / harvest_s,
         "jsae_over_torch": (n_tokens / jsae_s) / torch_tps if torch_tps else None,
         "model": meta["name"],
+        "smoke": bool(args.smoke),
         "batch": args.batch,
         "padded_shape": list(tokens.shape),
         "real_tokens_per_batch": n_tokens,
@@ -194,13 +227,19 @@ def run(args: argparse.Namespace) -> None:
             indent=2,
         )
     )
+    if restore_threads is not None:
+        import torch
+
+        torch.set_num_threads(restore_threads)
+    return Path(args.out)
 
 
-def stream_case(model, tok, hf, reps: int) -> dict:
-    """jsae vs torch at the stream's shapes (see the module docstring); ``hf`` None: jsae alone."""
+def stream_case(model, tok, hf, reps: int, shape: tuple[int, int] = STREAM_SHAPE) -> dict:
+    """jsae vs torch at the stream's shapes ``(contexts, tokens)`` (module docstring); ``hf`` None: jsae alone."""
     from jsae.data import ContextStream, open_text
 
-    tokens = np.asarray(next(iter(ContextStream(open_text(None), tok, context_size=128, batch_contexts=32))))
+    n_ctx, size = shape
+    tokens = np.asarray(next(iter(ContextStream(open_text(None), tok, context_size=size, batch_contexts=n_ctx))))
 
     def jax_fwd():
         return jax.block_until_ready(forward(model, tokens, logits="last")[0])

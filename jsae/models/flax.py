@@ -10,6 +10,12 @@ is the heads' concatenated values ``z``) and how its input splits into heads. It
 - nnx: module surgery on a functional copy (``nnx.split`` / ``nnx.merge``): the projection is swapped for
   a tap for one call, so the original model object is never modified.
 
+Shapes are checked against the parameters before any compute: the named module must be a projection
+(no submodules) whose kernel is ``[H*dh, D]`` or ``[H, dh, D]`` with ``H = n_heads`` and whose input is
+``z`` (``[..., H*dh]`` or ``[..., H, dh]``); anything else raises :class:`~jsae.models.HookError` naming
+the module and the expected shape. (A module without submodules whose input is not ``z`` but happens to
+have ``H*dh`` features cannot be told apart by shapes.)
+
 Everything varying is an array argument (``mask [L, H]``, ``value [L, B, T, H, D]``), so ``jax.vmap``
 over masks (patch each head) and ``jax.grad`` w.r.t. the mask (attribution patching) work, as for
 jsae's own :class:`~jsae.models.hooks.Replace`.
@@ -20,7 +26,7 @@ flax is an optional dependency (``pip install jsae[flax]``); this module imports
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import jax
@@ -80,18 +86,66 @@ class AttentionHeads:
         return len(self.out_proj)
 
 
-def _split(heads: AttentionHeads, z: Array, kernel: Array) -> Float[Array, "... H D"]:
-    """Per-head outputs ``[..., H, D]`` of the projection input ``z`` and its kernel."""
-    H = heads.n_heads
-    D = kernel.shape[-1]
-    if z.ndim >= 2 and kernel.ndim == 3:  # DenseGeneral over (H, dh)
-        zf = z.reshape(z.shape[:-2] + (-1,))
+def _check_shapes(heads: AttentionHeads, where: str, z_shape: tuple, kernel_shape: tuple) -> int:
+    """``dh`` after checking the projection input ``z`` and its kernel against ``n_heads`` and ``layout``.
+
+    kernel: ``[H*dh, D]``, or ``[H, dh, D]`` (layout ``"hd"``) / ``[dh, H, D]`` (``"dh"``), whose head axis
+    must be ``n_heads``; ``z``: ``[..., H*dh]`` or ``[..., H, dh]`` matching the kernel.
+    """
+    H, name = heads.n_heads, f"module {where!r}: parameter {heads.kernel!r}"
+    if len(kernel_shape) == 3:
+        head_axis = 0 if heads.layout == "hd" else 1
+        expected = "[H, dh, D]" if heads.layout == "hd" else "[dh, H, D]"
+        if kernel_shape[head_axis] != H:
+            raise HookError(
+                f"{name} has shape {list(kernel_shape)}, read as {expected} (layout={heads.layout!r}): "
+                f"{kernel_shape[head_axis]} heads, but n_heads={H}; set n_heads={kernel_shape[head_axis]}"
+                + (" or layout='dh'" if kernel_shape[1 - head_axis] == H else "")
+            )
+        F = kernel_shape[0] * kernel_shape[1]
+        if tuple(z_shape[-2:]) != tuple(kernel_shape[:2]) and z_shape[-1:] != (F,):
+            raise HookError(
+                f"{name} has shape {list(kernel_shape)} ({expected}), so the module's input should be the "
+                f"heads' values z of shape [..., {kernel_shape[0]}, {kernel_shape[1]}] or [..., {F}], but it "
+                f"got {list(z_shape)}. Name in out_proj the module whose input is z (the attention's output "
+                "projection) and in kernel= that module's weight"
+            )
+    elif len(kernel_shape) == 2:
+        F = kernel_shape[0]
+        if z_shape[-1:] != (F,):
+            raise HookError(
+                f"{name} has shape {list(kernel_shape)} ([H*dh, D]), so the module's input should be the heads' "
+                f"values z of shape [..., {F}], but it got {list(z_shape)}; name in out_proj the attention's "
+                "output projection (the module whose input is z)"
+            )
     else:
-        zf = z
-    F = zf.shape[-1]
+        raise HookError(
+            f"{name} has shape {list(kernel_shape)}; jsae reads an output-projection kernel of shape [H*dh, D] "
+            "or [H, dh, D]: name the projection's weight with kernel="
+        )
     if F % H:
-        raise HookError(f"the projection input has {F} features, not divisible by n_heads={H}")
-    dh = F // H
+        raise HookError(f"{name}: the projection input has {F} features, not divisible by n_heads={H}")
+    return F // H
+
+
+def _check_projection(heads: AttentionHeads, where: str, kernel_shape: tuple, submodules: list[str]) -> None:
+    """The named module must be a projection (its weights, no submodules): its input is then ``z``."""
+    if submodules:
+        raise HookError(
+            f"module {where!r} (parameter {heads.kernel!r} of shape {list(kernel_shape)}) has submodules "
+            f"{submodules}, so it is not the output projection and its input is not the heads' values z. Name in "
+            "out_proj the module whose input is z and whose weight is kernel= (shape [H*dh, D] or [H, dh, D]); "
+            "an attention that multiplies z by a raw [H, dh, D] parameter inside its own __call__ can do it "
+            "with nn.DenseGeneral(features=D, axis=(-2, -1)) instead"
+        )
+
+
+def _split(heads: AttentionHeads, z: Array, kernel: Array, where: str = "") -> Float[Array, "... H D"]:
+    """Per-head outputs ``[..., H, D]`` of the projection input ``z`` and its kernel (shapes checked first)."""
+    H = heads.n_heads
+    dh = _check_shapes(heads, where, tuple(z.shape), tuple(kernel.shape))
+    F, D = H * dh, kernel.shape[-1]
+    zf = z if z.shape[-1:] == (F,) else z.reshape(z.shape[:-2] + (F,))  # [..., H, dh] (DenseGeneral) -> flat
     w = kernel.reshape(F, D)
     if heads.layout == "hd":
         zh, wh = zf.reshape(zf.shape[:-1] + (H, dh)), w.reshape(H, dh, D)
@@ -114,7 +168,7 @@ class _Recorder:
         self.seen: list[str] = []
 
     def __call__(self, layer: int, z, kernel, out):
-        result = _split(self.heads, z, kernel)
+        result = _split(self.heads, z, kernel, self.heads.out_proj[layer])
         if result.shape[-1] != out.shape[-1]:
             raise HookError(
                 f"per-head outputs have size {result.shape[-1]} but the projection outputs "
@@ -172,6 +226,8 @@ def run_linen(module, variables, heads: AttentionHeads, *args, mask=None, value=
         params = context.module.variables.get("params", {})
         if heads.kernel not in params:
             raise HookError(f"module {path!r} has no parameter {heads.kernel!r}; it has {sorted(params)}")
+        submodules = sorted(k for k, v in params.items() if isinstance(v, Mapping))
+        _check_projection(heads, path, tuple(np.shape(params[heads.kernel])), submodules)
         return rec(index[path], call_args[0], params[heads.kernel], out)
 
     with nn.intercept_methods(interceptor):
@@ -213,6 +269,8 @@ def run_nnx(model, heads: AttentionHeads, *args, mask=None, value=None, **kwargs
         kernel = getattr(proj, heads.kernel, None)
         if kernel is None:
             raise HookError(f"module {path!r} has no parameter {heads.kernel!r}")
+        submodules = sorted(n for n, v in vars(proj).items() if isinstance(v, nnx.Module))
+        _check_projection(heads, path, tuple(np.shape(_nnx_value(kernel))), submodules)
         tap = _NnxTap(proj, layer, rec, heads.kernel)
         if name.isdigit():
             parent[int(name)] = tap
@@ -230,9 +288,12 @@ class _NnxTap:
 
     def __call__(self, z, *a, **kw):
         out = self.proj(z, *a, **kw)
-        k = getattr(self.proj, self.kernel)
-        k = k.get_value() if hasattr(k, "get_value") else getattr(k, "value", k)  # nnx Param or array
-        return self.rec(self.layer, z, k, out)
+        return self.rec(self.layer, z, _nnx_value(getattr(self.proj, self.kernel)), out)
+
+
+def _nnx_value(k):
+    """The array of an nnx ``Param`` (or ``k`` itself if it is an array)."""
+    return k.get_value() if hasattr(k, "get_value") else getattr(k, "value", k)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ selectors and replace them::
 :func:`from_penzai` reads penzai's llamalike (Llama, Mistral), Gemma 1/2 and GPT-NeoX models (unrolled
 blocks or a ``LayerStack``) and models made by :func:`to_penzai` back into a jsae ``Transformer``, so
 jsae's harvest, circuit discovery, absorption, evals and steering run on models that penzai loaded.
+Every layer on the paths it walks must be one jsae maps: any other (a ``ConstantRescale`` appended to
+an attention output, an extra layer in a norm or MLP) raises :class:`UnsupportedArchitectureError`
+naming the layer and its path. :func:`from_penzai_edited` also converts :class:`ReplaceHeads` edits
+into jsae hooks: ``model, hooks = from_penzai_edited(ablated)``, then ``forward(model, tokens, hooks=hooks)``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from penzai.models.transformer.variants import llamalike_common as llc
 from .build import make_transformer
 from .config import ModelConfig
 from .errors import ModelError, UnsupportedArchitectureError
+from .hooks import HookSpec, Replace
 from .transformer import Transformer
 
 SUPPORTED = (
@@ -189,19 +194,13 @@ def penzai_logits(pz_model, tokens: Int[Array, "B T"]) -> Float[Array, "B T V"]:
 
 def _per_head_attention(attn: pz.nn.Attention, layer: int) -> pz.nn.Attention:
     """Replace the fused output projection by ``MergeHeads, z, Linear (heads parallel), result, SumHeads``."""
-    avo = attn.attn_value_to_output
-    subs = list(avo.sublayers) if isinstance(avo, pz.nn.Sequential) else [avo]
-    if any(isinstance(s, HookPoint) for s in subs):
+    what = f"the attention output of block {layer}"
+    items = _flat(attn.attn_value_to_output, "attn_value_to_output")
+    if any(isinstance(x, HookPoint) for _, x in items):
         return attn
-    einsums = [s for s in subs if isinstance(s, pz.nn.NamedEinsum)]
-    lins = pz.select(avo).at_instances_of(pz.nn.Linear).get_sequence()
-    biases = pz.select(avo).at_instances_of(pz.nn.AddBias).get_sequence()
-    if len(einsums) != 1 or len(lins) != 1 or len(biases) > 1:
-        raise UnsupportedArchitectureError(
-            f"attention output of block {layer} is {[type(s).__name__ for s in subs]}; jsae needs "
-            "[NamedEinsum, Linear or Affine] as penzai's transformer builders make it"
-        )
-    lin = lins[0]
+    (einsum,), (lin,), biases = _match(
+        items, [(pz.nn.NamedEinsum, "1"), (pz.nn.Linear, "1"), (pz.nn.AddBias, "?")], what
+    )
     label = getattr(lin.weights, "label", None)  # penzai's ParameterLike has only .value; Parameters have labels
     if label is None:
         raise UnsupportedArchitectureError(
@@ -211,7 +210,7 @@ def _per_head_attention(attn: pz.nn.Attention, layer: int) -> pz.nn.Attention:
     heads = tuple(a for a in _HEAD_AXES if a in lin.in_axis_names)
     w = _merge_heads(lin.weights.value, heads)
     per_head = pz.nn.Linear(weights=_param(w, label), in_axis_names=("projection",), out_axis_names=lin.out_axis_names)
-    seq = [einsums[0], MergeHeads(heads), HookPoint("z", layer), per_head, HookPoint("result", layer), SumHeads()]
+    seq = [einsum, MergeHeads(heads), HookPoint("z", layer), per_head, HookPoint("result", layer), SumHeads()]
     return dataclasses.replace(attn, attn_value_to_output=pz.nn.Sequential(seq + list(biases)))
 
 
@@ -512,6 +511,92 @@ def _unsupported(what: str, found) -> UnsupportedArchitectureError:
     return UnsupportedArchitectureError(f"{what}: found {found}; from_penzai supports {SUPPORTED}")
 
 
+# Every layer on a path that from_penzai walks is matched against the layers jsae maps; anything else
+# raises (naming the layer and its path) instead of being dropped from the converted model.
+
+_JSAE_MARKERS = (HookPoint, MergeHeads, SumHeads, pz.nn.Identity)
+_ROPE = (pz.nn.ApplyRoPE, pz.nn.ApplyRoPEToSubset)
+_MASKS = (pz.nn.ApplyCausalAttentionMask, pz.nn.ApplyCausalSlidingWindowAttentionMask)
+Pattern = list[tuple[type | tuple[type, ...], str]]  # (layer types, "1" one, "?" optional, "*" any number)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Edit:
+    """A :class:`ReplaceHeads` found after hook point ``point`` of block ``layer``."""
+
+    point: str
+    layer: int
+    replace: ReplaceHeads
+
+
+def _flat(layer, path: str, keep: tuple[type, ...] = ()) -> list[tuple[str, Any]]:
+    """The leaf layers of ``layer`` with their paths: penzai's Sequential containers opened (except ``keep``)."""
+    if isinstance(layer, pz.nn.Sequential | pz.nn.CheckedSequential | pz.nn.NamedGroup) and not isinstance(layer, keep):
+        return [item for i, sub in enumerate(layer.sublayers) for item in _flat(sub, f"{path}.sublayers[{i}]", keep)]
+    return [(path, layer)]
+
+
+def _type_names(types) -> str:
+    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def _unexpected(what: str, items, i: int, pattern: Pattern) -> UnsupportedArchitectureError:
+    found = [type(layer).__name__ for _, layer in items]
+    expected = ", ".join(_type_names(t) + {"1": "", "?": " (optional)", "*": " (any number)"}[q] for t, q in pattern)
+    if i == len(items):
+        return UnsupportedArchitectureError(
+            f"{what} ends early: found {found}, expected [{expected}]; from_penzai supports {SUPPORTED}"
+        )
+    path, layer = items[i]
+    return UnsupportedArchitectureError(
+        f"{what} has a {type(layer).__name__} at {path} that jsae has no counterpart for there (layers found: "
+        f"{found}, expected [{expected}]). Converting without it would give a different model, so "
+        "from_penzai refuses: remove the layer, or express it as a jsae hook edit on the converted model"
+    )
+
+
+def _match(items, pattern: Pattern, what: str) -> list[list[Any]]:
+    """Match ``items`` (``(path, layer)``, jsae's marker layers removed) to ``pattern``; the layers per entry."""
+    items = [(p, x) for p, x in items if not isinstance(x, _JSAE_MARKERS)]
+    groups, i = [], 0
+    for types, quant in pattern:
+        got = []
+        while i < len(items) and isinstance(items[i][1], types) and (quant == "*" or not got):
+            got.append(items[i][1])
+            i += 1
+        if quant == "1" and not got:
+            raise _unexpected(what, items, i, pattern)
+        groups.append(got)
+    if i < len(items):
+        raise _unexpected(what, items, i, pattern)
+    return groups
+
+
+def _take_edits(items, what: str, layer: int | None, edits: list[_Edit] | None):
+    """``items`` without their :class:`ReplaceHeads` edits, each recorded in ``edits`` (None: refuse them)."""
+    out, last_hook = [], None
+    for path, x in items:
+        if not isinstance(x, ReplaceHeads):
+            out.append((path, x))
+            last_hook = x if isinstance(x, HookPoint) else None
+            continue
+        where = f"a ReplaceHeads edit at {path} in {what}"
+        if edits is None or layer is None:
+            raise UnsupportedArchitectureError(
+                f"{where}: from_penzai converts an unedited model and would drop it; use "
+                "jsae.models.penzai.from_penzai_edited(pz_model), which returns (model, hooks) with the edit "
+                "as jsae hooks, or remove the edit"
+                + (" (edits inside a LayerStack apply to every layer and are not converted)" if layer is None else "")
+            )
+        if not (isinstance(last_hook, HookPoint) and last_hook.point in ("z", "result")):
+            raise UnsupportedArchitectureError(
+                f"{where} does not follow a HookPoint 'z' or 'result'; jsae converts head edits only at those "
+                "points (insert them with select_hooks(pz_model, 'result', layer).apply(...))"
+            )
+        edits.append(_Edit(last_hook.point, layer, x))
+    return out
+
+
 def _np(named: pz.nx.NamedArray, *names: str, stack: str | None) -> np.ndarray:
     """The named array as numpy with axes ``names`` (``head`` groups merged), prefixed by ``stack``."""
     pre = [stack] if stack and stack in named.named_shape else []
@@ -532,28 +617,16 @@ def _np(named: pz.nx.NamedArray, *names: str, stack: str | None) -> np.ndarray:
     return a
 
 
-def _strip(layers) -> list:
-    return [s for s in layers if not isinstance(s, HookPoint | MergeHeads | SumHeads | pz.nn.Identity)]
-
-
-def _one(tree, cls, what):
-    found = pz.select(tree).at_instances_of(cls).get_sequence()
-    if len(found) != 1:
-        raise _unsupported(f"expected one {cls.__name__} in {what}", f"{len(found)}")
-    return found[0]
-
-
-def _norm_params(norm, stack):
+def _norm_params(norm, stack, path: str):
     if isinstance(norm, pz.nn.RMSLayerNorm):
-        std = _one(norm, pz.nn.RMSStandardize, "an RMSLayerNorm")
-        w = _np(_one(norm, pz.nn.Linear, "a norm").weights.value, "embedding", stack=stack)
-        return "rms", w, None, float(std.epsilon)
+        std, lin = (g[0] for g in _match(_flat(norm, path), [(pz.nn.RMSStandardize, "1"), (pz.nn.Linear, "1")], path))
+        return "rms", _np(lin.weights.value, "embedding", stack=stack), None, float(std.epsilon)
     if isinstance(norm, pz.nn.LayerNorm):
-        std = _one(norm, pz.nn.Standardize, "a LayerNorm")
-        w = _np(_one(norm, pz.nn.Linear, "a norm").weights.value, "embedding", stack=stack)
-        b = _np(_one(norm, pz.nn.AddBias, "a LayerNorm").bias.value, "embedding", stack=stack)
-        return "ln", w, b, float(std.epsilon)
-    raise _unsupported("a normalisation layer", type(norm).__name__)
+        pattern: Pattern = [(pz.nn.Standardize, "1"), (pz.nn.Linear, "1"), (pz.nn.AddBias, "1")]
+        std, lin, bias = (g[0] for g in _match(_flat(norm, path), pattern, path))
+        w = _np(lin.weights.value, "embedding", stack=stack)
+        return "ln", w, _np(bias.bias.value, "embedding", stack=stack), float(std.epsilon)
+    raise _unsupported(f"a normalisation layer at {path}", type(norm).__name__)
 
 
 def _act_name(fn) -> str:
@@ -568,89 +641,139 @@ def _act_name(fn) -> str:
     raise _unsupported("an MLP activation", fn)
 
 
-def _linear_bias(layer, what, stack, ins, outs):
-    """(weight [ins..., outs...], bias or None) of a penzai Linear or Affine."""
-    lin = _one(layer, pz.nn.Linear, what)
-    biases = pz.select(layer).at_instances_of(pz.nn.AddBias).get_sequence()
-    w = _np(lin.weights.value, *ins, *outs, stack=stack)
-    return w, (_np(biases[0].bias.value, *outs, stack=stack) if biases else None)
+def _wb(lin, bias, stack, ins, outs):
+    """(weight [ins..., outs...], bias [outs...] or None) of a matched Linear and optional AddBias."""
+    w = _np(lin[0].weights.value, *ins, *outs, stack=stack)
+    return w, (_np(bias[0].bias.value, *outs, stack=stack) if bias else None)
 
 
-def _attention(attn: pz.nn.Attention, stack, d: dict, info: dict) -> None:
-    wq, bq = _linear_bias(attn.input_to_query, "the query projection", stack, ["embedding"], ["H", "projection"])
-    wk, bk = _linear_bias(attn.input_to_key, "the key projection", stack, ["embedding"], ["H", "projection"])
-    wv, bv = _linear_bias(attn.input_to_value, "the value projection", stack, ["embedding"], ["H", "projection"])
-    wo, bo = _linear_bias(attn.attn_value_to_output, "the output projection", stack, ["H", "projection"], ["embedding"])
+def _projection(layer, path: str, stack, ins, outs, extra: Pattern | None = None):
+    """A Linear (+ AddBias) projection followed by ``extra``: (weight, bias, the extra layers matched)."""
+    pattern: Pattern = [(pz.nn.Linear, "1"), (pz.nn.AddBias, "?"), *(extra or [])]
+    lin, bias, *rest = _match(_flat(layer, path), pattern, path)
+    return (*_wb(lin, bias, stack, ins, outs), rest)
+
+
+def _attention(attn: pz.nn.Attention, stack, path: str, d: dict, info: dict, layer, edits) -> None:
+    q_extra: Pattern = [(pz.nn.ConstantRescale, "*"), (_ROPE, "?"), (pz.nn.ConstantRescale, "*")]
+    wq, bq, (s1, q_rope, s2) = _projection(
+        attn.input_to_query, path + ".input_to_query", stack, ["embedding"], ["H", "projection"], q_extra
+    )
+    wk, bk, (k_rope,) = _projection(
+        attn.input_to_key, path + ".input_to_key", stack, ["embedding"], ["H", "projection"], [(_ROPE, "?")]
+    )
+    wv, bv, _ = _projection(attn.input_to_value, path + ".input_to_value", stack, ["embedding"], ["H", "projection"])
+    out_path = path + ".attn_value_to_output"
+    out_items = _take_edits(_flat(attn.attn_value_to_output, out_path), out_path, layer, edits)
+    _, lin, bias = _match(
+        out_items, [(pz.nn.NamedEinsum, "1"), (pz.nn.Linear, "1"), (pz.nn.AddBias, "?")], "the attention output"
+    )
+    wo, bo = _wb(lin, bias, stack, ["H", "projection"], ["embedding"])
     d.update(W_Q=wq, W_K=wk, W_V=wv, W_O=wo, b_Q=bq, b_K=bk, b_V=bv, b_O=bo)
-    q_layers = pz.select(attn.input_to_query).at_instances_of((pz.nn.ApplyRoPE, pz.nn.ApplyRoPEToSubset)).get_sequence()
-    k_layers = pz.select(attn.input_to_key).at_instances_of((pz.nn.ApplyRoPE, pz.nn.ApplyRoPEToSubset)).get_sequence()
-    if len(q_layers) != len(k_layers) or len(q_layers) > 1:
-        raise _unsupported("rotary layers on queries and keys", f"{len(q_layers)} and {len(k_layers)}")
-    if q_layers:
-        r = q_layers[0]
+    if len(q_rope) != len(k_rope) or (q_rope and type(q_rope[0]) is not type(k_rope[0])):
+        raise _unsupported(f"rotary layers on queries and keys at {path}", f"{q_rope} and {k_rope}")
+    if q_rope:
+        r = q_rope[0]
         info["rope"] = (float(r.max_wavelength), getattr(r, "rope_subset_size", None))
-    scales = pz.select(attn.input_to_query).at_instances_of(pz.nn.ConstantRescale).get_sequence()
+    scales = s1 + s2
     info["query_scale"] = float(np.prod([float(s.by) for s in scales])) if scales else 1.0
-    caps = pz.select(attn.query_key_to_attn).at_instances_of(pz.nn.TanhSoftCap).get_sequence()
+    qk_path = path + ".query_key_to_attn"
+    _, caps, masks, _ = _match(
+        _flat(attn.query_key_to_attn, qk_path),
+        [(pz.nn.NamedEinsum, "1"), (pz.nn.TanhSoftCap, "?"), (_MASKS, "1"), (pz.nn.Softmax, "1")],
+        qk_path,
+    )
     info["attn_softcap"] = float(caps[0].soft_cap) if caps else None
-    qk_sel = pz.select(attn.query_key_to_attn)
-    window = qk_sel.at_instances_of(pz.nn.ApplyCausalSlidingWindowAttentionMask).get_sequence()
-    if not window and not pz.select(attn.query_key_to_attn).at_instances_of(pz.nn.ApplyCausalAttentionMask).count():
-        found = getattr(attn.query_key_to_attn, "sublayers", [attn.query_key_to_attn])
-        raise _unsupported("a causal attention mask", [type(s).__name__ for s in found])
-    info["window"] = int(np.asarray(window[0].sliding_window_size)) if window else 0
+    window = masks[0] if isinstance(masks[0], pz.nn.ApplyCausalSlidingWindowAttentionMask) else None
+    info["window"] = int(np.asarray(window.sliding_window_size)) if window is not None else 0
 
 
-def _mlp(ff, stack, d: dict, info: dict) -> None:
-    subs = _strip(ff.sublayers)
-    if len(subs) == 2 and isinstance(subs[0], pz.nn.BranchAndMultiplyTogether):  # gated (SwiGLU / GeGLU)
-        gate, value = subs[0].branches
-        d["W_gate"], _ = _linear_bias(gate, "the MLP gate", stack, ["embedding"], ["neurons"])
-        d["W_in"], _ = _linear_bias(value, "the MLP value", stack, ["embedding"], ["neurons"])
-        d["W_out"], _ = _linear_bias(subs[1], "the MLP output", stack, ["neurons"], ["embedding"])
-        info["gated"], info["act"] = True, _act_name(_one(gate, pz.nn.Elementwise, "the MLP gate").fn)
-    elif len(subs) == 3 and isinstance(subs[1], pz.nn.Elementwise):
-        d["W_in"], d["b_in"] = _linear_bias(subs[0], "the MLP input", stack, ["embedding"], ["neurons"])
-        d["W_out"], d["b_out"] = _linear_bias(subs[2], "the MLP output", stack, ["neurons"], ["embedding"])
-        info["gated"], info["act"] = False, _act_name(subs[1].fn)
+def _mlp(ff, stack, path: str, d: dict, info: dict) -> None:
+    items = _flat(ff, path)
+    if any(isinstance(x, pz.nn.BranchAndMultiplyTogether) for _, x in items):  # gated (SwiGLU / GeGLU)
+        (gv,), (out,) = _match(items, [(pz.nn.BranchAndMultiplyTogether, "1"), (pz.nn.Linear, "1")], path)
+        if len(gv.branches) != 2:
+            raise _unsupported(f"a gated MLP at {path}", f"{len(gv.branches)} branches (jsae: gate and value)")
+        gate, value = gv.branches
+        (lin_g,), (act,) = _match(
+            _flat(gate, path + ".branches[0]"), [(pz.nn.Linear, "1"), (pz.nn.Elementwise, "1")], "the MLP gate"
+        )
+        ((lin_v,),) = _match(_flat(value, path + ".branches[1]"), [(pz.nn.Linear, "1")], "the MLP value")
+        d["W_gate"], _ = _wb([lin_g], [], stack, ["embedding"], ["neurons"])
+        d["W_in"], _ = _wb([lin_v], [], stack, ["embedding"], ["neurons"])
+        d["W_out"], _ = _wb([out], [], stack, ["neurons"], ["embedding"])
+        info["gated"], info["act"] = True, _act_name(act.fn)
     else:
-        raise _unsupported("an MLP", [type(s).__name__ for s in subs])
+        pattern: Pattern = [
+            (pz.nn.Linear, "1"),
+            (pz.nn.AddBias, "?"),
+            (pz.nn.Elementwise, "1"),
+            (pz.nn.Linear, "1"),
+            (pz.nn.AddBias, "?"),
+        ]
+        lin1, b1, (act,), lin2, b2 = _match(items, pattern, path)
+        d["W_in"], d["b_in"] = _wb(lin1, b1, stack, ["embedding"], ["neurons"])
+        d["W_out"], d["b_out"] = _wb(lin2, b2, stack, ["neurons"], ["embedding"])
+        info["gated"], info["act"] = False, _act_name(act.fn)
 
 
-def _block(block, stack) -> tuple[dict, dict]:
+_BRANCH_KEEP = (pz.nn.RMSLayerNorm, pz.nn.LayerNorm, model_parts.TransformerFeedForward)
+
+
+def _branch(seq, path: str, what: str, layer, edits) -> list[tuple[str, Any]]:
+    """The [norm, Attention or MLP, optional norm] of a block's branch, markers and edits removed."""
+    items = _take_edits(_flat(seq, path, keep=_BRANCH_KEEP), path, layer, edits)
+    items = [(p, x) for p, x in items if not isinstance(x, _JSAE_MARKERS)]
+    if not 2 <= len(items) <= 3:
+        raise _unsupported(f"{what} at {path}", [type(x).__name__ for _, x in items])
+    return items
+
+
+def _block(block, stack, path: str, layer: int | None = None, edits: list[_Edit] | None = None) -> tuple[dict, dict]:
     d, info = {}, {}
-    subs = _strip(block.sublayers)
-    if len(subs) == 2 and all(isinstance(s, pz.nn.Residual) for s in subs):
+    subs = [(f"{path}.sublayers[{i}]", s) for i, s in enumerate(block.sublayers) if not isinstance(s, _JSAE_MARKERS)]
+    if len(subs) == 2 and all(isinstance(s, pz.nn.Residual) for _, s in subs):
         info["parallel"] = False
-        attn_seq, mlp_seq = (_strip(s.delta.sublayers) for s in subs)
+        attn_items, mlp_items = (
+            _branch(s.delta, p + ".delta", w, layer, edits)
+            for (p, s), w in zip(subs, ("an attention branch", "an MLP branch"))
+        )
     elif (
         len(subs) == 1
-        and isinstance(subs[0], pz.nn.BranchAndAddTogether)
-        and len(subs[0].branches) == 3
-        and isinstance(subs[0].branches[0], pz.nn.Identity)
+        and isinstance(subs[0][1], pz.nn.BranchAndAddTogether)
+        and len(subs[0][1].branches) == 3
+        and isinstance(subs[0][1].branches[0], pz.nn.Identity)
     ):
         info["parallel"] = True
-        attn_seq, mlp_seq = (_strip(_sublayers(s, "a parallel block's branch")) for s in subs[0].branches[1:])
-    else:
-        raise _unsupported("a transformer block", [type(s).__name__ for s in subs])
-    if not (2 <= len(attn_seq) <= 3 and isinstance(attn_seq[1], pz.nn.Attention)):
-        raise _unsupported("an attention branch [norm, Attention, optional norm]", [type(s).__name__ for s in attn_seq])
-    if not (2 <= len(mlp_seq) <= 3 and isinstance(mlp_seq[1], model_parts.TransformerFeedForward | pz.nn.Sequential)):
-        raise _unsupported(
-            "an MLP branch [norm, TransformerFeedForward, optional norm]", [type(s).__name__ for s in mlp_seq]
+        p0, par = subs[0]
+        attn_items, mlp_items = (
+            _branch(par.branches[i], f"{p0}.branches[{i}]", w, layer, edits)
+            for i, w in ((1, "an attention branch"), (2, "an MLP branch"))
         )
-    norm1, norm2 = _norm_params(attn_seq[0], stack), _norm_params(mlp_seq[0], stack)
+    else:
+        raise _unsupported(f"a transformer block at {path}", [type(s).__name__ for _, s in subs])
+    (apath, attn), (mpath, mlp) = attn_items[1], mlp_items[1]
+    if not isinstance(attn, pz.nn.Attention):
+        raise _unsupported(f"an attention branch [norm, Attention, optional norm] at {apath}", type(attn).__name__)
+    if not isinstance(mlp, model_parts.TransformerFeedForward | pz.nn.Sequential):
+        raise _unsupported(
+            f"an MLP branch [norm, TransformerFeedForward, optional norm] at {mpath}", type(mlp).__name__
+        )
+    norm1, norm2 = (
+        _norm_params(attn_items[0][1], stack, attn_items[0][0]),
+        _norm_params(mlp_items[0][1], stack, mlp_items[0][0]),
+    )
     info["norm"], info["eps"] = norm1[0], norm1[3]
     d.update(ln1_w=norm1[1], ln1_b=norm1[2], ln2_w=norm2[1], ln2_b=norm2[2])
-    post = [len(attn_seq) == 3, len(mlp_seq) == 3]
+    post = [len(attn_items) == 3, len(mlp_items) == 3]
     if any(post):
         if not all(post):
-            raise _unsupported("post-norms", "a post-norm after only one of attention and MLP")
-        d["ln1_post_w"] = _norm_params(attn_seq[2], stack)[1]
-        d["ln2_post_w"] = _norm_params(mlp_seq[2], stack)[1]
+            raise _unsupported(f"post-norms in {path}", "a post-norm after only one of attention and MLP")
+        d["ln1_post_w"] = _norm_params(attn_items[2][1], stack, attn_items[2][0])[1]
+        d["ln2_post_w"] = _norm_params(mlp_items[2][1], stack, mlp_items[2][0])[1]
     info["post_norms"] = all(post)
-    _attention(attn_seq[1], stack, d, info)
-    _mlp(mlp_seq[1], stack, d, info)
+    _attention(attn, stack, apath, d, info, layer, edits)
+    _mlp(mlp, stack, mpath, d, info)
     return d, info
 
 
@@ -661,39 +784,93 @@ def from_penzai(pz_model, n_ctx: int = 8192, name: str = "") -> Transformer:
     Gemma 1 and 2 (``gemma`` variant), GPT-NeoX (``gpt_neox`` variant), unrolled or in a ``LayerStack``,
     and models made by :func:`to_penzai`. ``n_ctx``: the context length jsae enforces for RoPE models
     (penzai models have none); learned-position models use their table's size.
+
+    Every layer on the paths it walks (embedding, blocks, attention, MLP, norms, unembedding) must be
+    one jsae maps; any other layer raises :class:`UnsupportedArchitectureError` naming it and its path,
+    including a :class:`ReplaceHeads` edit (convert edited models with :func:`from_penzai_edited`).
     """
+    return _from_penzai(pz_model, n_ctx, name, None)
+
+
+def from_penzai_edited(pz_model, n_ctx: int = 8192, name: str = "") -> tuple[Transformer, HookSpec]:
+    """:func:`from_penzai` of a model carrying :class:`ReplaceHeads` edits: ``(model, hooks)``.
+
+    ``model`` is the unedited jsae model and ``hooks`` holds one :class:`~jsae.models.hooks.Replace` per
+    edit (at the ``z`` or ``result`` hook point it follows, in the same order), so
+    ``forward(model, tokens, hooks=hooks)`` gives penzai's logits of the edited model. A patch value
+    with ``batch``/``seq`` axes keeps them: run the hooks on tokens of that shape.
+    """
+    edits: list[_Edit] = []
+    model = _from_penzai(pz_model, n_ctx, name, edits)
+    return model, _edits_as_hooks(model.cfg, edits)
+
+
+def _edits_as_hooks(cfg: ModelConfig, edits: list[_Edit]) -> HookSpec:
+    """Each penzai ReplaceHeads as a jsae Replace edit that acts on its own layer only."""
+    by_point: dict[str, list[Replace]] = {}
+    for e in edits:
+        mask, value = e.replace.mask, e.replace.value
+        if not isinstance(mask, pz.nx.NamedArray) or dict(mask.named_shape) != {"heads": cfg.n_heads}:
+            raise UnsupportedArchitectureError(
+                f"the ReplaceHeads after hook point {e.point!r} of block {e.layer} has a mask of axes "
+                f"{getattr(mask, 'named_shape', type(mask).__name__)}; jsae converts a mask of axes "
+                f"{{'heads': {cfg.n_heads}}} (make it with jsae.models.penzai.head_mask)"
+            )
+        width = "projection" if e.point == "z" else "embedding"
+        axes = ("batch", "seq", "heads", width)
+        value = value if isinstance(value, pz.nx.NamedArray) else pz.nx.wrap(jnp.asarray(value))
+        if set(value.named_shape) - set(axes) or value.positional_shape:
+            raise UnsupportedArchitectureError(
+                f"the ReplaceHeads value after hook point {e.point!r} of block {e.layer} has axes "
+                f"{dict(value.named_shape)} and positional shape {value.positional_shape}; jsae converts named "
+                f"axes among {axes}"
+            )
+        present = [a for a in axes if a in value.named_shape]
+        v = value.unwrap(*present).astype(jnp.float32)
+        v = v.reshape(tuple(value.named_shape[a] if a in present else 1 for a in axes)) if present else v
+        layer_mask = np.zeros((cfg.n_layers, cfg.n_heads), np.float32)
+        layer_mask[e.layer] = 1.0
+        m = jnp.asarray(layer_mask) * mask.unwrap("heads").astype(jnp.float32)[None]
+        values = jnp.zeros((cfg.n_layers, *v.shape), jnp.float32).at[e.layer].set(v)
+        by_point.setdefault(e.point, []).append(Replace(m, values))
+    return HookSpec(edits={p: tuple(rs) for p, rs in by_point.items()})
+
+
+def _from_penzai(pz_model, n_ctx: int, name: str, edits: list[_Edit] | None) -> Transformer:
     if not isinstance(pz_model, model_parts.TransformerLM):
         raise _unsupported("the model", type(pz_model).__name__)
-    subs = list(pz_model.body.sublayers) if isinstance(pz_model.body, pz.nn.Sequential) else [pz_model.body]
-    subs = [s for s in subs if not isinstance(s, pz.nn.CastToDType)]
-    if not subs or not isinstance(subs[0], pz.nn.EmbeddingLookup):
-        raise _unsupported("the first layer (an EmbeddingLookup)", type(subs[0]).__name__ if subs else "nothing")
-    table = subs[0].table
+    body = [(p, s) for p, s in _flat(pz_model.body, "body", keep=(model_parts.TransformerBlock, *_BRANCH_KEEP))]
+    body = [(p, s) for p, s in body if not isinstance(s, pz.nn.CastToDType)]
+    if not body or not isinstance(body[0][1], pz.nn.EmbeddingLookup):
+        raise _unsupported("the first layer (an EmbeddingLookup)", type(body[0][1]).__name__ if body else "nothing")
+    table = body[0][1].table
     embed = _np(table.embeddings.value, "vocabulary", "embedding", stack=None)
     embed_scale, pos_embed, layers, infos = 1.0, None, [], []
-    rest = subs[1:]
-    while rest and isinstance(rest[0], pz.nn.ConstantRescale | LearnedPositions):
-        s = rest.pop(0)
+    rest = body[1:]
+    while rest and isinstance(rest[0][1], pz.nn.ConstantRescale | LearnedPositions):
+        _, s = rest.pop(0)
         if isinstance(s, LearnedPositions):
             pos_embed = _np(s.table.value, "position", "embedding", stack=None)
         elif isinstance(s, pz.nn.ConstantRescale):  # (the loop admits only these two)
             embed_scale *= float(s.by)
-    while rest and isinstance(rest[0], model_parts.TransformerBlock | pz.nn.LayerStack):
-        s = rest.pop(0)
+    while rest and isinstance(rest[0][1], model_parts.TransformerBlock | pz.nn.LayerStack):
+        path, s = rest.pop(0)
         if isinstance(s, pz.nn.LayerStack):
-            d, info = _block(s.stacked_sublayers, s.stack_axis)
+            d, info = _block(s.stacked_sublayers, s.stack_axis, path + ".stacked_sublayers")
             layers += [{k: (None if v is None else v[i]) for k, v in d.items()} for i in range(s.stack_axis_size)]
             infos += [info] * s.stack_axis_size
         else:
-            d, info = _block(s, None)
+            d, info = _block(s, None, path, len(layers), edits)
             layers.append(d)
             infos.append(info)
     if not layers:
-        raise _unsupported("transformer blocks after the embedding", [type(s).__name__ for s in rest[:3]])
+        raise _unsupported(
+            "transformer blocks after the embedding", [f"{type(s).__name__} at {p}" for p, s in rest[:3]]
+        )
     if len(rest) < 2:
-        raise _unsupported("a final norm and an unembedding after the blocks", [type(s).__name__ for s in rest])
-    kind, ln_f_w, ln_f_b, _ = _norm_params(rest[0], None)
-    head, final_softcap = rest[1], None
+        raise _unsupported("a final norm and an unembedding after the blocks", [type(s).__name__ for _, s in rest])
+    kind, ln_f_w, ln_f_b, _ = _norm_params(rest[0][1], None, rest[0][0])
+    head, final_softcap = rest[1][1], None
     if isinstance(head, pz.nn.EmbeddingDecode):
         tied = head.table.embeddings is table.embeddings or np.array_equal(
             _np(head.table.embeddings.value, "vocabulary", "embedding", stack=None), embed
@@ -702,10 +879,10 @@ def from_penzai(pz_model, n_ctx: int = 8192, name: str = "") -> Transformer:
     elif isinstance(head, pz.nn.Linear):
         tied, W_U = False, _np(head.weights.value, "embedding", "vocabulary", stack=None)
     else:
-        raise _unsupported("the unembedding (EmbeddingDecode or Linear)", type(head).__name__)
-    for s in rest[2:]:
+        raise _unsupported(f"the unembedding (EmbeddingDecode or Linear) at {rest[1][0]}", type(head).__name__)
+    for p, s in rest[2:]:
         if not isinstance(s, pz.nn.TanhSoftCap) or final_softcap is not None:
-            raise _unsupported("layers after the unembedding (a TanhSoftCap at most)", type(s).__name__)
+            raise _unsupported(f"layers after the unembedding (a TanhSoftCap at most) at {p}", type(s).__name__)
         final_softcap = float(s.soft_cap)
     cfg = _config(infos, layers[0], embed, pos_embed, kind, n_ctx, name, tied, embed_scale, final_softcap)
     return make_transformer(cfg, embed, layers, ln_f_w, ln_f_b, W_U=W_U, pos_embed=pos_embed)
