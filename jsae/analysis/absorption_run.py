@@ -4,13 +4,16 @@
 >>> res = absorption_run(stack, data, model=model, layer=3, answer_ids=answer_token_ids(tok))
 >>> res.summary["absorption_fraction"]                                   # [N], one per SAE of the stack
 
-The CLI (``jsae absorption``), ``experiments/absorption_smollm2.py`` and ``notebooks/03_absorption.ipynb``
-call :func:`absorption_run`; timing, logging, plots and JSON live with them.
+The CLI (``jsae absorption``) and ``experiments/absorption_smollm2.py`` evaluate a list of SAEs with
+:func:`evaluate_saes` (one :func:`absorption_run` per stack of same-shaped SAEs) and plot its rows with
+:func:`plot_absorption`; ``notebooks/03_absorption.ipynb`` calls :func:`absorption_run`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -31,6 +34,7 @@ from jsae.analysis.absorption import (
 )
 from jsae.analysis.probes import LinearProbe
 from jsae.models import capture, forward, layer_range, map_batches
+from jsae.sae import concat
 from jsae.sae.base import SAE
 from jsae.tasks.first_letter import Prompts
 
@@ -380,3 +384,64 @@ def _paper_metric(stack, lat_test, data, model, layer, answer_ids, rows, valid, 
     letters = np.asarray(data.test_letters)[rows]
     kw = dict(min_gap=cfg.min_gap, paper_cos=cfg.paper_cos)
     return np.asarray(_paper_stack(F, stack.W_dec, jnp.asarray(G), jnp.asarray(dirs[letters]), kw)) & valid
+
+
+def evaluate_saes(
+    entries: list[dict], data: ProbeData, model, layer: int, answer_ids, cfg: AbsorptionConfig
+) -> list[dict]:
+    """The evaluation of ``jsae absorption`` and ``experiments/absorption_smollm2.py``: both metrics for every
+    SAE (``entries[i]["sae"]``, a single SAE), one :func:`absorption_run` per stack of same-shaped SAEs;
+    JSON-ready rows in the order of ``entries`` (``seconds``: the stack's evaluation time divided by its size)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault((type(e["sae"]).__name__, int(e["sae"].d_sae)), []).append(i)
+    rows: list[dict] = [{} for _ in entries]
+    for idx in groups.values():
+        t0 = time.perf_counter()
+        res = absorption_run(
+            concat([entries[i]["sae"] for i in idx]), data, model=model, layer=layer, answer_ids=answer_ids, cfg=cfg
+        )
+        seconds = (time.perf_counter() - t0) / len(idx)
+        for j, i in enumerate(idx):
+            rows[i] = {
+                "width": int(entries[i]["sae"].d_sae),
+                "l0": float(res.l0[j]),
+                **{k: (int(v[j]) if k == "n_letters" else float(v[j])) for k, v in res.summary.items()},
+                "seconds": seconds,
+                "k_sparse_f1": res.k_sparse_f1[j],
+                "per_letter": res.per_letter(j),
+            }
+    return rows
+
+
+def plot_absorption(results: list[dict], run: Path) -> list[Path]:
+    """Absorption vs L0 (coloured by width) and per-letter absorption fraction of :func:`evaluate_saes`'s
+    rows, as ``run/absorption_vs_l0.png`` and ``run/absorption_per_letter.png``."""
+    from jsae.plots import figure, save
+    from jsae.tasks.first_letter import LETTERS
+
+    fig, axes = figure(13, 4, ncols=3)
+    widths = sorted({r["width"] for r in results})
+    for metric, ax in zip(("absorption_fraction", "full_absorption", "paper_absorption_rate"), axes):
+        for w in widths:
+            rs = sorted((r for r in results if r["width"] == w), key=lambda r: r["l0"])
+            ax.plot([r["l0"] for r in rs], [r[metric] for r in rs], "o-", label=f"width {w}")
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 on first-letter tokens")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("feature absorption vs sparsity and width")
+    paths = [save(fig, run / "absorption_vs_l0.png", dpi=110)]
+
+    fig, ax = figure(12, 4)
+    bw = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        vals = [row["absorption_fraction"] for row in r["per_letter"]]
+        ax.bar(np.arange(26) + i * bw, np.nan_to_num(vals), bw, label=f"w{r['width']} L0 {r['l0']:.0f}")
+    ax.set_xticks(np.arange(26) + 0.4 - bw / 2, list(LETTERS))
+    ax.set_ylabel("absorption fraction (SAEBench)")
+    ax.set_title("absorption per first letter (letters with probe F1 < threshold are blank)")
+    ax.legend(fontsize=7, ncol=3)
+    paths.append(save(fig, run / "absorption_per_letter.png", dpi=110))
+    return paths

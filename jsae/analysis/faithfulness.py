@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
-from jsae.analysis.patching import metrics_with_heads_replaced
+from jsae.analysis.circuits import metrics_with_heads_replaced
 from jsae.tasks.base import Metric
 
 
