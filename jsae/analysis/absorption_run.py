@@ -363,11 +363,10 @@ def _paper_metric(stack, lat_test, data, model, layer, answer_ids, rows, valid, 
     deltas = np.asarray((alphas[None, :, None] - 1.0) * V[flat_sae, flat_j][:, None, :], np.float32)  # [Q, A, D]
     pr = data.test_prompts
     lengths, word_pos = np.asarray(pr.lengths)[flat_rows], np.asarray(pr.word_pos)[flat_rows]
-    suffix = int(np.max(lengths - word_pos))
     ids = jnp.asarray(answer_ids, jnp.int32)
 
     def grads(model, tokens, lens, wp, let, d):
-        return ig_gradients(model, tokens, lens, wp, let, d, ids, layer, suffix)
+        return ig_gradients(model, tokens, lens, wp, let, d, ids, layer)
 
     g = map_batches(
         grads,
