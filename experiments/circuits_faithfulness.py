@@ -35,8 +35,7 @@ from jsae.analysis.faithfulness import faithfulness_curve, log_grid
 from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
 from jsae.plots import line_panels
-from jsae.tasks import greater_than, ioi
-from jsae.tasks.base import Task
+from jsae.tasks import Task, greater_than, ioi
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than}

@@ -35,8 +35,7 @@ from tqdm.auto import tqdm
 from jsae.analysis.circuits import metrics_with_heads_replaced, patching_effects, single_head_masks
 from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
-from jsae.tasks import greater_than, ioi, task_metric
-from jsae.tasks.base import Task
+from jsae.tasks import Task, greater_than, ioi, task_metric
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 N_PROMPTS, CHUNK, SEED, DISCOVERY_SEED, DISCOVERY_N = 100, 20, 3, 0, 200

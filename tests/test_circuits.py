@@ -11,7 +11,7 @@ import pytest
 
 from jsae.analysis import circuits as C
 from jsae.analysis import codes as K
-from jsae.tasks.base import Task, pad_answers
+from jsae.tasks import Task, pad_answers
 
 
 def _brute_auc(scores, ref):

@@ -273,6 +273,7 @@ def ig_gradients(
         x = clean_r.at[jnp.arange(R), wp].add(d.reshape(R, D))
         if layer + 1 < L:
             logits, _ = forward(layer_range(model, layer + 1), tokens_r, lengths=lengths_r, logits="last", resid=x)
+            assert logits is not None  # logits="last"
         else:  # the splice is on the last layer's output: straight to the logits
             logits = unembed(model, x[jnp.arange(R), lengths_r - 1])
         answer = logits[:, answer_ids]  # [R, C]

@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from jsae.analysis.circuits import metrics_with_heads_replaced
-from jsae.tasks.base import Metric
+from jsae.tasks import Metric
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from jsae.analysis.circuits._scores import HeadScores
 from jsae.models import HookSpec, Replace, forward, pad_sequences
-from jsae.tasks.base import Metric, Task, task_metric
+from jsae.tasks import Metric, Task, task_metric
 
 
 @eqx.filter_jit

@@ -18,7 +18,7 @@ from jsae.analysis.circuits._harvest import TaskActivations, harvest_task
 from jsae.analysis.circuits._methods import METHODS, discover
 from jsae.analysis.circuits._scores import HeadScores
 from jsae.models.hooks import Reduce
-from jsae.tasks.base import Task
+from jsae.tasks import Task
 
 # ---------------------------------------------------------------------------------------------------
 # Grading methods against one reference

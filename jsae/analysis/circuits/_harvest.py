@@ -12,7 +12,7 @@ import numpy as np
 
 from jsae.models import HookSpec, forward, map_batches
 from jsae.models.hooks import Reduce
-from jsae.tasks.base import Task, predicts_correctly, task_metric
+from jsae.tasks import Task, predicts_correctly, task_metric
 
 
 @dataclass

@@ -18,7 +18,7 @@ from jsae.analysis.circuits._codes import SAE_METHODS, SAECodeConfig, sae_code_s
 from jsae.analysis.circuits._harvest import TaskActivations, harvest_task
 from jsae.analysis.circuits._scores import HeadScores
 from jsae.models.hooks import Reduce
-from jsae.tasks.base import Task
+from jsae.tasks import Task
 
 # ---------------------------------------------------------------------------------------------------
 # The method registry: every method has one signature
