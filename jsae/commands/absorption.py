@@ -8,8 +8,8 @@ SAEs come from ``--sae PATH`` (SAELens directories, read with ``jsae.io``) or, w
 on the fly: one vmapped ReLU-L1 sweep over ``--sparsity`` per width in ``--widths``, on the residual
 stream of ``--layer`` over **training text that needs no download**: the Python reference manual
 shipped in the standard library (``pydoc_data.topics``, ~465k characters, ~110k SmolLM2 tokens),
-cut into windows of ``--ctx`` tokens (the first token of each window is dropped: it is an attention
-sink with an outsized norm).
+read through ``jsae.data`` (``ContextStream``: topics joined by EOS) in windows of ``--ctx`` tokens (the
+first token of each window is dropped: it is an attention sink with an outsized norm).
 """
 
 from __future__ import annotations

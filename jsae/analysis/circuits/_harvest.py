@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jsae.models import HookSpec, forward, map_batches
+from jsae.models import harvest
 from jsae.models.hooks import Reduce
 from jsae.tasks import Task, predicts_correctly, task_metric
 
@@ -33,14 +30,6 @@ class TaskActivations:
     pair: np.ndarray | None = None
 
 
-@eqx.filter_jit
-def _last_logits_and_heads(model, tokens, lengths, *, point: str, positions: Reduce):
-    """``[b, V]`` last-position logits and ``[b, L, H, d]`` per-head ``point`` reduced over ``positions``."""
-    spec = HookSpec(capture=(point,), reduce=positions)
-    logits, cache = forward(model, tokens, hooks=spec, lengths=lengths, logits="last")
-    return logits, jnp.moveaxis(cache[point], 1, 0)
-
-
 _task_metric = jax.jit(task_metric, static_argnums=3)  # one program, not one per operation
 
 
@@ -54,7 +43,7 @@ def harvest_task(
     batch_size: int = 32,
     progress: bool = False,
 ) -> TaskActivations:
-    """Run clean and corrupted prompts once (:func:`jsae.models.map_batches`): last-position logits (who
+    """Run clean and corrupted prompts once (:func:`jsae.models.harvest`): last-position logits (who
     is right) and per-head ``point`` activations reduced over ``positions`` (``"mean"`` or ``"last"``).
     Positives are the clean prompts the model predicts correctly; negatives are all corrupted prompts."""
     if point not in ("result", "z"):
@@ -63,17 +52,16 @@ def harvest_task(
         raise ValueError(f"positions must be 'mean' or 'last', got {positions!r}")
     prompts = task.clean + task.corrupted
     n = len(prompts)
-    fn = functools.partial(_last_logits_and_heads, point=point, positions=positions)
-    logits_last, acts = map_batches(
-        fn,
+    acts, logits_last = harvest(
         model,
         [tokenizer.encode(p) for p in prompts],
+        point=point,
+        positions=positions,
+        last_logits=True,
         batch_size=batch_size,
         progress=progress,
         desc=f"harvest {point} ({n} prompts)",
-    )  # [n, V], [n, L, H, d]
-    _, L, Hh, d = acts.shape
-    acts = acts.transpose(1, 2, 0, 3).reshape(L * Hh, n, d)
+    )  # [L*H, n, d], [n, V]
     n_clean = len(task)
     correct = predicts_correctly(logits_last[:n_clean], task.correct)
     metric = np.asarray(_task_metric(logits_last[:n_clean], task.correct, task.incorrect, task.metric))
