@@ -31,16 +31,17 @@ from jsae.runtime import prepare_process
 
 prepare_process()  # one CPU device per core, persistent compilation cache
 
-import numpy as np
 
 from jsae.analysis.absorption_run import (
     AbsorptionConfig,
+    evaluate_saes,
+    plot_absorption,
     prepare_probe_data,
     train_relu_sweep,
     training_activations,
 )
+from jsae.io.run import write_json
 from jsae.models import load
-from jsae.rundir import write_json
 from jsae.tasks.first_letter import answer_token_ids
 
 LAYER = 3
@@ -51,66 +52,6 @@ TEXT_TOKENS = 120_000
 N_TRAIN, N_TEST = 3000, 1000
 PAPER_CANDIDATES, IG_STEPS = 2, 4
 OUT = Path(__file__).resolve().parents[1] / "results"
-
-
-def evaluate_saes(entries: list[dict], data, model, layer: int, answer_ids, cfg) -> list[dict]:
-    """Both metrics for every SAE, one :func:`absorption_run` per stack of same-shaped SAEs; JSON-ready rows
-    in the order of ``entries`` (``seconds``: the stack's evaluation time divided by its size)."""
-    from jsae.analysis.absorption_run import absorption_run
-    from jsae.sae import concat
-
-    groups: dict[tuple, list[int]] = {}
-    for i, e in enumerate(entries):
-        groups.setdefault((type(e["sae"]).__name__, int(e["sae"].d_sae)), []).append(i)
-    rows: list[dict] = [{} for _ in entries]
-    for idx in groups.values():
-        t0 = time.perf_counter()
-        res = absorption_run(
-            concat([entries[i]["sae"] for i in idx]), data, model=model, layer=layer, answer_ids=answer_ids, cfg=cfg
-        )
-        seconds = (time.perf_counter() - t0) / len(idx)
-        for j, i in enumerate(idx):
-            rows[i] = {
-                "width": int(entries[i]["sae"].d_sae),
-                "l0": float(res.l0[j]),
-                **{k: (int(v[j]) if k == "n_letters" else float(v[j])) for k, v in res.summary.items()},
-                "seconds": seconds,
-                "k_sparse_f1": res.k_sparse_f1[j],
-                "per_letter": res.per_letter(j),
-            }
-    return rows
-
-
-def plot_results(results: list[dict], run: Path) -> list[Path]:
-    """absorption vs L0 (coloured by width) and per-letter absorption fraction, as PNGs."""
-    from jsae.plots import figure, save
-    from jsae.tasks.first_letter import LETTERS
-
-    fig, axes = figure(13, 4, ncols=3)
-    widths = sorted({r["width"] for r in results})
-    for metric, ax in zip(("absorption_fraction", "full_absorption", "paper_absorption_rate"), axes):
-        for w in widths:
-            rs = sorted((r for r in results if r["width"] == w), key=lambda r: r["l0"])
-            ax.plot([r["l0"] for r in rs], [r[metric] for r in rs], "o-", label=f"width {w}")
-        ax.set_xscale("log")
-        ax.set_xlabel("L0 on first-letter tokens")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("feature absorption vs sparsity and width")
-    paths = [save(fig, run / "absorption_vs_l0.png", dpi=110)]
-
-    fig, ax = figure(12, 4)
-    bw = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
-        vals = [row["absorption_fraction"] for row in r["per_letter"]]
-        ax.bar(np.arange(26) + i * bw, np.nan_to_num(vals), bw, label=f"w{r['width']} L0 {r['l0']:.0f}")
-    ax.set_xticks(np.arange(26) + 0.4 - bw / 2, list(LETTERS))
-    ax.set_ylabel("absorption fraction (SAEBench)")
-    ax.set_title("absorption per first letter (letters with probe F1 < threshold are blank)")
-    ax.legend(fontsize=7, ncol=3)
-    paths.append(save(fig, run / "absorption_per_letter.png", dpi=110))
-    return paths
 
 
 def main() -> None:
@@ -177,7 +118,7 @@ def main() -> None:
         },
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for p in plot_results(full, Path(tmp)):
+        for p in plot_absorption(full, Path(tmp)):
             shutil.copy(p, OUT / f"absorption_smollm2_{p.stem.removeprefix('absorption_')}.png")
     print(f"total {total:.1f} s; wrote {OUT / 'absorption_smollm2.json'}")
 

@@ -30,8 +30,8 @@ from jsae.analysis.absorption_run import (
     training_activations,
 )
 from jsae.bench import machine
+from jsae.io.run import write_json
 from jsae.models import load
-from jsae.rundir import write_json
 from jsae.sae import concat
 from jsae.tasks.first_letter import answer_token_ids
 

@@ -31,6 +31,7 @@ def main() -> None:
     from penzai import pz
 
     from jsae.bench import machine
+    from jsae.io.run import write_json
     from jsae.models import forward, load, to_penzai
     from jsae.models.penzai import penzai_logits
 
@@ -53,7 +54,7 @@ def main() -> None:
     out = {"compile_seconds": res, "tokens_shape": list(tokens.shape), "machine": machine()}
     print(json.dumps(out["compile_seconds"], indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

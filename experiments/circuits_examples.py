@@ -31,6 +31,7 @@ prepare_process()  # one CPU device per core, persistent compilation cache
 import jax
 
 from jsae.analysis.circuits import discover, harvest_task, head_names, roc_auc
+from jsae.io.run import write_json
 from jsae.models import load
 from jsae.plots import line_panels
 from jsae.tasks import greater_than, ioi
@@ -124,7 +125,7 @@ def main(methods: tuple[str, ...] = METHODS) -> None:
             "methods": [m for m in METHODS if m not in methods],
             "total_seconds": kept["settings"].get("total_seconds"),
         }
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(path, results)
     line_panels(
         OUT / "circuits_examples.png",
         panels,

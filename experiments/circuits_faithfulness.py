@@ -32,10 +32,10 @@ import jax.numpy as jnp
 
 from jsae.analysis.circuits import head_names, roc_auc
 from jsae.analysis.faithfulness import faithfulness_curve, log_grid
+from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
 from jsae.plots import line_panels
-from jsae.tasks import greater_than, ioi
-from jsae.tasks.base import Task
+from jsae.tasks import Task, greater_than, ioi
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than}
@@ -132,7 +132,7 @@ def main() -> None:
         "ks": ks.tolist(),
         "total_seconds": time.perf_counter() - t_start,
     }
-    (OUT / "circuits_faithfulness.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_json(OUT / "circuits_faithfulness.json", out)
     plot(out)
     print(f"wrote {OUT / 'circuits_faithfulness.json'} and .png")
 

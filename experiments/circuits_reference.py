@@ -6,7 +6,7 @@ For IOI and greater-than: 100 prompts (seed 3) that appear in none of the discov
 200 prompts every method discovers from), each head's ``result`` patched from the corrupted prompt into the
 clean one, one head at a time, at every position. Per prompt ``i`` and head ``h`` the normalised drop
 ``(m_clean_i - m_patched_ih) / (mean m_clean - mean m_corrupted)``; a head's effect is its mean over
-prompts, with the standard error of that mean (``jsae.analysis.patching.patching_effects``), so the
+prompts, with the standard error of that mean (``jsae.analysis.circuits.patching_effects``), so the
 per-head sd says which heads are certain. The reference circuit is, as before, the top 10% (27 heads) by
 |effect|; ``certain`` is the set of heads at least 2 standard errors from 0.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,10 +32,10 @@ prepare_process()  # one CPU device per core, persistent compilation cache
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from jsae.analysis.patching import metrics_with_heads_replaced, patching_effects, single_head_masks
+from jsae.analysis.circuits import metrics_with_heads_replaced, patching_effects, single_head_masks
+from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
-from jsae.tasks import greater_than, ioi, task_metric
-from jsae.tasks.base import Task
+from jsae.tasks import Task, greater_than, ioi, task_metric
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 N_PROMPTS, CHUNK, SEED, DISCOVERY_SEED, DISCOVERY_N = 100, 20, 3, 0, 200
@@ -158,7 +157,7 @@ def main() -> None:
         "point": "result, every position, patched from the corrupted prompt",
         "reference": "top 10% of heads by |effect|; certain_2se: |effect| >= 2 standard errors",
     }
-    (OUT / "circuits_reference.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(OUT / "circuits_reference.json", results)
     print(f"wrote {OUT / 'circuits_reference.json'}")
     for name in TASKS:
         r = results[name]

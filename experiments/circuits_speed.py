@@ -97,7 +97,9 @@ def main() -> None:
         "runs": settings,
         "table": table,
     }
-    (OUT / "circuits_speed.json").write_text(json.dumps(result, indent=1) + "\n")
+    from jsae.io.run import write_json
+
+    write_json(OUT / "circuits_speed.json", result)
     print(f"wrote {OUT / 'circuits_speed.json'}")
 
 

@@ -73,6 +73,29 @@ def tiny_llama(tiny_llama_dir):
     return load(str(tiny_llama_dir[0]))[0]
 
 
+@pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_gpt2_dir"])  # RoPE; learned positions
+def test_forward_from_a_layer_continues_the_full_forward(request, model_dir):
+    """``forward(layer_range(model, l), tokens, resid=resid_pre[l])`` (what the absorption IG runs after
+    its splice) gives the full forward's logits and later residuals, on right-padded rows."""
+    from jsae.models import ModelError, capture, forward, layer_range, load
+
+    model = load(str(request.getfixturevalue(model_dir)[0]))[0]
+    rng = np.random.default_rng(5)
+    tokens = jnp.asarray(rng.integers(0, 90, (3, 11)), jnp.int32)
+    lengths = jnp.asarray([11, 7, 9], jnp.int32)
+    logits, cache = forward(model, tokens, hooks=capture("resid_pre", "resid_post"), lengths=lengths)
+    for layer in range(model.cfg.n_layers):
+        tail = layer_range(model, layer)
+        got, c = forward(tail, tokens, hooks=capture("resid_post"), lengths=lengths, resid=cache["resid_pre"][layer])
+        scale = float(jnp.abs(logits).max())
+        np.testing.assert_allclose(np.asarray(got), np.asarray(logits), rtol=1e-5, atol=1e-5 * scale)
+        np.testing.assert_allclose(
+            np.asarray(c["resid_post"]), np.asarray(cache["resid_post"][layer:]), rtol=1e-5, atol=1e-5
+        )
+    with pytest.raises(ModelError, match="resid must be"):
+        forward(model, tokens, resid=cache["resid_pre"][0][:, :5])
+
+
 def test_truncated_residual_equals_full_forward(tiny_llama):
     from jsae.analysis.absorption_run import residual_at_positions
     from jsae.models import capture, forward
@@ -124,8 +147,9 @@ def test_integrated_gradients_are_complete(tiny_llama):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_suffix_gradients_equal_the_full_spliced_forward(tiny_llama, layer):
-    """ig_gradients (clean prefix + spliced suffix) against the old full-model splice (the oracle)."""
+def test_ig_gradients_equal_the_full_spliced_forward(tiny_llama, layer):
+    """ig_gradients (clean run to the splice, then the model's forward from the next layer) against the
+    full-model splice with an ``add`` hook (the oracle, tests/absorption_reference.py)."""
     from absorption_reference import integrated_gradient_effects
 
     from jsae.analysis.absorption import ablation_effects, ig_alphas, ig_gradients
@@ -144,7 +168,7 @@ def test_suffix_gradients_equal_the_full_spliced_forward(tiny_llama, layer):
     want = integrated_gradient_effects(tiny_llama, sae, tokens, lengths, pos, letters, resid, layer, answer_ids)
     f = sae.encode(jnp.asarray(resid))
     deltas = (ig_alphas(4)[None, :, None] - 1.0) * (f @ sae.W_dec)[:, None, :]
-    g = ig_gradients(tiny_llama, tokens, lengths, pos, letters, deltas, jnp.asarray(answer_ids), layer, 5)
+    g = ig_gradients(tiny_llama, tokens, lengths, pos, letters, deltas, jnp.asarray(answer_ids), layer)
     got = np.asarray(ablation_effects(f, sae.W_dec, g))
     assert np.abs(want).max() > 1e-2
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

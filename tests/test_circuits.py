@@ -11,7 +11,7 @@ import pytest
 
 from jsae.analysis import circuits as C
 from jsae.analysis import codes as K
-from jsae.tasks.base import Task, pad_answers
+from jsae.tasks import Task, pad_answers
 
 
 def _brute_auc(scores, ref):
@@ -208,7 +208,11 @@ def test_row_basis_is_an_isometry_of_the_rows():
 
 def test_one_program_fit_equals_the_trainer():
     """The per-head fit runs the trainer's own step in one program: at full width it gives the
-    ``train()`` run's codes and metrics (``_train_saes`` + ``discretise``, the trainer's host loop)."""
+    ``train()`` run's codes and metrics (the same unit-norm ReLU stack and full-batch run through the
+    trainer's host loop, then ``discretise``)."""
+    from jsae.sae.registry import init_stack
+    from jsae.train import TrainConfig, train
+
     rng = np.random.default_rng(4)
     H, n, d = 5, 12, 8
     standard = C.standardise_heads(rng.normal(size=(H, n, d)).astype(np.float32), np.arange(0, n, 2))
@@ -217,7 +221,17 @@ def test_one_program_fit_equals_the_trainer():
     sae, _, codes, metrics = C.fit_per_head(
         key, jnp.asarray(standard), jnp.asarray(rows), 0.08, 5e-3, d_sae=6, epochs=40, basis=False
     )
-    result = C._train_saes(key, standard[:, rows], H, 0.08, 6, 40, 5e-3)
+    m = len(rows)
+    tc = TrainConfig(
+        steps=40,
+        batch_size=m,
+        lr=5e-3,
+        sparsity_coef=0.08,
+        grad_clip=None,
+        chunk_steps=40,
+        dead_after_tokens=m * 40 + 1,
+    )
+    result = train(init_stack("relu", key, H, d, 6, unit_norm_decoder=True), standard[:, rows], tc, progress=False)
     np.testing.assert_allclose(np.asarray(sae.W_enc), np.asarray(result.sae.W_enc), rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(codes), np.asarray(K.discretise(result.sae, standard, per_head=True)))
     for k in ("l0", "explained_variance", "loss"):

@@ -443,3 +443,57 @@ def test_cli_eval_mixed_points_in_one_stack(tiny_llama_tok, tmp_path):
         )
     np.testing.assert_allclose(res["per_sae"]["ce_clean"], [ce_clean] * 3, rtol=1e-4)
     assert all(np.isfinite(v) for v in res["per_sae"]["ce_loss_score"])
+
+
+def _strict_loads(text: str):
+    """Python's parser with the non-standard constants NaN/Infinity/-Infinity refused (RFC 8259 has none)."""
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_write_json_never_writes_nan_or_inf(tmp_path):
+    """NaN/inf in any form (Python, numpy scalars, jax scalars, inside arrays at any depth, dict keys that are not
+    strings) come back from a strict parser as null, and finite values as themselves."""
+    from jsae.io import write_json
+
+    obj = {
+        "py": [float("nan"), float("inf"), -float("inf"), 1.5],
+        "np32": np.float32("nan"),
+        "np64_inf": np.float64("-inf"),
+        "jax": jnp.asarray(jnp.nan),
+        "jax_ok": jnp.asarray(2.0, jnp.bfloat16),
+        "nested": {"a": np.array([[1.0, np.nan], [np.inf, 3.0]], np.float32), "t": (jnp.array([jnp.inf, 0.5]),)},
+        "ints": np.arange(3),
+        3: "key",
+    }
+    text = write_json(tmp_path / "x.json", obj).read_text()
+    assert _strict_loads(text) == {
+        "py": [None, None, None, 1.5],
+        "np32": None,
+        "np64_inf": None,
+        "jax": None,
+        "jax_ok": 2.0,
+        "nested": {"a": [[1.0, None], [None, 3.0]], "t": [[None, 0.5]]},
+        "ints": [0, 1, 2],
+        "3": "key",
+    }
+
+
+def test_no_json_file_is_written_around_the_strict_writer():
+    """Every JSON file jsae and the experiments write goes through write_json (or a json.dump(s) with
+    allow_nan=False): a plain ``json.dump(s)`` into a file could write NaN, which is not JSON."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in [*(root / "jsae").rglob("*.py"), *(root / "experiments").rglob("*.py")]:
+        text = path.read_text()
+        for m in re.finditer(r"json\.dump\(|write_text\(json\.dumps\(", text):
+            call = text[m.start() : text.find("\n", m.start())]
+            if "allow_nan=False" not in call:
+                offenders.append(f"{path.relative_to(root)}: {call.strip()}")
+    assert not offenders, "JSON written without the strict writer (use jsae.io.write_json):\n" + "\n".join(offenders)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from test_models_hooks import hf_run
 
-from jsae.models import harvest, load
+from jsae.models import HookError, harvest, load
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,22 @@ def test_harvest_result_memory_bound_and_texts(smollm2):
     np.testing.assert_allclose(a, b, atol=1e-4)
     r = harvest(model, texts[:1], tokenizer=tok, point="resid_post", positions="mean", progress=False)
     assert r.shape == (30, 1, 576)
+
+
+def test_harvest_chosen_layers_and_last_logits_match_hf(tiny_llama_dir, seqs):
+    """``layers=`` keeps those layers' rows; ``last_logits=True`` adds the logits at each sequence's last token
+    from the same forward; both against HF per sequence. (A truncated run, ``layers`` short of the last
+    layer: tests/test_absorption_first_letter.py's residual_at_positions against the full forward.)"""
+    path, hf = tiny_llama_dir
+    model, _, _ = load(path)
+    Hn, dh = model.cfg.n_heads, model.cfg.d_head
+    acts, logits = harvest(model, seqs, point="z", positions="mean", layers=[1], last_logits=True, progress=False)
+    runs = [hf_run(hf, np.array([s])) for s in seqs]
+    ref_z = np.stack([np.stack(r["z"])[1, 0].mean(0) for r in runs], axis=1)  # [H, n, dh]
+    np.testing.assert_allclose(acts, ref_z.reshape(Hn, len(seqs), dh), atol=1e-5)
+    ref_logits = np.stack([np.asarray(r["logits"])[0, -1] for r in runs])
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4 * np.abs(ref_logits).max())
+    with pytest.raises(HookError, match="layers must be"):
+        harvest(model, seqs, point="z", layers=[5], progress=False)
+    with pytest.raises(HookError, match="last_logits"):
+        harvest(model, seqs, point="z", positions="all", last_logits=True, progress=False)

@@ -14,12 +14,11 @@ import re
 import numpy as np
 import pytest
 
-from jsae.tasks import docstring, greater_than, ioi, predicts_correctly, task_metric
-from jsae.tasks.base import token_ids
+from jsae.tasks import docstring, greater_than, ioi, predicts_correctly, task_metric, token_ids
 
-ioi_mod = importlib.import_module("jsae.tasks.ioi")
-gt_mod = importlib.import_module("jsae.tasks.greater_than")
-doc_mod = importlib.import_module("jsae.tasks.docstring")
+ioi_mod = importlib.import_module("jsae.tasks._ioi")
+gt_mod = importlib.import_module("jsae.tasks._greater_than")
+doc_mod = importlib.import_module("jsae.tasks._docstring")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def test_task_metric_and_correctness_hand_computed():
 
 
 def test_sample_is_deterministic_nested_and_keeps_pairs():
-    from jsae.tasks.base import Task
+    from jsae.tasks import Task
 
     n = 30
     clean = [f"clean {i}" for i in range(n)]

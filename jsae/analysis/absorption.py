@@ -38,15 +38,14 @@ letters of a test set, and ``jax.vmap`` over a stack of SAEs evaluates a whole s
 (:mod:`jsae.analysis.absorption_run`). The per-letter and SAE-level summaries are a registry,
 :data:`SUMMARIES` (name -> function of :class:`LetterCounts`).
 
-The gradients for IG (:func:`ig_gradients`) run only what the splice can change: the word token is
-near the end of the prompt, and positions before it never see the splice (causal attention), so a
-clean forward gives their keys and values once, and the spliced forward + backward runs on the
-positions from the word token on, from the layer after the splice to the logits of the last position.
+The gradients for IG (:func:`ig_gradients`) run the layers up to the splice once per prompt (a clean
+forward), and the spliced forward + backward of each IG point from the layer after the splice to the
+logits of the last position, with the model's own forward (``forward(layer_range(model, l + 1), ...,
+resid=x)``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,8 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from jsae.models import capture, forward, unembed
-from jsae.models.transformer import _act, _norm, _rope, _softcap
+from jsae.models import capture, forward, layer_range, unembed
 
 EPS = 1e-8
 
@@ -240,71 +238,7 @@ def summarise(counts: LetterCounts) -> dict[str, Array]:
     return {name: fn(counts) for name, fn in SUMMARIES.items()}
 
 
-# --- integrated gradients on the positions the splice reaches -----------------------------------------
-
-
-def _rope_rows(x: Float[Array, "R S N dh"], cos: Array, sin: Array) -> Array:
-    """Rotary embedding with per-row positions: ``cos``/``sin`` ``[R, S, r]``."""
-    r = cos.shape[-1]
-    if r < x.shape[-1]:
-        return jnp.concatenate([_rope_rows(x[..., :r], cos, sin), x[..., r:]], axis=-1)
-    half = x.shape[-1] // 2
-    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
-
-
-def _suffix_block(cfg, p, layer, x, clean_pre, q_pos, rope):
-    """One block on the suffix rows ``x [R, S, D]`` at positions ``q_pos [R, S]``; the keys and values of
-    the positions before the suffix come from the clean residual ``clean_pre [R, T, D]``."""
-    R, S, _ = x.shape
-    T = clean_pre.shape[1]
-    K, G, dh = cfg.n_kv_heads, cfg.group_size, cfg.d_head
-
-    def qkv(h):
-        q = jnp.einsum("btd,dhe->bthe", h, p.W_Q)
-        k = jnp.einsum("btd,dke->btke", h, p.W_K)
-        v = jnp.einsum("btd,dke->btke", h, p.W_V)
-        if p.b_Q is not None:
-            q, k, v = q + p.b_Q, k + p.b_K, v + p.b_V
-        return q, k, v
-
-    _, k_clean, v_clean = qkv(_norm(cfg, clean_pre, p.ln1_w, p.ln1_b))
-    q, k, v = qkv(_norm(cfg, x, p.ln1_w, p.ln1_b))
-    if rope is not None:
-        cos, sin = rope
-        all_pos = jnp.broadcast_to(jnp.arange(T), (R, T))
-        k_clean = _rope_rows(k_clean, cos[all_pos], sin[all_pos])
-        q, k = _rope_rows(q, cos[q_pos], sin[q_pos]), _rope_rows(k, cos[q_pos], sin[q_pos])
-    put = jax.vmap(lambda full, part, s: jax.lax.dynamic_update_slice(full, part, (s, 0, 0)))
-    keys, values = put(k_clean, k, q_pos[:, 0]), put(v_clean, v, q_pos[:, 0])  # [R, T, K, dh]
-    scale = (1.0 / math.sqrt(dh)) if cfg.query_scale is None else cfg.query_scale
-    q = (q * scale).reshape(R, S, K, G, dh)
-    scores = _softcap(jnp.einsum("bqkge,bske->bkgqs", q, keys), cfg.attn_softcap)
-    key_pos = jnp.arange(T)[None, None, :]
-    allowed = key_pos <= q_pos[:, :, None]  # [R, S, T]
-    if cfg.attn_window:
-        w = jnp.asarray(cfg.attn_window)[layer % len(cfg.attn_window)]
-        allowed = allowed & ((w == 0) | (q_pos[:, :, None] - key_pos < w))
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(scores.dtype).min)
-    z = jnp.einsum("bkgqs,bske->bqkge", jax.nn.softmax(scores, axis=-1), values).reshape(R, S, -1, dh)
-    attn = jnp.einsum("bthe,hed->btd", z, p.W_O)
-    if p.b_O is not None:
-        attn = attn + p.b_O
-    if p.ln1_post_w is not None:
-        attn = _norm(cfg, attn, p.ln1_post_w, None)
-    mid_x = x + attn
-    h = _norm(cfg, x if cfg.parallel_block else mid_x, p.ln2_w, p.ln2_b)
-    if cfg.arch == "llama":
-        mid = _act(cfg, h @ p.W_gate) * (h @ p.W_in)
-    else:
-        pre = h @ p.W_in
-        mid = _act(cfg, pre + p.b_in if p.b_in is not None else pre)
-    mlp = mid @ p.W_out
-    if p.b_out is not None:
-        mlp = mlp + p.b_out
-    if p.ln2_post_w is not None:
-        mlp = _norm(cfg, mlp, p.ln2_post_w, None)
-    return mid_x + mlp
+# --- integrated gradients through the layers after the splice --------------------------------------------
 
 
 @eqx.filter_jit
@@ -317,43 +251,32 @@ def ig_gradients(
     deltas: Float[Array, "B A D"],
     answer_ids: Int[Array, " C"],
     layer: int,
-    suffix: int,
 ) -> Float[Array, "B D"]:
     """``mean_a d metric / d resid_post[layer, word_pos]`` at ``resid + deltas[:, a]``, ``[B, D]``.
 
     The metric is ``logit(answer_ids[letter]) - mean(other answer logits)`` at each row's last real
-    position. ``suffix`` (static) is at least ``max(lengths - word_pos)``: the positions recomputed with
-    the splice. One clean forward per row gives the residuals of the earlier positions; the ``A`` spliced
-    copies of each row run layers ``layer + 1 ..`` on the suffix only (a positional continuation of the
-    full model, exact up to float rounding). Compiled once per shape and ``(layer, suffix)``.
+    position. One clean forward per row gives the residual after ``layer``; the ``A`` spliced copies of
+    each row continue from it through the model's own layers ``layer + 1 ..`` (:func:`jsae.models.forward`
+    of :func:`jsae.models.layer_range` with ``resid=``), so the layers before the splice run once per row.
+    Compiled once per shape and ``layer``.
     """
-    cfg = model.cfg
     B, A, D = deltas.shape
-    S, L = suffix, cfg.n_layers
-    tokens = jnp.concatenate([tokens, jnp.repeat(tokens[:, :1], S, axis=1)], axis=1)  # room for any suffix
-    T = tokens.shape[1]
-    _, cache = forward(model, tokens, hooks=capture("resid_post"), lengths=lengths, logits=False)
-    clean = jax.lax.stop_gradient(cache["resid_post"])  # [L, B, T, D]: layer l's is layer l+1's resid_pre
+    L = model.cfg.n_layers
+    head = layer_range(model, 0, layer + 1)  # layers 0..layer: the clean run up to the splice
+    _, cache = forward(head, tokens, hooks=capture("resid_post"), lengths=lengths, logits=False)
+    clean = jax.lax.stop_gradient(cache["resid_post"][layer])  # [B, T, D]
     rep = lambda a: jnp.repeat(a, A, axis=0)  # noqa: E731 -- row b -> its A spliced copies
-    wp = rep(word_pos)
-    q_pos = wp[:, None] + jnp.arange(S)[None, :]  # [R, S]
-    take = jax.vmap(lambda seq, s: jax.lax.dynamic_slice_in_dim(seq, s, S, axis=0))
-    x0 = take(rep(clean[layer]), wp)  # [R, S, D]
-    rope = None if model.pos_embed is not None else _rope(cfg, T)
-    tail = jax.tree.map(lambda a: a[layer + 1 :], model.blocks)
-    pres = clean[layer : L - 1]  # resid_pre of layers layer+1 .. L-1
-    last = rep(lengths) - 1 - wp  # index of the last real position inside the suffix
+    R = B * A
+    tokens_r, lengths_r, clean_r, wp = rep(tokens), rep(lengths), rep(clean), rep(word_pos)
 
     def metric(d: Float[Array, "B A D"]) -> Array:
-        x = x0.at[:, 0].add(d.reshape(B * A, D))
-
-        def body(x, xs):
-            p, pre, l_idx = xs
-            return _suffix_block(cfg, p, l_idx, x, rep(pre), q_pos, rope), None
-
-        x, _ = jax.lax.scan(body, x, (tail, pres, jnp.arange(layer + 1, L)))
-        x_last = x[jnp.arange(B * A), last]  # [R, D]
-        answer = unembed(model, x_last)[:, answer_ids]  # [R, C]
+        x = clean_r.at[jnp.arange(R), wp].add(d.reshape(R, D))
+        if layer + 1 < L:
+            logits, _ = forward(layer_range(model, layer + 1), tokens_r, lengths=lengths_r, logits="last", resid=x)
+            assert logits is not None  # logits="last"
+        else:  # the splice is on the last layer's output: straight to the logits
+            logits = unembed(model, x[jnp.arange(R), lengths_r - 1])
+        answer = logits[:, answer_ids]  # [R, C]
         right = jnp.take_along_axis(answer, rep(letters)[:, None], axis=1)[:, 0]
         others = (jnp.sum(answer, axis=1) - right) / (answer_ids.shape[0] - 1)
         return jnp.sum(right - others)

@@ -4,13 +4,16 @@
 >>> res = absorption_run(stack, data, model=model, layer=3, answer_ids=answer_token_ids(tok))
 >>> res.summary["absorption_fraction"]                                   # [N], one per SAE of the stack
 
-The CLI (``jsae absorption``), ``experiments/absorption_smollm2.py`` and ``notebooks/03_absorption.ipynb``
-call :func:`absorption_run`; timing, logging, plots and JSON live with them.
+The CLI (``jsae absorption``) and ``experiments/absorption_smollm2.py`` evaluate a list of SAEs with
+:func:`evaluate_saes` (one :func:`absorption_run` per stack of same-shaped SAEs) and plot its rows with
+:func:`plot_absorption`; ``notebooks/03_absorption.ipynb`` calls :func:`absorption_run`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -30,7 +33,9 @@ from jsae.analysis.absorption import (
     summarise,
 )
 from jsae.analysis.probes import LinearProbe
-from jsae.models import capture, forward, layer_range, map_batches
+from jsae.data import TextSource
+from jsae.models import harvest, map_batches
+from jsae.sae import concat
 from jsae.sae.base import SAE
 from jsae.tasks.first_letter import Prompts
 
@@ -50,57 +55,58 @@ class ProbeData:
     test_pred: np.ndarray
 
 
-@eqx.filter_jit
-def _last_resid(model, tokens, lengths):
-    _, cache = forward(model, tokens, hooks=capture("resid_post", reduce="last"), lengths=lengths, logits=False)
-    return cache["resid_post"][-1]
-
-
 def residual_at_positions(
     model, tokens: Int[np.ndarray, "B T"], positions: Int[np.ndarray, " B"], layer: int, *, batch_size: int = 32
 ) -> np.ndarray:
-    """resid_post of ``layer`` at one position per row, [B, D], running only the first layer+1 blocks on
-    the tokens up to that position."""
-    short = layer_range(model, 0, layer + 1)
-    return map_batches(_last_resid, short, np.asarray(tokens), np.asarray(positions) + 1, batch_size=batch_size)
+    """resid_post of ``layer`` at one position per row, [B, D] (:func:`jsae.models.harvest` of each row cut
+    after its position: only the first layer+1 blocks run, on the tokens up to that position)."""
+    rows = (np.asarray(tokens), np.asarray(positions) + 1)
+    acts = harvest(
+        model, rows, point="resid_post", positions="last", layers=layer, batch_size=batch_size, progress=False
+    )
+    return acts[0]
 
 
-@eqx.filter_jit
-def _window_resid(model, tokens, lengths):
-    _, cache = forward(model, tokens, hooks=capture("resid_post"), lengths=lengths, logits=False)
-    return cache["resid_post"][-1]
+# --- training data and on-the-fly SAEs (the CLI, the experiment and the notebooks) -------------------
 
 
-# --- training data and on-the-fly SAEs (the CLI, the experiment and the notebook) --------------------
+def text_windows(tokenizer, ctx: int, max_tokens: int, source: TextSource | None = None) -> np.ndarray:
+    """``[n, ctx]`` token contexts of ``source`` packed by :class:`jsae.data.ContextStream` (documents joined
+    by EOS, a BOS first where the tokenizer adds one), ``n = max_tokens // ctx``.
 
+    source: a :class:`jsae.data.TextSource` (``jsae.data.open_text(...)``); default Python's reference
+    manual shipped with the interpreter (``PythonCorpus(("topics",))``, no download)."""
+    from jsae.data import ContextStream, PythonCorpus
 
-def stdlib_text() -> str:
-    """The Python reference manual shipped with the interpreter (``pydoc_data.topics``), topics in
-    sorted order, separated by blank lines."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-def text_windows(tokenizer, text: str, ctx: int, max_tokens: int) -> np.ndarray:
-    """``[n, ctx]`` consecutive token windows of ``text`` (at most ``max_tokens`` tokens in all)."""
     if ctx < 2:
         raise ValueError(f"--ctx must be >= 2, got {ctx}")
-    ids = np.asarray(tokenizer.encode(text), np.int32)
-    n = min(len(ids), max_tokens) // ctx
+    n = max_tokens // ctx
     if n == 0:
-        raise ValueError(f"the training text has {len(ids)} tokens, fewer than one window of {ctx}")
-    return ids[: n * ctx].reshape(n, ctx)
+        raise ValueError(f"max_tokens {max_tokens} is less than one window of {ctx} tokens")
+    source = PythonCorpus(("topics",)) if source is None else source
+    bos = 1 if getattr(tokenizer, "add_bos", False) else 0
+    stream = ContextStream(source, tokenizer, context_size=ctx - bos, batch_contexts=min(n, 64), read_threads=0)
+    windows, have = [], 0
+    for batch in stream:
+        windows.append(np.asarray(batch, np.int32))
+        have += len(windows[-1])
+        if have >= n:
+            break
+    if have < n:
+        raise ValueError(f"the training text gives {have} windows of {ctx} tokens, fewer than the {n} asked for")
+    return np.concatenate(windows)[:n]
 
 
 def training_activations(
-    model, tokenizer, layer: int, *, max_tokens: int, ctx: int = 128, batch_size: int = 16
+    model, tokenizer, layer: int, *, max_tokens: int, ctx: int = 128, batch_size: int = 16, source=None
 ) -> np.ndarray:
-    """resid_post of ``layer`` at every token but the first of each window, ``[n_tokens, d_model]``."""
-    windows = text_windows(tokenizer, stdlib_text(), ctx, max_tokens)
-    short = layer_range(model, 0, layer + 1)
-    out = map_batches(_window_resid, short, windows, batch_size=batch_size)  # [n, ctx, D]
-    return out[:, 1:ctx].reshape(-1, model.cfg.d_model)
+    """resid_post of ``layer`` at every position but the first (a BOS or an attention sink) of each of
+    :func:`text_windows`, ``[n_windows * (ctx - 1), d_model]`` (:func:`jsae.models.harvest`)."""
+    windows = text_windows(tokenizer, ctx, max_tokens, source)
+    acts = harvest(
+        model, windows, point="resid_post", positions="all", layers=layer, batch_size=batch_size, progress=False
+    )
+    return acts[0].reshape(len(windows), ctx, -1)[:, 1:].reshape(-1, model.cfg.d_model)
 
 
 def train_relu_sweep(
@@ -351,6 +357,8 @@ def absorption_run(
 def _paper_metric(stack, lat_test, data, model, layer, answer_ids, rows, valid, dirs, cfg) -> np.ndarray:
     """IG through the model for every (SAE, candidate) pair in one batched loop -> [N, P] decisions."""
     N, P = rows.shape
+    if not valid.any():  # no SAE has a candidate: nothing to run through the model
+        return np.zeros((N, P), bool)
     F = jax.vmap(lambda f, r: f[r])(lat_test, jnp.asarray(rows))  # [N, P, m]
     V = jnp.einsum("npm,nmd->npd", F, stack.W_dec)  # the latents' part of the reconstruction
     alphas = ig_alphas(cfg.ig_steps)
@@ -359,11 +367,10 @@ def _paper_metric(stack, lat_test, data, model, layer, answer_ids, rows, valid, 
     deltas = np.asarray((alphas[None, :, None] - 1.0) * V[flat_sae, flat_j][:, None, :], np.float32)  # [Q, A, D]
     pr = data.test_prompts
     lengths, word_pos = np.asarray(pr.lengths)[flat_rows], np.asarray(pr.word_pos)[flat_rows]
-    suffix = int(np.max(lengths - word_pos))
     ids = jnp.asarray(answer_ids, jnp.int32)
 
     def grads(model, tokens, lens, wp, let, d):
-        return ig_gradients(model, tokens, lens, wp, let, d, ids, layer, suffix)
+        return ig_gradients(model, tokens, lens, wp, let, d, ids, layer)
 
     g = map_batches(
         grads,
@@ -380,3 +387,64 @@ def _paper_metric(stack, lat_test, data, model, layer, answer_ids, rows, valid, 
     letters = np.asarray(data.test_letters)[rows]
     kw = dict(min_gap=cfg.min_gap, paper_cos=cfg.paper_cos)
     return np.asarray(_paper_stack(F, stack.W_dec, jnp.asarray(G), jnp.asarray(dirs[letters]), kw)) & valid
+
+
+def evaluate_saes(
+    entries: list[dict], data: ProbeData, model, layer: int, answer_ids, cfg: AbsorptionConfig
+) -> list[dict]:
+    """The evaluation of ``jsae absorption`` and ``experiments/absorption_smollm2.py``: both metrics for every
+    SAE (``entries[i]["sae"]``, a single SAE), one :func:`absorption_run` per stack of same-shaped SAEs;
+    JSON-ready rows in the order of ``entries`` (``seconds``: the stack's evaluation time divided by its size)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault((type(e["sae"]).__name__, int(e["sae"].d_sae)), []).append(i)
+    rows: list[dict] = [{} for _ in entries]
+    for idx in groups.values():
+        t0 = time.perf_counter()
+        res = absorption_run(
+            concat([entries[i]["sae"] for i in idx]), data, model=model, layer=layer, answer_ids=answer_ids, cfg=cfg
+        )
+        seconds = (time.perf_counter() - t0) / len(idx)
+        for j, i in enumerate(idx):
+            rows[i] = {
+                "width": int(entries[i]["sae"].d_sae),
+                "l0": float(res.l0[j]),
+                **{k: (int(v[j]) if k == "n_letters" else float(v[j])) for k, v in res.summary.items()},
+                "seconds": seconds,
+                "k_sparse_f1": res.k_sparse_f1[j],
+                "per_letter": res.per_letter(j),
+            }
+    return rows
+
+
+def plot_absorption(results: list[dict], run: Path) -> list[Path]:
+    """Absorption vs L0 (coloured by width) and per-letter absorption fraction of :func:`evaluate_saes`'s
+    rows, as ``run/absorption_vs_l0.png`` and ``run/absorption_per_letter.png``."""
+    from jsae.plots import figure, save
+    from jsae.tasks.first_letter import LETTERS
+
+    fig, axes = figure(13, 4, ncols=3)
+    widths = sorted({r["width"] for r in results})
+    for metric, ax in zip(("absorption_fraction", "full_absorption", "paper_absorption_rate"), axes):
+        for w in widths:
+            rs = sorted((r for r in results if r["width"] == w), key=lambda r: r["l0"])
+            ax.plot([r["l0"] for r in rs], [r[metric] for r in rs], "o-", label=f"width {w}")
+        ax.set_xscale("log")
+        ax.set_xlabel("L0 on first-letter tokens")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("feature absorption vs sparsity and width")
+    paths = [save(fig, run / "absorption_vs_l0.png", dpi=110)]
+
+    fig, ax = figure(12, 4)
+    bw = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        vals = [row["absorption_fraction"] for row in r["per_letter"]]
+        ax.bar(np.arange(26) + i * bw, np.nan_to_num(vals), bw, label=f"w{r['width']} L0 {r['l0']:.0f}")
+    ax.set_xticks(np.arange(26) + 0.4 - bw / 2, list(LETTERS))
+    ax.set_ylabel("absorption fraction (SAEBench)")
+    ax.set_title("absorption per first letter (letters with probe F1 < threshold are blank)")
+    ax.legend(fontsize=7, ncol=3)
+    paths.append(save(fig, run / "absorption_per_letter.png", dpi=110))
+    return paths

@@ -173,11 +173,6 @@ def apply_at_hook(x: Array, head: Array | None, fn) -> Array:
     return x.at[:, :, head].set(y)
 
 
-def _inject_residual(x, layer, _, resid):
-    """At the tail's first layer, replace the residual stream by the clean one computed up to there."""
-    return jnp.where(layer == 0, resid.astype(x.dtype), x)
-
-
 def _splice_sae(x, layer, _, shared):
     sae, head = shared
     return jax.lax.cond(layer == 0, lambda a: apply_at_hook(a, head, sae), lambda a: a, x)
@@ -212,12 +207,11 @@ def _clean_pass(model, tokens, lengths, start_layers: tuple[int, ...]):
 def _group_sums(tail, resid, clean_logp, tokens, lengths, targets, mask, saes, heads, point: str, chunk: int):
     """Per-sequence loss sums with each SAE of a group spliced in at ``point`` of the tail's first layer:
     ``[N_g, B]`` x 2."""
-    inject = HookSpec(edits={"resid_pre": Apply(_inject_residual, shared=resid)})
 
     def one(args):
         sae, head = args
-        spec = inject + HookSpec(edits={point: Apply(_splice_sae, shared=(sae, head))})
-        logits, _ = forward(tail, tokens, hooks=spec, lengths=lengths)
+        spec = HookSpec(edits={point: Apply(_splice_sae, shared=(sae, head))})
+        logits, _ = forward(tail, tokens, hooks=spec, lengths=lengths, resid=resid)  # from the clean residual
         return _loss_sums(logits, clean_logp, targets, mask)
 
     return jax.lax.map(one, (saes, heads), batch_size=chunk)
@@ -225,11 +219,10 @@ def _group_sums(tail, resid, clean_logp, tokens, lengths, targets, mask, saes, h
 
 @eqx.filter_jit
 def _ablation_sums(tail, resid, clean_logp, tokens, lengths, targets, mask, heads, point: str):
-    inject = HookSpec(edits={"resid_pre": Apply(_inject_residual, shared=resid)})
 
     def one(head):
-        spec = inject + HookSpec(edits={point: Apply(_zero_ablate, shared=head)})
-        logits, _ = forward(tail, tokens, hooks=spec, lengths=lengths)
+        spec = HookSpec(edits={point: Apply(_zero_ablate, shared=head)})
+        logits, _ = forward(tail, tokens, hooks=spec, lengths=lengths, resid=resid)
         return _loss_sums(logits, clean_logp, targets, mask)
 
     if heads is None:

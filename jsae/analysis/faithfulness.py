@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
-from jsae.analysis.patching import metrics_with_heads_replaced
-from jsae.tasks.base import Metric
+from jsae.analysis.circuits import metrics_with_heads_replaced
+from jsae.tasks import Metric
 
 
 @dataclass(frozen=True)

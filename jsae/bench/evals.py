@@ -23,7 +23,6 @@ All paths must agree on CE with the SAE spliced in (checked, reported as max_abs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -37,6 +36,7 @@ import numpy as np
 
 from jsae.analysis.evals import spliced_losses
 from jsae.data.sample import SAMPLE_TEXT
+from jsae.io.run import write_json
 from jsae.models import edit, forward, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> None:
     }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(summary, indent=2))
+    write_json(out_path, summary)
     grouped_bars(
         out_path.with_suffix(".png"),
         list(results),

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from jsae.bench import machine
+from jsae.io.run import write_json
 from jsae.models import forward, harvest, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> Path:
         "machine": machine(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
     grouped_bars(
         Path(args.out).with_suffix(".png"),
         ["forward", "harvest (per-head result)"],

@@ -17,7 +17,6 @@ used is recorded. Also a FLOP-count estimate (labelled as one) of a 100M-token r
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jsae.io.run import write_json
 
 PEAKS_TFLOPS = {"TPU v5e (bf16)": 197.0, "H100 SXM (bf16 dense)": 989.0}
 ASSUMED_UTILISATION = 0.4
@@ -212,5 +213,5 @@ def run(args: argparse.Namespace) -> None:
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
         print(f"wrote {args.out}")

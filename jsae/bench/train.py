@@ -33,7 +33,6 @@ stack's batched small matmuls on one thread, so one device per core is what puts
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jsae.bench import machine, saelens
+from jsae.io.run import write_json
 from jsae.runtime import prepare_process
 from jsae.sae import relu, stack, topk
 from jsae.train import TrainConfig, sae_mesh, train
@@ -451,7 +451,7 @@ def run(args: argparse.Namespace) -> None:
         "targets": met,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

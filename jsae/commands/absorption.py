@@ -8,18 +8,15 @@ SAEs come from ``--sae PATH`` (SAELens directories, read with ``jsae.io``) or, w
 on the fly: one vmapped ReLU-L1 sweep over ``--sparsity`` per width in ``--widths``, on the residual
 stream of ``--layer`` over **training text that needs no download**: the Python reference manual
 shipped in the standard library (``pydoc_data.topics``, ~465k characters, ~110k SmolLM2 tokens),
-cut into windows of ``--ctx`` tokens (the first token of each window is dropped: it is an attention
-sink with an outsized norm).
+read through ``jsae.data`` (``ContextStream``: topics joined by EOS) in windows of ``--ctx`` tokens (the
+first token of each window is dropped: it is an attention sink with an outsized norm).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
-
-from jsae.rundir import new_run_dir, to_jsonable, write_json
+from jsae.io.run import new_run_dir, write_json
 
 
 def register(sub) -> None:
@@ -112,69 +109,11 @@ def load_saes(paths: list[str], layer: int) -> list[dict]:
 # --- evaluation -------------------------------------------------------------------------------------
 
 
-def evaluate_saes(entries: list[dict], data, model, layer: int, answer_ids, cfg) -> list[dict]:
-    """Both metrics for every SAE, one :func:`absorption_run` per stack of same-shaped SAEs; JSON-ready rows
-    in the order of ``entries`` (``seconds``: the stack's evaluation time divided by its size)."""
-    from jsae.analysis.absorption_run import absorption_run
-    from jsae.sae import concat
-
-    groups: dict[tuple, list[int]] = {}
-    for i, e in enumerate(entries):
-        groups.setdefault((type(e["sae"]).__name__, int(e["sae"].d_sae)), []).append(i)
-    rows: list[dict] = [{} for _ in entries]
-    for idx in groups.values():
-        t0 = time.perf_counter()
-        res = absorption_run(
-            concat([entries[i]["sae"] for i in idx]), data, model=model, layer=layer, answer_ids=answer_ids, cfg=cfg
-        )
-        seconds = (time.perf_counter() - t0) / len(idx)
-        for j, i in enumerate(idx):
-            rows[i] = {
-                "width": int(entries[i]["sae"].d_sae),
-                "l0": float(res.l0[j]),
-                **{k: (int(v[j]) if k == "n_letters" else float(v[j])) for k, v in res.summary.items()},
-                "seconds": seconds,
-                "k_sparse_f1": res.k_sparse_f1[j],
-                "per_letter": res.per_letter(j),
-            }
-    return rows
-
-
-def plot_results(results: list[dict], run: Path) -> list[Path]:
-    """absorption vs L0 (coloured by width) and per-letter absorption fraction, as PNGs."""
-    from jsae.plots import figure, save
-    from jsae.tasks.first_letter import LETTERS
-
-    fig, axes = figure(13, 4, ncols=3)
-    widths = sorted({r["width"] for r in results})
-    for metric, ax in zip(("absorption_fraction", "full_absorption", "paper_absorption_rate"), axes):
-        for w in widths:
-            rs = sorted((r for r in results if r["width"] == w), key=lambda r: r["l0"])
-            ax.plot([r["l0"] for r in rs], [r[metric] for r in rs], "o-", label=f"width {w}")
-        ax.set_xscale("log")
-        ax.set_xlabel("L0 on first-letter tokens")
-        ax.set_ylabel(metric.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("feature absorption vs sparsity and width")
-    paths = [save(fig, run / "absorption_vs_l0.png", dpi=110)]
-
-    fig, ax = figure(12, 4)
-    bw = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
-        vals = [row["absorption_fraction"] for row in r["per_letter"]]
-        ax.bar(np.arange(26) + i * bw, np.nan_to_num(vals), bw, label=f"w{r['width']} L0 {r['l0']:.0f}")
-    ax.set_xticks(np.arange(26) + 0.4 - bw / 2, list(LETTERS))
-    ax.set_ylabel("absorption fraction (SAEBench)")
-    ax.set_title("absorption per first letter (letters with probe F1 < threshold are blank)")
-    ax.legend(fontsize=7, ncol=3)
-    paths.append(save(fig, run / "absorption_per_letter.png", dpi=110))
-    return paths
-
-
 def run(args) -> None:
     from jsae.analysis.absorption_run import (
         AbsorptionConfig,
+        evaluate_saes,
+        plot_absorption,
         prepare_probe_data,
         train_relu_sweep,
         training_activations,
@@ -229,7 +168,7 @@ def run(args) -> None:
     write_json(out / "config.json", {"command": "absorption", **vars(args)})
     write_json(
         out / "results.json",
-        {"setup_seconds": setup_s, "train_seconds": train_s, "probe_f1": data.probe_f1, "saes": to_jsonable(results)},
+        {"setup_seconds": setup_s, "train_seconds": train_s, "probe_f1": data.probe_f1, "saes": results},
     )
-    plot_results(results, out)
+    plot_absorption(results, out)
     print(f"results in {out}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from jsae.analysis.dictionary import mean_max_cosine
 from jsae.commands.common import add_train_options, metric_table, plot_l0_vs_ev, stack_and_config
-from jsae.rundir import new_run_dir, write_json
+from jsae.io.run import new_run_dir, write_json
 from jsae.synthetic import sparse_dictionary_data
 from jsae.train import train
 

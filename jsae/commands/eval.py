@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from jsae.data.sample import SAMPLE_TEXT  # the built-in corpus: runs offline; pass --text for real evaluations
-from jsae.rundir import new_run_dir, to_jsonable, write_json
+from jsae.io.run import new_run_dir, write_json
 
 
 def register(sub) -> None:
@@ -218,16 +218,6 @@ def _evaluate(model, sae, hooks, tokens, lengths, args) -> tuple[dict[str, np.nd
     return out, notes
 
 
-def _nan_to_none(x):
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return [_nan_to_none(v) for v in x.tolist()] if x.ndim else _nan_to_none(x.item())
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return None if isinstance(x, float) and not np.isfinite(x) else x
-
-
 def _table(hooks, cols: dict[str, np.ndarray], max_rows: int = 24) -> str:
     n = len(hooks)
     rows = list(range(n)) if n <= max_rows else [*range(max_rows // 2), -1, *range(n - max_rows // 2, n)]
@@ -334,7 +324,7 @@ def run(args) -> None:
                 print(f"  {e.activation:8.3f}  {e.text!r}")
         results["max_activating"] = {str(lat): [e.__dict__ for e in exs] for lat, exs in examples.items()}
     write_json(run_dir / "config.json", {"command": "eval", **vars(args), "model": model_name})
-    write_json(run_dir / "results.json", _nan_to_none(to_jsonable(results)))
+    write_json(run_dir / "results.json", results)
     np.save(run_dir / "firing_frequency.npy", per_sae["firing_frequency"].astype(np.float32))
     _plot_density(per_sae["firing_frequency"], run_dir / "feature_density.png")
     print(f"results in {run_dir}")

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jsae.commands.common import add_train_options, metric_table, plot_l0_vs_ev, stack_and_config
-from jsae.rundir import new_run_dir, write_json
+from jsae.io.run import new_run_dir, write_json
 
 STREAM_BATCH, ARRAY_BATCH = 1024, 256
 

@@ -1,7 +1,16 @@
 """Reading and writing SAEs in formats shared with the PyTorch world (SAELens, Gemma Scope, Neuronpedia), and
 run directories of trained stacks (:func:`save_run` / :func:`load_run`)."""
 
-from jsae.io.run import RunFormatError, is_run_dir, load_run, read_run_record, save_run
+from jsae.io.run import (
+    RunFormatError,
+    is_run_dir,
+    load_run,
+    new_run_dir,
+    read_run_record,
+    save_run,
+    to_jsonable,
+    write_json,
+)
 from jsae.io.saelens import (
     SAELensFormatError,
     hook_name,
@@ -21,10 +30,13 @@ __all__ = [
     "load_run",
     "load_saelens",
     "load_saelens_stack",
+    "new_run_dir",
     "parse_hook_name",
     "read_cfg",
     "read_run_record",
     "save_run",
     "save_saelens",
     "save_saelens_stack",
+    "to_jsonable",
+    "write_json",
 ]

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import shutil
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -122,29 +123,42 @@ def input_label(inp: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# JSON helpers
+# run directories and the one JSON writer
 
 
-def _json_clean(x: Any) -> Any:
-    """Plain JSON: arrays to lists, NaN/inf to null (strict JSON has neither)."""
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """``root/<name>-YYYYmmdd-HHMMSS`` (suffixed ``-1``, ``-2``, ... if it exists), created."""
+    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def to_jsonable(x: Any) -> Any:
+    """Plain JSON values: mappings to dicts (keys as strings), tuples and arrays (numpy, jax, numpy scalars) to
+    lists and numbers, dataclasses through their ``to_json()`` (else their fields), paths to strings, and
+    NaN/inf to ``None`` -- strict JSON has neither, so a missing or undefined number reads back as null."""
     if isinstance(x, Mapping):
-        return {str(k): _json_clean(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_clean(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if isinstance(x, (np.ndarray, jax.Array, np.generic)):
-        return _json_clean(np.asarray(x).tolist())
+        return to_jsonable(np.asarray(x).tolist())
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         to_json = getattr(x, "to_json", None)
-        return _json_clean(to_json() if callable(to_json) else dataclasses.asdict(x))
+        return to_jsonable(to_json() if callable(to_json) else dataclasses.asdict(x))
     if isinstance(x, Path):
         return str(x)
     return x
 
 
 def _dumps(x: Any, indent: int = 0) -> str:
-    """JSON with objects indented and lists of numbers (or of such lists) kept on one line each."""
+    """JSON with objects indented and lists of numbers (or of such lists) kept on one line each; strict
+    (``allow_nan=False``): a NaN or inf that reached here is an error, never invalid JSON in a file."""
     pad = "  " * (indent + 1)
     if isinstance(x, dict) and x:
         items = (f"{pad}{json.dumps(k)}: {_dumps(v, indent + 1)}" for k, v in x.items())
@@ -154,8 +168,12 @@ def _dumps(x: Any, indent: int = 0) -> str:
     return json.dumps(x, allow_nan=False, default=str)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(_dumps(_json_clean(obj)) + "\n")
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as strict JSON (through :func:`to_jsonable`: NaN/inf become null) to ``path``; returns it.
+    The one JSON writer of run directories, results and experiments."""
+    path = Path(path)
+    path.write_text(_dumps(to_jsonable(obj)) + "\n")
+    return path
 
 
 def _tuples(x: Any) -> Any:
@@ -305,9 +323,9 @@ def save_run(
                 f"{run_dir} already holds a saved run ({STACK_JSON}); choose a new directory or pass overwrite=True"
             )
         _remove_saved(run_dir)
-    _write_json(run_dir / CONFIG_JSON, {} if config is None else config)
+    write_json(run_dir / CONFIG_JSON, {} if config is None else config)
     if history_json is not None or final_json is not None:
-        _write_json(
+        write_json(
             run_dir / METRICS_JSON,
             {"n_saes": n, **(history_json or {"steps": [], "history": {}}), "final": final_json or {}},
         )
@@ -347,7 +365,7 @@ def save_run(
         "inputs": inputs,
         "saelens_dirs": dirs,
     }
-    _write_json(run_dir / STACK_JSON, record)
+    write_json(run_dir / STACK_JSON, record)
     return run_dir
 
 

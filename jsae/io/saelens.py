@@ -155,7 +155,7 @@ def save_saelens(
         **extra,
         "metadata": meta,
     }
-    (path / CFG_FILENAME).write_text(json.dumps(cfg, indent=2))
+    (path / CFG_FILENAME).write_text(json.dumps(cfg, indent=2, allow_nan=False))
     return path
 
 

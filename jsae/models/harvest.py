@@ -1,4 +1,5 @@
-"""Harvest per-head activations of all layers and heads, batched and memory-bounded, for SAE training."""
+"""Harvest activations of text at a hook point (per head, or the residual stream), batched and memory-bounded:
+the one host-side way from text to activations (SAE training data, circuit discovery, absorption probes)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .batched import map_batches
 from .errors import HookError
 from .hooks import HEAD_AXIS, POINTS, HookSpec
 from .tokenizer import TokenBatch, Tokenizer, pad_sequences
-from .transformer import Transformer, check_tokens, forward
+from .transformer import Transformer, check_tokens, forward, layer_range
 
 
 def _as_tokens(inputs, tokenizer: Tokenizer | None):
@@ -35,14 +36,18 @@ def _as_tokens(inputs, tokenizer: Tokenizer | None):
 
 
 @eqx.filter_jit
-def _capture(model: Transformer, tokens: Array, lengths: Array, spec: HookSpec, point: str) -> Array:
-    """``[b, (T,) L*H, d]``: ``point`` for all layers, layer-major on one head axis (a unit one off heads)."""
-    _, cache = forward(model, tokens, hooks=spec, lengths=lengths, logits=False)
-    act = cache[point]  # [L, b, (T,) (H,) d]
+def _capture(
+    model: Transformer, tokens: Array, lengths: Array, spec: HookSpec, point: str, layers: tuple[int, ...], logits: bool
+):
+    """``[b, (T,) len(layers)*H, d]``: ``point`` at ``layers``, layer-major on one head axis (a unit one off
+    heads); with ``logits``, also the ``[b, V]`` logits at each row's last real position."""
+    out, cache = forward(model, tokens, hooks=spec, lengths=lengths, logits="last" if logits else False)
+    act = cache[point][jnp.asarray(layers)]  # [l, b, (T,) (H,) d]
     if point not in HEAD_AXIS:
         act = act[..., None, :]
-    act = jnp.moveaxis(act, 0, -3)  # [b, (T,) L, H, d]
-    return act.reshape(*act.shape[:-3], -1, act.shape[-1])
+    act = jnp.moveaxis(act, 0, -3)  # [b, (T,) l, H, d]
+    act = act.reshape(*act.shape[:-3], -1, act.shape[-1])
+    return (act, out) if logits else act
 
 
 def harvest(
@@ -52,21 +57,30 @@ def harvest(
     tokenizer: Tokenizer | None = None,
     point: str = "result",
     positions: Literal["all", "last", "mean"] = "mean",
+    layers: int | Sequence[int] | None = None,
+    last_logits: bool = False,
     batch_size: int = 32,
     max_batch_bytes: int = 256 << 20,
     pad_multiple: int = 8,
     dtype=np.float32,
     progress: bool = True,
-) -> np.ndarray:
-    """Per-head activations for every layer and head, in the trainer's shape.
+    desc: str | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Activations of text at one hook point, batched and memory-bounded: the one way from text (or token
+    ids) to activations on the host, in the trainer's shape.
 
     inputs: a :class:`~jsae.models.tokenizer.TokenBatch`, texts (with ``tokenizer``), token-id lists, a
-      ``[N, T]`` id array (-1 padding is found), or ``(tokens, lengths)``.
+      ``[N, T]`` id array (-1 padding is found), or ``(tokens, lengths)`` (a shorter length stops a row early:
+      ``positions="last"`` then reads the position ``length - 1``).
     point: a hook point; head points (``z``, ``result``) give one row per (layer, head).
     positions: ``"all"`` (every real token), ``"last"`` (the last real token), ``"mean"`` (average over
       real tokens).
-    Returns ``[L*H, n, d]`` for head points (row ``l*H + h``) or ``[L, n, D]`` for residual points;
-    ``n`` = number of sequences (last/mean) or of real tokens (all; sequence-major, then position).
+    layers: the layers to return (default all); the model runs only up to the deepest of them.
+    last_logits: also return the logits at each sequence's last real position, ``[n, V]`` (from the same
+      forward; all layers run).
+    Returns ``[len(layers)*H, n, d]`` for head points (row ``i*H + h`` for ``layers[i]``) or
+    ``[len(layers), n, D]`` for residual points (and the logits, with ``last_logits``); ``n`` = number of
+    sequences (last/mean) or of real tokens (all; sequence-major, then position).
 
     Batching is :func:`~jsae.models.map_batches`: sequences sorted by length, right-padded to a multiple
     of ``pad_multiple``, at most ``batch_size`` rows and ``max_batch_bytes`` of captured activations.
@@ -75,7 +89,14 @@ def harvest(
         raise HookError(f"harvest point must be one of {[p for p in POINTS if p != 'pattern']}, got {point!r}")
     if positions not in ("all", "last", "mean"):
         raise HookError(f"positions must be 'all', 'last' or 'mean', got {positions!r}")
+    if last_logits and positions == "all":
+        raise HookError("last_logits=True needs positions='last' or 'mean' (one row per sequence)")
     cfg = model.cfg
+    chosen = tuple(range(cfg.n_layers)) if layers is None else (layers,) if isinstance(layers, int) else tuple(layers)
+    if not chosen or any(not 0 <= int(layer) < cfg.n_layers for layer in chosen):
+        raise HookError(f"layers must be in 0..{cfg.n_layers - 1}, got {layers!r}")
+    chosen = tuple(int(layer) for layer in chosen)
+    run = model if last_logits or max(chosen) == cfg.n_layers - 1 else layer_range(model, 0, max(chosen) + 1)
     H = cfg.n_heads if point in HEAD_AXIS else 1
     d = cfg.d_head if point == "z" else cfg.d_model
     tokens, lengths = _as_tokens(inputs, tokenizer)
@@ -89,10 +110,10 @@ def harvest(
     )
     spec = HookSpec(capture=(point,), reduce=positions)
     # captured bytes per token (all positions) or the live per-token activations of one layer (reduced)
-    bytes_per_token = cfg.n_layers * H * d * 4 if positions == "all" else H * d * 4 * 8
+    bytes_per_token = run.cfg.n_layers * H * d * 4 if positions == "all" else H * d * 4 * 8
     out = map_batches(
-        lambda m, t, n: _capture(m, t, n, spec, point),
-        model,
+        lambda m, t, n: _capture(m, t, n, spec, point, chosen, last_logits),
+        run,
         tokens,
         lengths,
         batch_size=batch_size,
@@ -101,9 +122,11 @@ def harvest(
         pad_multiple=pad_multiple,
         per_token=positions == "all",
         progress=progress,
-        desc=f"harvest {point}",
-    )  # [n, L*H, d]
-    return np.ascontiguousarray(np.asarray(out, dtype).swapaxes(0, 1))
+        desc=desc or f"harvest {point}",
+    )  # [n, l*H, d] (and [n, V])
+    acts, logits = out if last_logits else (out, None)
+    acts = np.ascontiguousarray(np.asarray(acts, dtype).swapaxes(0, 1))
+    return acts if logits is None else (acts, np.asarray(logits))
 
 
 def head_means(acts: np.ndarray, n_layers: int) -> np.ndarray:

@@ -206,17 +206,23 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
     return x, captured
 
 
+def _embed(model: Transformer, tokens: Array) -> Array:
+    """``[B, T, D]`` the residual stream entering layer 0: token (and learned position) embeddings."""
+    x = model.embed[jnp.maximum(tokens, 0)]  # -1 padding reads id 0; causal masking keeps it from real positions
+    if model.cfg.embed_scale != 1.0:
+        x = x * model.cfg.embed_scale
+    if model.pos_embed is not None:
+        x = x + model.pos_embed[: tokens.shape[1]][None]
+    return x
+
+
 @eqx.filter_jit
-def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, logits: bool | str):
+def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, logits: bool | str, resid=None):
     cfg = model.cfg
     B, T = tokens.shape
-    x = model.embed[jnp.maximum(tokens, 0)]  # -1 padding reads id 0; causal masking keeps it from real positions
-    if cfg.embed_scale != 1.0:
-        x = x * cfg.embed_scale
+    x = _embed(model, tokens) if resid is None else resid
     cos = sin = None
-    if model.pos_embed is not None:
-        x = x + model.pos_embed[:T][None]
-    else:
+    if model.pos_embed is None:
         cos, sin = _rope(cfg, T)
     sliced = {pt: tuple(e.per_layer() for e in es) for pt, es in spec.edits.items()}
     layers = jnp.arange(cfg.n_layers)
@@ -299,6 +305,7 @@ def forward(
     hooks: HookSpec | None = None,
     lengths: Int[Array, " B"] | Int[np.ndarray, " B"] | None = None,
     logits: bool | str = True,
+    resid: Float[Array, "B T D"] | None = None,
 ) -> tuple[Float[Array, "B T V"] | None, dict[str, Array]]:
     """Run the model; returns ``(logits [B, T, V], cache)``.
 
@@ -309,6 +316,10 @@ def forward(
       ids ``>= 0`` per row (``T`` when nothing is -1). Used by ``logits="last"`` and ``reduce='last'/'mean'``.
     logits: False skips the final norm and unembedding (returns ``None`` logits; faster harvests);
       ``"last"`` returns only the logits at each row's last real position, ``[B, V]`` (next-token tasks).
+    resid: ``[B, T, D]`` the residual stream entering the model's first layer, used instead of the
+      embeddings of ``tokens`` (which still give the lengths and positions). With
+      :func:`layer_range` it continues a run from a layer: ``forward(layer_range(model, l), tokens,
+      resid=x)`` is the full forward when ``x`` is ``resid_pre`` of layer ``l`` (edit it first to splice).
     cache: ``{point: [L, B, T, ...]}`` (``[L, B, ...]`` when the spec reduces positions).
 
     Jit-compiled (one compilation per shape and static hook structure); usable inside ``jax.jit``,
@@ -322,4 +333,9 @@ def forward(
     ids = tokens if isinstance(tokens, jax.Array) else jnp.asarray(tokens)
     check_tokens(model.cfg, ids)
     n = real_lengths(ids) if lengths is None else jnp.asarray(lengths, jnp.int32)
-    return _forward(model, ids, as_spec(hooks), n, logits)
+    if resid is not None and tuple(resid.shape) != (*ids.shape, model.cfg.d_model):
+        raise ModelError(
+            f"resid must be [batch, positions, d_model] = {(*ids.shape, model.cfg.d_model)} to match the "
+            f"tokens, got {tuple(resid.shape)}"
+        )
+    return _forward(model, ids, as_spec(hooks), n, logits, resid)

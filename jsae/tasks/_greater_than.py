@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jsae.tasks.base import Task, pad_answers, single_token_id, token_ids
+from jsae.tasks._base import Task, pad_answers, single_token_id, token_ids
 
 NOUNS = (
     "war accord affair agreement assessment attack campaign case challenge clash coma competition "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jsae.tasks.base import Task, pad_answers, single_token_id, single_tokens, token_ids
+from jsae.tasks._base import Task, pad_answers, single_token_id, single_tokens, token_ids
 
 NAMES = (
     "Mary John Tom James Dan Sarah Anna Paul Kate Mike Alice Bob Emma Jack Lisa Mark David Laura Peter "

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jsae.tasks.base import Task, pad_answers, single_token_id, single_tokens, token_ids
+from jsae.tasks._base import Task, pad_answers, single_token_id, single_tokens, token_ids
 
 WORDS = (
     "load size files last port file data user name value key item text line page node mode type path "
