@@ -78,7 +78,9 @@ class Source(Protocol):
         self, n: int, d_in: int, n_pad: int, mesh: jax.sharding.Mesh, cfg: TrainConfig, resume: dict | None
     ) -> int: ...
 
-    def warm_up(self, advance: Callable[[int], object]) -> tuple[PyTree, np.ndarray | None]: ...
+    def warm_up(self, advance: Callable[[int], object]) -> tuple[PyTree, np.ndarray | None]:
+        """The device state to start from and the first rows ``[N or 1, n, d_in]`` (None: not known)."""
+        ...
 
     def carry_template(self, n: int) -> PyTree: ...
 
@@ -141,9 +143,7 @@ class ArraySource:
 
     def warm_up(self, advance):
         sample = self._sample
-        if sample.ndim == 2:  # shared data: every SAE reads the same rows
-            sample = np.broadcast_to(sample, (self._n, *sample.shape))
-        return None, sample
+        return None, sample[None] if sample.ndim == 2 else sample  # shared data: one input, [1, n, d]
 
     def carry_template(self, n):
         return None

@@ -272,7 +272,8 @@ def train(
 
 def _first_state(sae, sample, cfg: TrainConfig, n: int, initial_state) -> TrainState:
     """The state of a fresh run: the stack (an init function is called on the first rows) and each SAE's
-    input scale (``normalisation_scale`` of its first rows with ``normalise_activations``, else 1)."""
+    input scale (``normalisation_scale`` of its first rows with ``normalise_activations``, else 1).
+    ``sample``: ``[N, n, d]``, or ``[1, n, d]`` for data all SAEs share."""
     if sample is not None:
         sample = jnp.asarray(sample[:n, :8192], jnp.float32)  # sliced where it lives (a buffer stays on the device)
     if not isinstance(sae, SAE):
@@ -288,7 +289,7 @@ def _first_state(sae, sample, cfg: TrainConfig, n: int, initial_state) -> TrainS
             "a cache); scale an iterator's batches yourself"
         )
     else:
-        scales = np.asarray(jax.vmap(normalisation_scale)(sample), np.float32)
+        scales = np.broadcast_to(np.asarray(jax.vmap(normalisation_scale)(sample), np.float32), (n,))  # [1]: shared
     return initial_state(sae, scales)
 
 
