@@ -17,8 +17,7 @@ from jaxtyping import Array, Float, Int
 from jsae.sae import registry
 from jsae.sae.base import SAE
 from jsae.train import data as data_mod
-from jsae.train.config import TrainConfig
-from jsae.train.optim import per_sae_hyperparams
+from jsae.train.config import TrainConfig, per_sae_array
 from jsae.train.step import LossFn, TrainState, init_state, run_chunk
 
 
@@ -64,7 +63,7 @@ def fit(
     if hp is None:
         hp = {k: jnp.asarray(v) for k, v in cfg.per_sae(n, registry.of(sae)).items()}
     if state is None:
-        opt_hp = {k: jnp.asarray(v) for k, v in per_sae_hyperparams(optimizer_hp, n).items()}
+        opt_hp = {k: _per_sae(k, v, n) for k, v in (optimizer_hp or {}).items()}
         state = init_state(sae, cfg, hp["lr"], jnp.ones((n,), jnp.float32), optimizer, opt_hp)
     steps = cfg.steps if steps is None else steps
     data = jnp.asarray(data, jnp.float32)
@@ -86,3 +85,10 @@ def fit(
         sae_data=data,
         **how,
     )
+
+
+def _per_sae(name: str, value, n: int) -> Float[Array, " N"]:
+    """A hyperparameter's ``[N]`` values: a float or N floats (checked), or an array (traced under jit)."""
+    if isinstance(value, jax.Array):
+        return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (n,))
+    return jnp.asarray(per_sae_array(name, value, n))
