@@ -115,12 +115,36 @@ def _stream_setup(tiny, n_ctx=32, positions=17, seed=2):
     return tokens, inputs, sae
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_streamed_training_equals_in_memory_training(tiny, fused):
+def decoder_overlap(W_dec):
+    """Mean squared off-diagonal cosine between decoder rows: a research loss term of the user's own."""
+    W = W_dec / jnp.linalg.norm(W_dec, axis=-1, keepdims=True)
+    G = W @ W.T
+    return jnp.sum((G - jnp.eye(G.shape[0])) ** 2) / (G.shape[0] * (G.shape[0] - 1))
+
+
+def overlap_loss(sae, x, hp, dead):
+    total, (metrics, f) = sae.loss(x, hp, dead)
+    overlap = decoder_overlap(sae.W_dec.astype(jnp.float32))
+    return total + 0.3 * overlap, ({**metrics, "overlap": overlap}, f)
+
+
+def custom_training(n: int) -> dict:
+    """A custom optax chain (clipping, AdamW with each SAE's own rate injected) and a custom loss term."""
+    import optax
+
+    opt = optax.chain(optax.clip_by_global_norm(0.5), optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3))
+    rates = np.linspace(1e-3, 4e-3, n).tolist()
+    return dict(optimizer=opt, optimizer_hp={"learning_rate": rates, "weight_decay": 1e-2}, loss_fn=overlap_loss)
+
+
+@pytest.mark.parametrize("fused, custom", [(False, True), (True, False)])
+def test_streamed_training_equals_in_memory_training(tiny, fused, custom):
     """Shuffle off: the stream trains on the activations in stream order; the in-memory trainer gets the
     same activations (harvested independently) as batches in the same order. ``fused``: the accelerator
-    layout (forward inside the training program, contexts split over the devices), here on CPU devices."""
+    layout (forward inside the training program, contexts split over the devices), here on CPU devices.
+    ``custom``: both runs take the same custom optax chain, per-SAE rates and loss term."""
     tokens, inputs, sae = _stream_setup(tiny)
+    how = custom_training(len(inputs)) if custom else {}
     cfg = TrainConfig(steps=1, batch_size=64, lr=3e-3, chunk_steps=1)
     streamed = train_on_model(
         tiny,
@@ -132,15 +156,21 @@ def test_streamed_training_equals_in_memory_training(tiny, fused):
         buffer_tokens=0,
         progress=False,
         fused=fused,
+        compute_dtype="float32",
+        **how,
     )
     acts = harvest(tiny, tokens, point="z", positions="all", progress=False)  # [8, 32*17, dh]
     acts = acts.reshape(len(inputs), 32, 17, -1)[:, :, 1:].reshape(len(inputs), -1, tiny.cfg.d_head)
     batches = [acts[:, i * 64 : (i + 1) * 64] for i in range(acts.shape[1] // 64)]
     cfg_mem = TrainConfig(steps=len(batches), batch_size=64, lr=3e-3, chunk_steps=2)
-    in_memory = train(sae, lambda: iter(batches), cfg_mem, progress=False)
+    in_memory = train(sae, lambda: iter(batches), cfg_mem, progress=False, **how)
     assert streamed.steps == in_memory.steps == 8
     for a, b in zip(jax.tree.leaves(streamed.sae), jax.tree.leaves(in_memory.sae), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    if custom:  # the chain ran per SAE: AdamW with the given rates moved the SAEs by different amounts
+        assert "overlap" in streamed.metrics
+        moved = np.linalg.norm(np.asarray(in_memory.sae.W_enc - sae.W_enc).reshape(len(inputs), -1), axis=-1)
+        assert moved[-1] > 2 * moved[0]
 
 
 def test_shuffled_stream_trains_every_token_once(tiny):

@@ -17,7 +17,7 @@ def _cfgs(run: Path) -> list[dict]:
     return [json.loads((f / "cfg.json").read_text())["metadata"] for f in sorted((run / "saes").iterdir())]
 
 
-def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, word_text, tmp_path):
+def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, word_text, tmp_path, capsys):
     from jsae.activations import parse_inputs
     from jsae.activations.cache import open_cache
     from jsae.cli import main
@@ -39,10 +39,13 @@ def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, 
         "8",
     ]
     sae_args = ["--d-sae", "32", "--k", "4", "--batch", "64"]
-    assert main(["train", *model_args, *sae_args, "--buffer-tokens", "256", "--out", str(tmp_path / "runs")]) == 0
+    # a buffer larger than the text asked for: it shrinks to 15 of the 16 batches of 128 tokens, and says so
+    assert main(["train", *model_args, *sae_args, "--buffer-tokens", "4096", "--out", str(tmp_path / "runs")]) == 0
+    assert "shuffle buffer holds 1,920 tokens instead of 4,096" in capsys.readouterr().out
     run = next((tmp_path / "runs").glob("train-*"))
     config = json.loads((run / "config.json").read_text())
     assert config["tokens"] == 2048 and json.loads((run / "metrics.json").read_text())["steps"][-1] == 2048 // 64
+    assert config["buffer_tokens"] == 1920
     n_heads = hf.config.num_hidden_layers * hf.config.num_attention_heads
     cfgs = _cfgs(run)
     assert [(c["hook_name"], c["hook_head_index"]) for c in cfgs] == [

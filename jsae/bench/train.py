@@ -44,9 +44,8 @@ from jsae.bench import machine, saelens
 from jsae.io.run import write_json
 from jsae.runtime import prepare_process
 from jsae.sae import relu, stack, topk
-from jsae.train import TrainConfig, sae_mesh, train
+from jsae.train import TrainConfig, init_sae_state, make_optimizer, make_step, sae_mesh, train
 from jsae.train.sharding import AXIS
-from jsae.train.step import init_state, sae_step
 
 CASES = [
     {"name": "per-head tiny", "n_saes": 144, "d_in": 64, "d_sae": 256, "batch": 64},
@@ -131,26 +130,20 @@ def bench_vmapped(sae, data, cfg: TrainConfig, mesh, repeats: int = REPEATS) -> 
 
 
 def bench_loop(sae, data, cfg: TrainConfig, n_saes_timed: int) -> float:
-    """SAE-steps/s of a Python loop over SAEs, each step the same jitted single-SAE step."""
-    n = sae.W_enc.shape[0]
-    state = init_state(sae, cfg, jnp.full((n,), 1e-3), jnp.ones((n,)))
-    hp = {"lr": jnp.asarray(1e-3), "sparsity_coef": jnp.asarray(0.1), "aux_coef": jnp.asarray(1 / 32)}
-    step = jax.jit(sae_step, static_argnums=6, donate_argnums=(0, 1, 2))
-    singles = [
-        jax.tree.map(lambda a: a[i], (state.sae, state.opt_state, state.tokens_since_fired))  # noqa: B023  (called at once)
-        for i in range(n_saes_timed)
-    ]
+    """SAE-steps/s of a Python loop over SAEs, each step the same jitted single-SAE step (``make_step``)."""
+    opt = make_optimizer(cfg, 1e-3)
+    step = jax.jit(make_step(opt, dead_after_tokens=cfg.dead_after_tokens), donate_argnums=0)
+    hp = {"sparsity_coef": jnp.asarray(0.1), "aux_coef": jnp.asarray(1 / 32)}
+    singles = [init_sae_state(jax.tree.map(lambda a: a[i], sae), opt) for i in range(n_saes_timed)]  # noqa: B023  (called at once)
     b, steps = cfg.batch_size, cfg.steps
     batches = [jnp.asarray(data[i % data.shape[0], :b]) for i in range(n_saes_timed)]
-    s, o, t, _ = step(*singles[0], batches[0], hp, jnp.asarray(0), cfg)  # compile
-    jax.block_until_ready(s)
-    singles[0] = (s, o, t)
+    singles[0], _ = step(singles[0], batches[0], hp)  # compile
+    jax.block_until_ready(singles[0])
 
     def run() -> None:
-        for k in range(steps):
+        for _ in range(steps):
             for i in range(n_saes_timed):
-                s, o, t, _ = step(*singles[i], batches[i], hp, jnp.asarray(k), cfg)
-                singles[i] = (s, o, t)
+                singles[i], _ = step(singles[i], batches[i], hp)
         jax.block_until_ready(singles)
 
     return n_saes_timed * steps / min(_timed(run) for _ in range(REPEATS))

@@ -136,6 +136,11 @@ def _stream(args) -> None:
     args.batch = args.batch or STREAM_BATCH
     tokens = parse_tokens(args.tokens)
     pl = plan(tokens, contexts, args.batch, args.buffer_tokens)
+    if pl.buffer_tokens < args.buffer_tokens:
+        print(
+            f"jsae train: the shuffle buffer holds {pl.buffer_tokens:,} tokens instead of {args.buffer_tokens:,}: "
+            f"{pl.tokens:,} tokens cannot fill more (ask for more --tokens to shuffle across more contexts)"
+        )
     args.steps = pl.steps
     d_in = input_width(model.cfg, inputs[0].point)
     buffer_dtype = _dtype(args.buffer_dtype)

@@ -2,27 +2,27 @@
 
 ``write_cache`` runs the model over batches of contexts and writes each batch's rows as one chunk of a
 :mod:`jsae.activations.cache` (resumable: chunks already on disk are skipped without a forward).
-``train_from_cache`` trains a stack on the cache's shuffled batches with the ordinary trainer.
+``cache_source`` is the cache as a source of the one engine, ``jsae.train.train``; ``train_from_cache`` is
+that source plus ``train``.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 from tqdm.auto import tqdm
 
 from jsae.activations.cache import ActivationCache, create
 from jsae.activations.capture import capture_rows_jit, model_for
 from jsae.activations.points import HookInput, input_width
 from jsae.models.transformer import Transformer
-from jsae.sae.base import SAE, normalisation_scale
-from jsae.train.config import TrainConfig
-from jsae.train.loop import TrainResult, train
+from jsae.sae.base import SAE
+from jsae.train import IteratorSource, LossFn, TrainConfig, TrainResult, train
 
 from .contexts import ContextBatches
 
@@ -91,6 +91,16 @@ def cached_inputs(cache: ActivationCache) -> tuple[HookInput, ...]:
     return tuple(HookInput(**i) for i in cache.config.get("inputs", []))
 
 
+def cache_source(cache: ActivationCache, batch_size: int, *, seed: int = 0, rows=None) -> IteratorSource:
+    """A cache as a :class:`jsae.train.Source`: batches shuffled across chunks (``seed`` decides the order),
+    in the on-disk dtype (bf16 stays bf16 to the device, where the step widens it); a resumed run starts
+    reading at its step. ``rows`` picks some of the cache's inputs (default all; SAE i reads row
+    ``rows[i]``). The first rows (for scales and a data-dependent init) are chunk 0's."""
+    sample = cache.read_chunk(0, rows=rows)[:, :8192]
+    batches = functools.partial(cache.batches, batch_size, seed=seed, rows=rows, out_dtype=cache.dtype)
+    return IteratorSource(batches, sample=sample)
+
+
 def train_from_cache(
     cache: ActivationCache,
     sae: SAE | Callable[[jax.Array], SAE],
@@ -99,37 +109,30 @@ def train_from_cache(
     rows=None,
     checkpoint_dir: str | None = None,
     progress: bool = True,
-    **train_kwargs,
+    mesh: jax.sharding.Mesh | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    optimizer_hp: dict[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
+    compute_dtype: str | None = None,
 ) -> TrainResult:
-    """Train a stack on a cache's batches, shuffled across chunks (``cfg.seed`` decides the order).
+    """Train a stack on a cache's batches, shuffled across chunks (``cfg.seed`` decides the order):
+    ``train(sae, cache_source(cache, cfg.batch_size, seed=cfg.seed, rows=rows), cfg, ...)``.
 
     ``rows`` picks some of the cache's inputs (default all; SAE i reads row ``rows[i]``). With
     ``cfg.normalise_activations`` the scale of each input comes from the cache's first chunk and is
-    folded back into the returned SAEs, as ``train`` does for arrays. ``sae`` may be
-    ``init(sample [N, n, d]) -> stack`` for a data-dependent initialisation.
+    folded back into the returned SAEs, as for every source. ``sae`` may be
+    ``init(sample [N, n, d]) -> stack`` for a data-dependent initialisation. The other arguments are
+    those of ``jsae.train.train``.
     """
-    sample = cache.read_chunk(0, rows=rows)[:, :8192]
-    if not isinstance(sae, SAE):
-        sae = sae(jnp.asarray(sample))
-    scales = (
-        np.asarray(jax.vmap(normalisation_scale)(jnp.asarray(sample)))
-        if cfg.normalise_activations
-        else np.ones(sample.shape[0], np.float32)
-    )
-    # batches in the on-disk dtype (bf16 stays bf16 to the device); the step applies the scales
-    batches = functools.partial(cache.batches, cfg.batch_size, seed=cfg.seed, rows=rows, out_dtype=cache.dtype)
-    import dataclasses
-
-    result = train(
+    return train(
         sae,
-        batches,
-        dataclasses.replace(cfg, normalise_activations=False),
+        cache_source(cache, cfg.batch_size, seed=cfg.seed, rows=rows),
+        cfg,
         checkpoint_dir=checkpoint_dir,
+        mesh=mesh,
         progress=progress,
-        input_scale=scales,
-        **train_kwargs,
+        optimizer=optimizer,
+        optimizer_hp=optimizer_hp,
+        loss_fn=loss_fn,
+        compute_dtype=compute_dtype,
     )
-    if cfg.normalise_activations:
-        folded = eqx.filter_vmap(lambda s, c: s.fold_scale(c))(result.sae, jnp.asarray(scales))
-        result = dataclasses.replace(result, sae=folded)
-    return result

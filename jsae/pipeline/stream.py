@@ -8,48 +8,35 @@ optimizer steps. The first ``K / R`` exchanges only fill the buffer (``K`` = buf
 the buffer is drained, so every token read is trained on exactly once and a run of T tokens takes
 ``T / batch_size`` steps. Memory is the buffer's, never the token count's.
 
-The SAE axis is sharded over the mesh exactly as in :func:`jsae.train.train` (``shard_map``, no
-communication); the contexts of a batch are split over the same devices for the forward. Checkpoints
-(every ``cfg.checkpoint_every`` steps, between exchanges) hold the training state, the buffer and the
-reader's position, so a killed run resumes bit-identically.
+The stream is a source (:class:`ModelSource`) of the one engine, :func:`jsae.train.train`: the SAE axis is
+sharded over the mesh as for every source (``shard_map``, no communication); the contexts of a batch are
+split over the same devices for the forward. Checkpoints (every ``cfg.checkpoint_every`` steps, between
+exchanges) hold the training state, the buffer and the reader's position, so a killed run resumes
+bit-identically.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from jsae.activations.buffer import drain, exchange, exchange_key
 from jsae.activations.capture import capture_rows, model_for
 from jsae.activations.points import HookInput, input_width
 from jsae.models.transformer import Transformer
-from jsae.sae import registry
-from jsae.sae.base import SAE, normalisation_scale
-from jsae.sae.stack import n_saes
-from jsae.train.checkpoint import Checkpointer
-from jsae.train.config import TrainConfig
-from jsae.train.loop import TrainResult, record_chunk, sae_group_for, train_result
-from jsae.train.sharding import (
-    AXIS,
-    hint_cpu_cores,
-    pad_leading,
-    padded_size,
-    replicate,
-    sae_mesh,
-    shard_leading,
-    take_leading,
-)
-from jsae.train.step import TrainState, init_state, run_chunk
+from jsae.sae.base import SAE
+from jsae.train import Chunk, LossFn, TrainConfig, TrainResult, train
+from jsae.train.sharding import AXIS, pad_leading, replicate
 
 from .contexts import ContextBatches
 
@@ -77,7 +64,9 @@ class StreamPlan:
 def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: int) -> StreamPlan:
     """The exchanges of a run; one clear error for sizes that do not divide.
 
-    ``tokens`` is rounded up to whole batches of contexts and ``buffer_tokens`` to whole exchanges."""
+    ``tokens`` is rounded up to whole batches of contexts and ``buffer_tokens`` to whole exchanges. The
+    buffer is shrunk to fit the tokens (at most all exchanges but one fill it; one exchange: no
+    shuffling), so a run never reads more text than asked for: compare ``buffer_tokens`` of the plan."""
     rows = contexts.batch_contexts * contexts.context_size
     if rows % batch_size:
         good = [b for b in (256, 512, 1024, 2048, 4096) if rows % b == 0]
@@ -89,93 +78,194 @@ def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: 
         )
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens}")
+    exchanges = -(-tokens // rows)
     fill = -(-buffer_tokens // rows) if buffer_tokens > 0 else 0
-    exchanges = max(-(-tokens // rows), fill + 1)
+    fill = min(fill, exchanges - 1)  # a buffer larger than the text would read more tokens than asked for
     return StreamPlan(rows, fill * rows, exchanges, fill, rows // batch_size, fill * rows // batch_size)
 
 
-def _programs(
-    inputs,
-    skip,
-    cfg: TrainConfig,
-    pl: StreamPlan,
-    mesh,
-    n_pad: int,
-    group: int,
-    buffer_dtype,
-    shuffle: bool,
-    fused: bool,
-):
-    """The programs of a run: ``fill(buffer, model, tokens, offset)``, ``step(carry, model, hp, start, tokens,
-    key)`` (exchange + train) and ``finish(carry, hp, start, key)`` (drain + train).
+@dataclass(frozen=True)
+class StreamFeed:
+    """The device half of :class:`ModelSource` (a :class:`jsae.train.Feed`): one exchange, or the drain.
 
-    ``fused``: the forward runs inside the training program with the contexts split over the mesh (GPU/TPU).
-    Otherwise (CPU, where one device's large matmuls already use every core and a batch split over
-    per-core devices runs at half speed) the forward is its own program on the first device and its
-    rows move device-to-device into the SAE-sharded layout; the host still sees only token ids.
+    ``fused``: the chunk's inputs are ``(model, tokens, key)`` and the forward runs inside the engine's
+    program with the contexts split over the mesh (GPU/TPU). Otherwise (CPU, where one device's large
+    matmuls already use every core and a batch split over per-core devices runs at half speed) the
+    forward is its own program on the first device and the inputs are ``(rows, key)``, rows already
+    moved device-to-device into the SAE-sharded layout; the host still sees only token ids.
     """
-    sae_axis, whole = P(AXIS), P()
-    B = cfg.batch_size
-    by_sae = NamedSharding(mesh, sae_axis)
 
-    def rows_of(model, tokens):
-        return pad_leading(capture_rows(model, tokens, inputs, skip), n_pad)
+    inputs: tuple[HookInput, ...]
+    skip: int
+    mesh: jax.sharding.Mesh
+    n_pad: int
+    batch: int
+    shuffle: bool
+    fused: bool
+    drain: bool = False
 
-    def train_on(state, hp, start, rows, n_steps):
-        def local(state, hp, start, rows):
-            def batch_at(i, own, g):
-                return jax.lax.dynamic_slice_in_dim(own, i * B, B, axis=1).astype(jnp.float32)
+    def rows(self, model, tokens):
+        return pad_leading(capture_rows(model, tokens, self.inputs, self.skip), self.n_pad)
 
-            return run_chunk(state, hp, start, n_steps, batch_at, cfg, group, sae_data=rows)
-
-        return jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(sae_axis, sae_axis, whole, sae_axis),
-            out_specs=(sae_axis, P(None, AXIS)),
-            check_vma=False,
-        )(state, hp, start, rows)
-
-    def update(carry, hp, start, new, key):
-        state, buffer = carry
-        new = jax.lax.with_sharding_constraint(new, by_sae)
-        if shuffle:
-            buffer, out = exchange(buffer, new, key)
+    def produce(self, carry, inputs, start, n_steps):
+        buffer = carry
+        if self.drain:
+            (key,) = inputs
+            return buffer, drain(buffer, key), None
+        if self.fused:
+            model, tokens, key = inputs
+            new = self.rows(model, tokens)
         else:
-            out = new
-        state, metrics = train_on(state, hp, start, out, pl.steps_per_exchange)
-        return (state, buffer), metrics
+            new, key = inputs
+        new = jax.lax.with_sharding_constraint(new, NamedSharding(self.mesh, P(AXIS)))
+        if not self.shuffle:
+            return buffer, new, None
+        buffer, out = exchange(buffer, new, key)
+        return buffer, out, None
 
-    def put(buffer, new, offset):
-        new = jax.lax.with_sharding_constraint(new, by_sae).astype(buffer_dtype)
+    def batch_at(self, i, own, shared, g):
+        return jax.lax.dynamic_slice_in_dim(own, i * self.batch, self.batch, axis=1).astype(jnp.float32)
+
+
+class ModelSource:
+    """Text streamed through a model: a :class:`jsae.train.Source` for ``jsae.train.train``.
+
+    One *exchange* per chunk: a batch of contexts goes through ``model``, its rows are swapped into the
+    shuffle buffer and the rows that come out are the chunk's steps; the buffer is filled first and
+    drained last (:func:`plan`). The device state is the buffer; the position (exchange, reader state)
+    goes into the checkpoint. The text is read ahead for the buffer's fill and the first exchange
+    when the run opens, so a text too short for them (or with no tokens at all) is refused before the
+    progress bar starts.
+
+    Args: as :func:`train_on_model`.
+    """
+
+    checkpointable = True
+
+    def __init__(
+        self,
+        model: Transformer,
+        contexts: ContextBatches,
+        inputs: tuple[HookInput, ...],
+        *,
+        tokens: int,
+        batch_size: int,
+        buffer_tokens: int = 16384,
+        buffer_dtype=jnp.float32,
+        fused: bool | None = None,
+    ):
+        self.model, self.contexts, self.inputs = model, contexts, tuple(inputs)
+        self.plan_ = plan(tokens, contexts, batch_size, buffer_tokens)
+        self.batch_size, self.buffer_dtype = batch_size, buffer_dtype
+        self.fused = jax.default_backend() != "cpu" if fused is None else fused
+        self.n_inputs = len(self.inputs)
+        self.d_in = input_width(model.cfg, self.inputs[0].point)
+        self.exchange_index = 0
+        self.trained_exchange = False  # whether the last chunk was an exchange (not the drain)
+
+    def plan(self, cfg: TrainConfig) -> TrainConfig:
+        """``steps`` and ``chunk_steps`` (one exchange) from the plan; checkpoints every whole exchanges."""
+        pl = self.plan_
+        if cfg.batch_size != self.batch_size:
+            raise ValueError(f"the stream was planned for batch size {self.batch_size}, cfg has {cfg.batch_size}")
+        every = -(-cfg.checkpoint_every // pl.steps_per_exchange) if cfg.checkpoint_every else 0
+        return dataclasses.replace(
+            cfg, steps=pl.steps, chunk_steps=pl.steps_per_exchange, checkpoint_every=every * pl.steps_per_exchange
+        )
+
+    def open(self, n, d_in, n_pad, mesh, cfg, resume):
+        pl = self.plan_
+        self.mesh, self.n, self.n_pad, self.key = mesh, n, n_pad, jax.random.key(cfg.seed)
+        self.exchange_index = int(resume["exchange"]) if resume else 0
+        self.reader = self.contexts.iterator(resume["reader"] if resume else None)
+        # read ahead: the buffer's fill and the first exchange (refuses a text too short for them now)
+        get_state = getattr(self.reader, "get_state", None)
+        self._position = get_state() if get_state is not None else None
+        ahead = 1 if resume else pl.fill_exchanges + 1
+        ahead = min(ahead, pl.exchanges - self.exchange_index)
+        self.pending = [_next(self.reader, self.exchange_index + i) for i in range(ahead)]
+        run_model = model_for(self.model, self.inputs)
+        self.run_model = replicate(run_model, mesh) if self.fused else jax.device_put(run_model, mesh.devices.flat[0])
+        self.feed = StreamFeed(
+            self.inputs, self.contexts.bos_positions, mesh, n_pad, cfg.batch_size, pl.buffer_tokens > 0, self.fused
+        )
+        self.drain_feed = dataclasses.replace(self.feed, drain=True)
+        return self.exchange_index * pl.rows_per_exchange
+
+    def carry_template(self, n):
+        return jax.ShapeDtypeStruct((n, max(self.plan_.buffer_tokens, 1), self.d_in), self.buffer_dtype)
+
+    def warm_up(self, advance):
+        """Fill the buffer; the first rows (the filled buffer's, or without a buffer the first exchange's)
+        decide the scales and a data-dependent init."""
+        pl = self.plan_
+        by_sae = NamedSharding(self.mesh, P(AXIS))
+        buffer = jax.device_put(jnp.zeros((self.n_pad, max(pl.buffer_tokens, 1), self.d_in), self.buffer_dtype), by_sae)
+        put = _put(self.feed, self.buffer_dtype)
+        for i in range(pl.fill_exchanges):
+            buffer = put(buffer, self.run_model, self._tokens(self._take()), i * pl.rows_per_exchange)
+            advance(pl.rows_per_exchange)
+        self.exchange_index = pl.fill_exchanges
+        if pl.buffer_tokens > 0:
+            return buffer, buffer[: self.n, :8192]
+        first = _rows_program(self.feed)(self.run_model, self._tokens(self.pending[0]))
+        return buffer, first[: self.n, :8192]
+
+    def next_chunk(self, step, n_steps):
+        pl = self.plan_
+        if self.exchange_index >= pl.exchanges:
+            self.trained_exchange = False
+            return Chunk(pl.drain_steps, self.drain_feed, (exchange_key(self.key, pl.exchanges),), 0)
+        tokens = self._tokens(self._take())
+        key = exchange_key(self.key, self.exchange_index)
+        if self.fused:
+            inputs = (self.run_model, tokens, key)
+        else:
+            rows = _rows_program(self.feed)(self.run_model, tokens)
+            inputs = (jax.device_put(rows, NamedSharding(self.mesh, P(AXIS))), key)
+        self.exchange_index += 1
+        self.trained_exchange = True
+        return Chunk(pl.steps_per_exchange, self.feed, inputs, pl.rows_per_exchange)
+
+    def total_tokens(self, cfg):
+        return self.plan_.tokens
+
+    def state(self) -> dict:
+        position = self._position if self.pending else _reader_state(self.reader)
+        return {"exchange": self.exchange_index, "reader": position}
+
+    def _take(self) -> np.ndarray:
+        if self.pending:
+            return self.pending.pop(0)
+        return _next(self.reader, self.exchange_index)
+
+    def _tokens(self, tokens: np.ndarray) -> jax.Array:
+        return _device_tokens(tokens, self.mesh, self.fused)
+
+
+@functools.cache
+def _rows_program(feed: StreamFeed):
+    return jax.jit(feed.rows)
+
+
+@functools.cache
+def _put(feed: StreamFeed, buffer_dtype):
+    """``put(buffer, model, tokens, offset)``: a batch's rows written into the buffer at ``offset``."""
+    by_sae = NamedSharding(feed.mesh, P(AXIS))
+
+    def put(buffer, model, tokens, offset):
+        new = jax.lax.with_sharding_constraint(feed.rows(model, tokens), by_sae).astype(buffer_dtype)
         return jax.lax.dynamic_update_slice_in_dim(buffer, new, offset, axis=1)
 
+    if feed.fused:
+        return jax.jit(put, donate_argnums=0)
+    rows = _rows_program(feed)  # the forward on one device, then its rows move into the SAE-sharded layout
+
     @functools.partial(jax.jit, donate_argnums=0)
-    def finish(carry, hp, start, key):
-        state, buffer = carry
-        return train_on(state, hp, start, drain(buffer, key), pl.drain_steps)
+    def put_rows(buffer, new, offset):
+        return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer_dtype), offset, axis=1)
 
-    if fused:
-        fill = jax.jit(
-            lambda buffer, model, tokens, offset: put(buffer, rows_of(model, tokens), offset), donate_argnums=0
-        )
-        step = jax.jit(
-            lambda carry, model, hp, start, tokens, key: update(carry, hp, start, rows_of(model, tokens), key),
-            donate_argnums=0,
-        )
-        return fill, step, finish
-
-    rows_jit = jax.jit(rows_of)
-    put_jit = jax.jit(put, donate_argnums=0)
-    update_jit = jax.jit(update, donate_argnums=0)
-
-    def fill(buffer, model, tokens, offset):
-        return put_jit(buffer, jax.device_put(rows_jit(model, tokens), by_sae), offset)
-
-    def step(carry, model, hp, start, tokens, key):
-        return update_jit(carry, hp, start, jax.device_put(rows_jit(model, tokens), by_sae), key)
-
-    return fill, step, finish
+    return lambda buffer, model, tokens, offset: put_rows(buffer, jax.device_put(rows(model, tokens), by_sae), offset)
 
 
 def _device_tokens(tokens: np.ndarray, mesh, fused: bool) -> jax.Array:
@@ -205,6 +295,10 @@ def train_on_model(
     progress: bool = True,
     on_exchange: Callable[[int], None] | None = None,
     fused: bool | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    optimizer_hp: dict[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
+    compute_dtype: str | None = None,
 ) -> TrainResult:
     """Train a stack of N SAEs (``N = len(inputs)``) on ``tokens`` text tokens streamed through ``model``.
 
@@ -223,150 +317,41 @@ def train_on_model(
         the end; a directory holding this run's checkpoint resumes it bit-identically.
       on_exchange: called with the exchange index after each one (tests use it to kill a run).
       fused: run the forward inside the training program, contexts split over the mesh (default: on
-        GPU/TPU; on CPU the forward runs on one device, see ``_programs``).
+        GPU/TPU; on CPU the forward runs on one device, see :class:`StreamFeed`).
+      optimizer, optimizer_hp, loss_fn, compute_dtype: as for ``jsae.train.train``.
 
+    ``train_on_model(model, contexts, inputs, sae, cfg, tokens=T, ...)`` is
+    ``train(sae, ModelSource(model, contexts, inputs, tokens=T, batch_size=cfg.batch_size, ...), cfg, ...)``.
     Returns the same :class:`jsae.train.TrainResult` as ``train`` (history per exchange).
     """
-    n = len(inputs)
-    pl = plan(tokens, contexts, cfg.batch_size, buffer_tokens)
-    every = -(-cfg.checkpoint_every // pl.steps_per_exchange) if cfg.checkpoint_every else 0
-    cfg = dataclasses.replace(
-        cfg, steps=pl.steps, chunk_steps=pl.steps_per_exchange, checkpoint_every=every * pl.steps_per_exchange
-    )
-    shuffle = pl.buffer_tokens > 0
-    run_model = model_for(model, inputs)
-    if mesh is None:
-        hint_cpu_cores(n)
-        mesh = sae_mesh()
-    n_pad = padded_size(n, mesh)
-    fused = jax.default_backend() != "cpu" if fused is None else fused
-    run_model = replicate(run_model, mesh) if fused else jax.device_put(run_model, mesh.devices.flat[0])
-    d_in = input_width(run_model.cfg, inputs[0].point)
-    skip = contexts.bos_positions
-    key = jax.random.key(cfg.seed)
-
-    # the template of what a checkpoint holds: training state and buffer
-    template_sae = sae if isinstance(sae, SAE) else jax.eval_shape(sae, jnp.zeros((n, 8, d_in)))
-    hp_np = cfg.per_sae(n, registry.of(template_sae))
-    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
-    arch = type(template_sae).__name__
-    restored = None
-    if ckpt is not None and ckpt.latest_step() is not None:
-        if not isinstance(sae, SAE):
-            sae = _abstract_stack(template_sae)
-        template = (
-            init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.ones((n,))),
-            jax.ShapeDtypeStruct((n, max(pl.buffer_tokens, 1), d_in), buffer_dtype),
-        )
-        restored = ckpt.restore(template, cfg, arch, n)
-    fill, step_fn, finish = _programs(
+    source = ModelSource(
+        model,
+        contexts,
         inputs,
-        skip,
-        cfg,
-        pl,
-        mesh,
-        n_pad,
-        sae_group_for(cfg, n_pad // mesh.devices.size, d_in, template_sae.d_sae, mesh),
-        buffer_dtype,
-        shuffle,
-        fused,
+        tokens=tokens,
+        batch_size=cfg.batch_size,
+        buffer_tokens=buffer_tokens,
+        buffer_dtype=buffer_dtype,
+        fused=fused,
     )
-    hp = shard_leading(pad_leading({k: jnp.asarray(v) for k, v in hp_np.items()}, n_pad), mesh)
 
-    history: dict[str, list] = {}
-    t0 = time.perf_counter()
-    bar = tqdm(total=pl.tokens, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True, desc=f"{n} SAEs")
-    try:
-        if restored is not None:
-            step, (state, buffer) = restored
-            assert ckpt is not None  # something was restored, so there is a checkpointer
-            meta = ckpt.read_meta(step)["extra"]
-            exchange_index, reader = meta["exchange"], contexts.iterator(meta["reader"])
-            sample = None  # the restored state needs no first rows
-            state = shard_leading(pad_leading(state, n_pad), mesh)
-            buffer = shard_leading(pad_leading(jnp.asarray(buffer), n_pad), mesh)
-            bar.update(exchange_index * pl.rows_per_exchange)
-        else:
-            step, exchange_index, reader = 0, 0, contexts.iterator()
-            buffer = shard_leading(jnp.zeros((n_pad, max(pl.buffer_tokens, 1), d_in), buffer_dtype), mesh)
-            for i in range(pl.fill_exchanges):
-                buffer = fill(
-                    buffer, run_model, _device_tokens(_next(reader, i), mesh, fused), i * pl.rows_per_exchange
-                )
-                bar.update(pl.rows_per_exchange)
-            exchange_index = pl.fill_exchanges
-            sample = buffer[:n] if shuffle else None
-            state = None  # built once the first rows are known (scales, data-dependent init)
-        resumed_from = step
-        t_start = time.perf_counter()
-        tokens_this_call = 0
-        while exchange_index < pl.exchanges:
-            batch = _device_tokens(_next(reader, exchange_index), mesh, fused)
-            if state is None:
-                if sample is None:  # no buffer: the first exchange's rows decide scales and init
-                    sample = capture_rows(run_model, batch, inputs, skip)
-                state = _initial_state(sae, sample, cfg, hp_np, n_pad, mesh)
-                sample = None  # drop the first rows: not needed again
-            t = time.perf_counter()
-            (state, buffer), metrics = step_fn(
-                (state, buffer), run_model, hp, jnp.asarray(step, jnp.int32), batch, exchange_key(key, exchange_index)
-            )
-            step, _ = record_chunk(history, metrics, step, pl.steps_per_exchange, n)
-            exchange_index += 1
-            tokens_this_call += pl.rows_per_exchange
-            _progress(bar, history, pl.rows_per_exchange, time.perf_counter() - t, n)
-            if (
-                ckpt is not None
-                and every
-                and exchange_index < pl.exchanges
-                and (exchange_index - pl.fill_exchanges) % every == 0
-            ):
-                ckpt.save(
-                    step,
-                    (take_leading(state, n), take_leading(buffer, n)),
-                    cfg,
-                    arch,
-                    n,
-                    extra={"exchange": exchange_index, "reader": _reader_state(reader)},
-                )
-            if on_exchange is not None:
-                on_exchange(exchange_index)
-        if pl.drain_steps and step < pl.steps:
-            state, metrics = finish((state, buffer), hp, jnp.asarray(step, jnp.int32), exchange_key(key, pl.exchanges))
-            step, _ = record_chunk(history, metrics, step, pl.drain_steps, n)
-        final = take_leading(state, n)
-        if ckpt is not None and step > resumed_from:
-            ckpt.save(
-                step,
-                (final, take_leading(buffer, n)),
-                cfg,
-                arch,
-                n,
-                extra={"exchange": exchange_index, "reader": _reader_state(reader)},
-            )
-    finally:
-        bar.close()
-        if ckpt is not None:
-            ckpt.close()
-    seconds = time.perf_counter() - t0
-    rate = tokens_this_call / max(time.perf_counter() - t_start, 1e-9)
-    return train_result(final, history, cfg, step, resumed_from, seconds, rate)
+    def after_chunk(step: int) -> None:
+        if on_exchange is not None and source.trained_exchange:
+            on_exchange(source.exchange_index)
 
-
-def _abstract_stack(abstract: SAE) -> SAE:
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-
-
-def _initial_state(sae, sample, cfg: TrainConfig, hp_np, n_pad: int, mesh) -> TrainState:
-    n = len(hp_np["lr"])
-    sample = jnp.asarray(sample[:n, :8192], jnp.float32)
-    if not isinstance(sae, SAE):
-        sae = sae(sample)
-    if n_saes(sae) != n:
-        raise ValueError(f"the stack holds {n_saes(sae)} SAEs but {n} inputs were given; build one SAE per input")
-    scales = jax.vmap(normalisation_scale)(sample) if cfg.normalise_activations else jnp.ones((n,))
-    state = init_state(sae, cfg, jnp.asarray(hp_np["lr"]), scales)
-    return shard_leading(pad_leading(jax.tree.map(jnp.array, state), n_pad), mesh)
+    return train(
+        sae,
+        source,
+        cfg,
+        checkpoint_dir=checkpoint_dir,
+        mesh=mesh,
+        progress=progress,
+        optimizer=optimizer,
+        optimizer_hp=optimizer_hp,
+        loss_fn=loss_fn,
+        compute_dtype=compute_dtype,
+        on_chunk=after_chunk,
+    )
 
 
 def _reader_state(reader: Iterator[np.ndarray]) -> dict:
@@ -387,12 +372,3 @@ def _next(reader, index: int) -> np.ndarray:
             f"the text ran out after {index} batches of contexts; give more text, ask for fewer "
             "tokens, or let the reader repeat the text"
         ) from None
-
-
-def _progress(bar, history: dict, rows: int, seconds: float, n: int) -> None:
-    rate = rows / max(seconds, 1e-9)
-    bar.update(rows)
-    bar.set_postfix_str(
-        f"model tok/s {rate:,.0f} | SAE-tok/s {n * rate:,.0f} | L0 {history['l0'][-1].mean():.1f} | "
-        f"EV {history['explained_variance'][-1].mean():.3f}"
-    )

@@ -1,6 +1,15 @@
-"""The vmapped trainer: one program trains N SAEs of any architecture, with any optax optimizer."""
+"""The vmapped trainer: one program trains N SAEs of any architecture, with any optax optimizer.
+
+- ``train(sae, source, cfg, ...)``: the engine, the one host loop (checkpoints, progress, NaN checks,
+  scale folding) over any :class:`Source` of batches: arrays, iterators, the model stream
+  (``jsae.pipeline.ModelSource``) and the activation cache (``jsae.pipeline.CacheSource``).
+- ``fit(sae_or_state, data, cfg, ...)``: a whole run as one pure, jittable function.
+- ``make_step`` / ``make_stack_step``: one SAE's pure step and a stack's, from an optimizer and a loss.
+"""
 
 from jsae.runtime import use_cpu_cores
+from jsae.train._fit import fit
+from jsae.train._source import ArraySource, Chunk, Feed, IteratorSource, Source, as_source
 from jsae.train.checkpoint import CheckpointError
 from jsae.train.config import TrainConfig
 from jsae.train.grouping import group_size
@@ -15,27 +24,36 @@ from jsae.train.step import (
     make_stack_step,
     make_step,
     sae_loss,
-    sae_step,
 )
 
 __all__ = [
-    "TrainConfig",
+    # the engine and its sources
     "train",
+    "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "CheckpointError",
-    "sae_mesh",
-    "use_cpu_cores",
-    "PerformanceWarning",
-    "group_size",
-    "TrainState",
-    "make_optimizer",
-    "set_hyperparams",
+    "Source",
+    "Chunk",
+    "Feed",
+    "ArraySource",
+    "IteratorSource",
+    "as_source",
+    # a whole run as one pure function
+    "fit",
+    # steps, state and optimizers
     "make_step",
     "make_stack_step",
-    "init_sae_state",
-    "init_state",
     "sae_loss",
     "LossFn",
-    "sae_step",
+    "TrainState",
+    "init_sae_state",
+    "init_state",
+    "make_optimizer",
+    "set_hyperparams",
+    # devices
+    "sae_mesh",
+    "group_size",
+    "use_cpu_cores",
+    "PerformanceWarning",
 ]

@@ -85,7 +85,7 @@ _KEPT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16))
 
 
 def next_chunk(it: Iterator[np.ndarray], n_steps: int, n: int, d_in: int, step: int) -> np.ndarray:
-    """Stack ``n_steps`` batches into [n_steps, N, B, d] (shared batches are broadcast), checking each.
+    """Stack ``n_steps`` batches into [N, n_steps, B, d] (shared batches are broadcast), checking each.
 
     float32 and bfloat16 batches keep their dtype (bfloat16 halves the host work and the copy to the
     device, where the step widens it); any other dtype becomes float32."""
@@ -107,7 +107,7 @@ def next_chunk(it: Iterator[np.ndarray], n_steps: int, n: int, d_in: int, step: 
             sae = int(np.argwhere(~np.isfinite(b))[0][0])
             raise ValueError(f"batch at step {step + i} contains NaN or inf (SAE {sae}); clean the data source")
         out.append(b)
-    return np.stack(out)
+    return np.stack(out, axis=1)
 
 
 def sample_rows(data, n_max: int = 8192) -> np.ndarray:

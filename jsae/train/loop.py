@@ -1,6 +1,8 @@
-"""The host loop: jit-compiled chunks of scanned steps, with progress, checks and checkpoints between.
+"""The engine: the one host loop. Jit-compiled chunks of scanned steps, with progress, checks and
+checkpoints between, over any source of batches (``jsae.train._source``).
 
-``train(sae_stack, data, cfg)`` is the one trainer for every architecture and any number of SAEs.
+``train(sae_stack, source, cfg)`` is the one trainer for every architecture, any number of SAEs and every
+source: arrays, iterators, the model stream and the activation cache.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +27,7 @@ from tqdm.auto import tqdm
 from jsae.sae import registry
 from jsae.sae.base import SAE, normalisation_scale
 from jsae.sae.stack import n_saes
-from jsae.train import data as data_mod
+from jsae.train._source import Feed, Source, as_source
 from jsae.train.checkpoint import Checkpointer, CheckpointError
 from jsae.train.config import TrainConfig
 from jsae.train.grouping import free_device_bytes, group_size
@@ -35,7 +38,6 @@ from jsae.train.sharding import (
     hint_cpu_cores,
     pad_leading,
     padded_size,
-    replicate,
     sae_mesh,
     shard_leading,
     take_leading,
@@ -72,107 +74,52 @@ class TrainResult:
     tokens_per_s: float
 
 
-def _is_array(data) -> bool:
-    return hasattr(data, "shape") and hasattr(data, "dtype")
-
-
-def _input_scales(data, n: int, normalise: bool) -> np.ndarray:
-    if not normalise:
-        return np.ones((n,), np.float32)
-    sample = jnp.asarray(data_mod.sample_rows(data))
-    if sample.ndim == 3:
-        return np.asarray(jax.vmap(normalisation_scale)(sample), np.float32)
-    return np.full((n,), float(normalisation_scale(sample)), np.float32)
-
-
 @functools.cache
-def _chunk_fns(
+def _chunk_program(
     static_cfg_json: str,
     group: int,
     mesh: jax.sharding.Mesh,
-    shared_data: bool,
     optimizer: optax.GradientTransformation | None,
     loss_fn: LossFn | None,
     compute_dtype: str | None = None,
 ):
-    """Jitted chunk functions for one static configuration, optimizer and loss (per-SAE values travel
-    as arrays; the optimizer's per-SAE hyperparameters live in its state).
+    """The jitted chunk of a configuration: ``program(state, carry, hp, start, inputs, feed=, n_steps=)
+    -> (state, carry, metrics [n_steps, N])``. The source's ``feed`` produces the rows (and its new
+    device state ``carry``) on the whole mesh; then ``n_steps`` steps run under ``lax.scan``.
 
     The matmuls run in ``compute_dtype``, else ``cfg.compute_dtype``, else the default of the mesh's
     devices (bfloat16 on TPU, float32 elsewhere; ``jsae.train.precision``).
 
-    Each chunk is a ``shard_map`` over the mesh's ``"sae"`` axis: every device trains its own slice of
+    The steps are a ``shard_map`` over the mesh's ``"sae"`` axis: every device trains its own slice of
     the stack with no communication at all (the SAEs are independent), so the per-device program is
     exactly the single-device one on ``N / devices`` SAEs. (Under automatic partitioning the per-step
-    ``any(dead)`` of ``stack_step`` would become an all-reduce every step.)
+    ``any(dead)`` of ``make_stack_step`` would become an all-reduce every step.)
     """
     cfg = TrainConfig.from_json(json.loads(static_cfg_json))
     sae_axis, whole = P(AXIS), P()
-    data_spec = whole if shared_data else sae_axis
-    metrics_spec = P(None, AXIS)  # [n_steps, N]
     dtype = resolve_compute_dtype(compute_dtype or cfg.compute_dtype, mesh.devices.flat[0].platform)
     how: dict[str, Any] = dict(optimizer=optimizer, loss_fn=loss_fn, compute_dtype=dtype.name)
 
-    @functools.partial(jax.jit, static_argnames=("n_steps", "batch"), donate_argnums=0)
-    def from_array(state, hp, start, data, key, *, n_steps, batch):
-        def local(state, hp, start, data, key):
-            rows = data_mod.chunk_indices(key, start, n_steps, batch, data.shape[-2])
-            if shared_data:
-                return run_chunk(
-                    state,
-                    hp,
-                    start,
-                    n_steps,
-                    lambda i, _, g: data_mod.gather_batch(data, rows[i], g),
-                    cfg,
-                    group,
-                    **how,
-                )
-            return run_chunk(
-                state,
-                hp,
-                start,
-                n_steps,
-                lambda i, own, g: data_mod.gather_batch(own, rows[i], g),
-                cfg,
-                group,
-                sae_data=data,
-                **how,
-            )
+    @functools.partial(jax.jit, static_argnames=("feed", "n_steps"), donate_argnums=(0, 1))
+    def program(state, carry, hp, start, inputs, *, feed: Feed, n_steps: int):
+        carry, per_sae, shared = feed.produce(carry, inputs, start, n_steps)
 
-        return jax.shard_map(
+        def local(state, hp, start, per_sae, shared):
+            def batch_at(i, own, g):
+                return feed.batch_at(i, own, shared, g)
+
+            return run_chunk(state, hp, start, n_steps, batch_at, cfg, group, sae_data=per_sae, **how)
+
+        state, metrics = jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(sae_axis, sae_axis, whole, data_spec, whole),
-            out_specs=(sae_axis, metrics_spec),
+            in_specs=(sae_axis, sae_axis, whole, sae_axis, whole),
+            out_specs=(sae_axis, P(None, AXIS)),  # metrics [n_steps, N]
             check_vma=False,
-        )(state, hp, start, data, key)
+        )(state, hp, start, per_sae, shared)
+        return state, carry, metrics
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def from_batches(state, hp, start, xs):
-        def local(state, hp, start, xs):
-            # [steps, N, B, d] -> [N, steps, B, d], so each group of SAEs carries its own batches
-            return run_chunk(
-                state,
-                hp,
-                start,
-                xs.shape[0],
-                lambda i, own, g: own[:, i].astype(jnp.float32),
-                cfg,
-                group,
-                sae_data=xs.swapaxes(0, 1),
-                **how,
-            )
-
-        return jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(sae_axis, sae_axis, whole, P(None, AXIS)),
-            out_specs=(sae_axis, metrics_spec),
-            check_vma=False,
-        )(state, hp, start, xs)
-
-    return from_array, from_batches
+    return program
 
 
 def _static_json(cfg: TrainConfig) -> str:
@@ -181,7 +128,7 @@ def _static_json(cfg: TrainConfig) -> str:
 
 
 def train(
-    sae: SAE,
+    sae: SAE | Callable[[jax.Array], SAE],
     data: Any,
     cfg: TrainConfig,
     *,
@@ -191,19 +138,25 @@ def train(
     optimizer: optax.GradientTransformation | None = None,
     optimizer_hp: dict[str, Any] | None = None,
     loss_fn: LossFn | None = None,
-    input_scale: Any = None,
+    compute_dtype: str | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train a stack of N SAEs at once.
+    """Train a stack of N SAEs at once: the one host loop, for every source of batches.
 
     Args:
-      sae: a stack from ``jsae.sae.stack`` (N >= 1; any architecture).
-      data: ``[N, T, d_in]`` (different data per SAE), ``[T, d_in]`` (shared), or an iterable of batches
-        ``[N, B, d_in]`` / ``[B, d_in]`` (pass a zero-argument callable returning a fresh iterable so a
-        resumed run can skip the batches already used).
-      cfg: the TrainConfig (per-SAE hyperparameters as floats or length-N lists).
+      sae: a stack from ``jsae.sae.stack`` (N >= 1; any architecture), or ``init(sample [N, n, d]) ->
+        stack`` called on the source's first rows (for a data-dependent ``b_dec``).
+      data: a source (``jsae.train.Source``: ``jsae.pipeline.ModelSource`` streams text through a
+        model, ``jsae.pipeline.CacheSource`` reads an activation cache), or ``[N, T, d_in]`` (different
+        data per SAE), ``[T, d_in]`` (shared), or an iterable of batches ``[N, B, d_in]`` / ``[B, d_in]``
+        (pass a zero-argument callable returning a fresh iterable so a resumed run can skip the batches
+        already used).
+      cfg: the TrainConfig (per-SAE hyperparameters as floats or length-N lists). With
+        ``normalise_activations`` each SAE's inputs are scaled by a factor from the source's first rows
+        during training, and the factor is folded back into the returned SAEs.
       checkpoint_dir: save here every ``cfg.checkpoint_every`` steps and at the end; if it already
         holds this run's checkpoint, training resumes from it and ends bit-identical to an
-        uninterrupted run.
+        uninterrupted run. A source that cannot resume (a one-shot iterator) is refused at once.
       mesh: device mesh with axis "sae" (default: all devices); the SAE axis is sharded over it.
       progress: show a progress bar (tokens/s per SAE and summed over the stack).
       optimizer: any ``optax.GradientTransformation`` (default: Adam from ``cfg``, see
@@ -215,31 +168,36 @@ def train(
         that name (e.g. ``{"learning_rate": [1e-3, 3e-3], "weight_decay": 1e-4}``).
       loss_fn: ``loss_fn(sae, x, hp, dead) -> (total, (metrics, f))`` to train on instead of the
         architecture's own loss (see ``jsae.train.step``); ``hp`` holds ``cfg``'s per-SAE values.
-      input_scale: ``[N]`` factors the step multiplies each SAE's batches by, for iterator data whose
-        scales are known (e.g. ``jsae.pipeline.train_from_cache``); the trained SAEs then read scaled
-        inputs (fold them back with ``fold_scale``). Arrays use ``cfg.normalise_activations`` instead.
+      compute_dtype: the matmuls' dtype, ``"float32"`` or ``"bfloat16"`` (default ``cfg.compute_dtype``).
+      on_chunk: called with the step after each chunk (and its checkpoint).
 
     Raises:
       ValueError: bad shapes, hyperparameter lengths or NaN/inf data, with what to do.
       TrainingDiverged: a loss became NaN/inf (names the SAE and step; the last good checkpoint stays).
       CheckpointError: a foreign, corrupt or mismatched checkpoint directory.
     """
-    n = n_saes(sae)
-    hp_np = cfg.per_sae(n, registry.of(sae))
-    is_array = _is_array(data)
-    if is_array:
-        data_mod.check_array(data, n, sae.d_in, cfg.batch_size)
-        data = jnp.asarray(data, jnp.float32)
-    scales = _input_scales(data, n, cfg.normalise_activations) if is_array else np.ones((n,), np.float32)
-    if cfg.normalise_activations and not is_array:
-        raise ValueError("normalise_activations needs array data; scale an iterator's batches yourself")
-    if input_scale is not None:
-        if is_array or cfg.normalise_activations:
+    source = as_source(data)
+    cfg = source.plan(cfg)
+    if compute_dtype is not None:
+        resolve_compute_dtype(compute_dtype)  # one clear error for a bad name, before compute
+    if checkpoint_dir is not None and not source.checkpointable:
+        raise ValueError(
+            f"a run on a one-shot iterator ({type(getattr(source, 'batches', source)).__name__}) cannot be "
+            "checkpointed: it cannot be rewound on resume. Pass a zero-argument callable returning a fresh "
+            "iterable (e.g. lambda: iter(batches)), or no checkpoint_dir"
+        )
+    if isinstance(sae, SAE):
+        n, d_in, template = n_saes(sae), sae.d_in, sae
+    else:
+        if source.n_inputs is None or source.d_in is None:
             raise ValueError(
-                "input_scale is for iterator data without normalise_activations; arrays get their "
-                "scales from cfg.normalise_activations"
+                "an init function needs a source that knows its inputs' number and width (per-SAE arrays, "
+                "a model stream, a cache); build the stack yourself for shared or iterator data"
             )
-        scales = np.broadcast_to(np.asarray(input_scale, np.float32), (n,)).copy()
+        n, d_in = source.n_inputs, source.d_in
+        template = jax.eval_shape(sae, jax.ShapeDtypeStruct((n, 8, d_in), jnp.float32))
+    arch = type(template).__name__
+    hp_np = cfg.per_sae(n, registry.of(template))
     if optimizer is not None and np.ndim(cfg.lr) and "learning_rate" not in (optimizer_hp or {}):
         warnings.warn(
             "cfg.lr holds per-SAE rates, but a run with its own optimizer does not read cfg.lr: pass "
@@ -248,76 +206,105 @@ def train(
             stacklevel=2,
         )
     opt_hp = {k: jnp.asarray(v) for k, v in per_sae_hyperparams(optimizer_hp, n).items()}
-    state = init_state(sae, cfg, jnp.asarray(hp_np["lr"]), jnp.asarray(scales), optimizer, opt_hp)
 
-    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
-    start = 0
-    if ckpt is not None:
-        restored = ckpt.restore(state, cfg, type(sae).__name__, n)
-        if restored is not None:
-            _check_same_hyperparams(state, restored[1], ckpt.directory)
-            start, state = restored
+    def initial_state(stack: SAE, scales) -> TrainState:
+        return init_state(stack, cfg, jnp.asarray(hp_np["lr"]), jnp.asarray(scales), optimizer, opt_hp)
 
     if mesh is None:
         hint_cpu_cores(n)
         mesh = sae_mesh()
     n_pad = padded_size(n, mesh)
-    # a private copy: the chunks donate their input buffers, which must not be the caller's arrays
-    state = shard_leading(pad_leading(jax.tree.map(jnp.array, state), n_pad), mesh)
-    hp = shard_leading(pad_leading({k: jnp.asarray(v) for k, v in hp_np.items()}, n_pad), mesh)
-    n_local = n_pad // mesh.devices.size
-    key = jax.random.key(cfg.seed)
-    if is_array:
-        data = shard_leading(pad_leading(data, n_pad), mesh) if data.ndim == 3 else replicate(data, mesh)
-        batches = None
-    else:
-        batches = data_mod.iterator_from(data, start)
-    group = sae_group_for(cfg, n_local, sae.d_in, sae.d_sae, mesh)  # after the data is placed: reads free memory
-    from_array, from_batches = _chunk_fns(
-        _static_json(cfg), group, mesh, is_array and data.ndim == 2, optimizer, loss_fn
-    )
+    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
+    start, restored, resume = 0, None, None
+    if ckpt is not None and ckpt.latest_step() is not None:
+        base = template if isinstance(sae, SAE) else jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
+        fresh = initial_state(base, np.ones((n,), np.float32))  # the structure to restore, and its hyperparameters
+        start, restored = ckpt.restore((fresh, source.carry_template(n)), cfg, arch, n) or (0, None)
+        assert restored is not None  # latest_step() said there is one
+        _check_same_hyperparams(fresh, restored[0], ckpt.directory)
+        resume = {**ckpt.read_meta(start)["extra"].get("source", {}), "step": start}
+    tokens_read = source.open(n, d_in, n_pad, mesh, cfg, resume)  # refuses bad data before the bar starts
 
     history: dict[str, list] = {}
     t0 = time.perf_counter()
+    total = source.total_tokens(cfg) or None
+    bar = tqdm(total=total, initial=tokens_read, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    bar.set_description(f"{n} SAEs")
     step = start
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True)
-    tokens = 0
     try:
+        if restored is not None:
+            state, carry = restored
+        else:
+            carry, sample = source.warm_up(bar.update)
+            state = _first_state(sae, sample, cfg, n, initial_state)
+        # a private copy: the chunks donate their input buffers, which must not be the caller's arrays
+        state = shard_leading(pad_leading(jax.tree.map(jnp.array, state), n_pad), mesh)
+        if carry is not None:
+            carry = shard_leading(pad_leading(jax.tree.map(jnp.asarray, carry), n_pad), mesh)
+        hp = shard_leading(pad_leading({k: jnp.asarray(v) for k, v in hp_np.items()}, n_pad), mesh)
+        d_sae = state.sae.b_enc.shape[-1]
+        group = sae_group_for(cfg, n_pad // mesh.devices.size, d_in, d_sae, mesh)  # after placing: reads free memory
+        program = _chunk_program(_static_json(cfg), group, mesh, optimizer, loss_fn, compute_dtype)
+        t_loop, tokens = time.perf_counter(), 0
         while step < cfg.steps:
-            n_steps = min(cfg.chunk_steps, cfg.steps - step)
+            chunk = source.next_chunk(step, min(cfg.chunk_steps, cfg.steps - step))
             t_chunk = time.perf_counter()
-            if is_array:
-                state, metrics = from_array(
-                    state, hp, jnp.asarray(step, jnp.int32), data, key, n_steps=n_steps, batch=cfg.batch_size
-                )
-                batch = cfg.batch_size
-            else:
-                assert batches is not None  # not an array: an iterator of batches
-                xs = data_mod.next_chunk(batches, n_steps, n, sae.d_in, step)
-                batch = xs.shape[2]
-                if n_pad > n:  # on the host: the chunk goes to each device once, already split
-                    xs = np.concatenate([xs, np.repeat(xs[:, -1:], n_pad - n, axis=1)], axis=1)
-                xs = jax.device_put(xs, jax.sharding.NamedSharding(mesh, P(None, AXIS)))
-                state, metrics = from_batches(state, hp, jnp.asarray(step, jnp.int32), xs)
-            step, metrics = record_chunk(history, metrics, step, n_steps, n)
-            tokens += n_steps * batch
-            dt = max(time.perf_counter() - t_chunk, 1e-9)
-            bar.update(n_steps)
-            bar.set_postfix_str(
-                f"tok/s {n_steps * batch / dt:,.0f} | SAE-tok/s {n * n_steps * batch / dt:,.0f} | "
-                f"L0 {metrics['l0'].mean():.1f} | EV {metrics['explained_variance'].mean():.3f}"
+            state, carry, metrics = program(
+                state, carry, hp, jnp.asarray(step, jnp.int32), chunk.inputs, feed=chunk.feed, n_steps=chunk.n_steps
             )
+            step, metrics = _record_chunk(history, metrics, step, chunk.n_steps, n)
+            tokens += chunk.tokens
+            _progress(bar, metrics, chunk.tokens, time.perf_counter() - t_chunk, n)
             if ckpt is not None and step < cfg.steps and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                ckpt.save(step, take_leading(state, n), cfg, type(sae).__name__, n)
+                _save(ckpt, step, state, carry, n, cfg, arch, source)
+            if on_chunk is not None:
+                on_chunk(step)
+        rate = tokens / max(time.perf_counter() - t_loop, 1e-9)
         final = take_leading(state, n)
         if ckpt is not None and step > start:
-            ckpt.save(step, final, cfg, type(sae).__name__, n)
+            _save(ckpt, step, state, carry, n, cfg, arch, source)
     finally:
         bar.close()
         if ckpt is not None:
             ckpt.close()
-    seconds = time.perf_counter() - t0
-    return train_result(final, history, cfg, step, start, seconds, tokens / max(seconds, 1e-9))
+    return _result(final, history, cfg, step, start, time.perf_counter() - t0, rate)
+
+
+def _first_state(sae, sample, cfg: TrainConfig, n: int, initial_state) -> TrainState:
+    """The state of a fresh run: the stack (an init function is called on the first rows) and each SAE's
+    input scale (``normalisation_scale`` of its first rows with ``normalise_activations``, else 1).
+    ``sample``: ``[N, n, d]``, or ``[1, n, d]`` for data all SAEs share."""
+    if sample is not None:
+        sample = jnp.asarray(sample[:n, :8192], jnp.float32)  # sliced where it lives (a buffer stays on the device)
+    if not isinstance(sae, SAE):
+        assert sample is not None, "a source that knows its inputs hands over its first rows"
+        sae = sae(sample)
+        if n_saes(sae) != n:
+            raise ValueError(f"the stack holds {n_saes(sae)} SAEs but {n} inputs were given; build one SAE per input")
+    if not cfg.normalise_activations:
+        scales = np.ones((n,), np.float32)
+    elif sample is None:
+        raise ValueError(
+            "normalise_activations needs a source that hands over its first rows (arrays, a model stream, "
+            "a cache); scale an iterator's batches yourself"
+        )
+    else:
+        scales = np.broadcast_to(np.asarray(jax.vmap(normalisation_scale)(sample), np.float32), (n,))  # [1]: shared
+    return initial_state(sae, scales)
+
+
+def _save(ckpt: Checkpointer, step: int, state, carry, n: int, cfg, arch: str, source: Source) -> None:
+    held = (take_leading(state, n), None if carry is None else take_leading(carry, n))
+    ckpt.save(step, held, cfg, arch, n, extra={"source": source.state()})
+
+
+def _progress(bar, metrics: dict, tokens: int, seconds: float, n: int) -> None:
+    rate = tokens / max(seconds, 1e-9)
+    bar.update(tokens)
+    bar.set_postfix_str(
+        f"tok/s {rate:,.0f} | SAE-tok/s {n * rate:,.0f} | L0 {metrics['l0'].mean():.1f} | "
+        f"EV {metrics['explained_variance'].mean():.3f}"
+    )
 
 
 def sae_group_for(cfg: TrainConfig, n_local: int, d_in: int, d_sae: int, mesh: jax.sharding.Mesh) -> int:
@@ -332,7 +319,7 @@ def sae_group_for(cfg: TrainConfig, n_local: int, d_in: int, d_sae: int, mesh: j
     return group_size(device.platform, n_local, cfg.batch_size, d_in, d_sae, free_bytes=free_device_bytes(device))
 
 
-def record_chunk(history: dict[str, list], metrics: dict, step: int, n_steps: int, n: int) -> tuple[int, dict]:
+def _record_chunk(history: dict[str, list], metrics: dict, step: int, n_steps: int, n: int) -> tuple[int, dict]:
     """Append a chunk's metrics (``{name: [n_steps, N_padded]}``) to ``history`` as their mean over the
     chunk's steps for the ``n`` real SAEs, after checking the loss is finite; returns the step after the
     chunk and the metrics as host arrays ``[n_steps, n]``."""
@@ -345,7 +332,7 @@ def record_chunk(history: dict[str, list], metrics: dict, step: int, n_steps: in
     return step, metrics
 
 
-def train_result(
+def _result(
     final: TrainState,
     history: dict[str, list],
     cfg: TrainConfig,

@@ -1,5 +1,6 @@
-"""Pure training steps: one SAE's step, built from a loss and an optimizer; the stack's step; a scanned
-chunk of steps for a whole stack.
+"""Pure training steps: one SAE's step, built from a loss and an optimizer (``make_step``); the stack's
+step (``make_stack_step``); a scanned chunk of steps for a whole stack (``run_chunk``, what the engine
+and ``jsae.train.fit`` run).
 
 Everything here is a pure function of its arguments. ``make_step(optimizer, loss_fn)`` gives the
 step of one SAE, ``step(state, x, hp) -> (state, metrics)``, to ``jit``, ``vmap``, ``scan`` or
@@ -31,7 +32,6 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from jsae.sae.base import SAE, Hyper, Metrics
 from jsae.train.config import TrainConfig
-from jsae.train.grouping import auto_group  # noqa: F401 - re-exported (jsae.train.step.auto_group)
 from jsae.train.optim import make_optimizer, set_hyperparams
 from jsae.train.precision import compute_view, resolve_compute_dtype
 from jsae.train.schedules import sparsity_multiplier
@@ -212,89 +212,6 @@ def make_stack_step(
         return TrainState(sae, opt, since, state.input_scale), metrics
 
     return step
-
-
-def sae_grads(
-    sae: SAE,
-    x: Float[Array, "B d_in"],
-    hp: Hyper,
-    step: Int[Array, ""],
-    cfg: TrainConfig,
-    dead: Bool[Array, " d_sae"] | None = None,
-    loss_fn: LossFn | None = None,
-    compute_dtype: str | None = None,
-) -> tuple[SAE, dict[str, Float[Array, ""]], Float[Array, "B d_sae"]]:
-    """The loss gradient of one SAE on one batch at ``step`` (sparsity warm-up of ``cfg`` applied), its
-    metrics and its latent activations ``f``. ``dead``: the mask of dead latents (None: none is).
-    ``compute_dtype``: the matmuls' dtype (None: ``cfg.compute_dtype``, see ``make_step``)."""
-    return _grads(
-        sae,
-        x,
-        loss_hp(hp, step, cfg),
-        dead,
-        sae_loss if loss_fn is None else loss_fn,
-        _cfg_compute_dtype(cfg, compute_dtype),
-    )
-
-
-def apply_grads(
-    sae: SAE,
-    opt_state: PyTree,
-    tokens_since_fired: Int[Array, " d_sae"],
-    grads: SAE,
-    metrics: dict[str, Float[Array, ""]],
-    f: Float[Array, "B d_sae"],
-    cfg: TrainConfig,
-    optimizer: optax.GradientTransformation | None = None,
-) -> tuple[SAE, PyTree, Int[Array, " d_sae"], dict[str, Float[Array, ""]]]:
-    """The optimizer update of one SAE from :func:`sae_grads` (default optimizer: ``cfg``'s), then its
-    constraint, buffers and firing statistics; adds ``dead_fraction`` to the metrics."""
-    optimizer = make_optimizer(cfg, 0.0) if optimizer is None else optimizer  # the real rate lives in opt_state
-    return _apply(sae, opt_state, tokens_since_fired, grads, metrics, f, optimizer, cfg.dead_after_tokens)
-
-
-def sae_step(
-    sae: SAE,
-    opt_state: PyTree,
-    tokens_since_fired: Int[Array, " d_sae"],
-    x: Float[Array, "B d_in"],
-    hp: Hyper,
-    step: Int[Array, ""],
-    cfg: TrainConfig,
-    dead: Bool[Array, " d_sae"] | None = None,
-    optimizer: optax.GradientTransformation | None = None,
-    loss_fn: LossFn | None = None,
-    compute_dtype: str | None = None,
-) -> tuple[SAE, PyTree, Int[Array, " d_sae"], dict[str, Float[Array, ""]]]:
-    """One optimizer step of one SAE on one batch at ``step`` of a run described by ``cfg``. Returns the
-    new (sae, opt_state, tokens_since_fired) and the step's metrics. ``dead``: the mask passed to the
-    loss (None: none is dead). ``make_step`` is the same step with its state in one TrainState."""
-    grads, metrics, f = sae_grads(sae, x, hp, step, cfg, dead, loss_fn, compute_dtype)
-    return apply_grads(sae, opt_state, tokens_since_fired, grads, metrics, f, cfg, optimizer)
-
-
-def stack_step(
-    state: TrainState,
-    x: Float[Array, "N B d_in"],
-    hp: dict[str, Float[Array, " N"]],
-    step,
-    cfg: TrainConfig,
-    *,
-    optimizer: optax.GradientTransformation | None = None,
-    loss_fn: LossFn | None = None,
-    compute_dtype: str | None = None,
-) -> tuple[TrainState, dict[str, Float[Array, " N"]]]:
-    """Step ``step`` of a run described by ``cfg`` for a whole stack: ``make_stack_step`` with the
-    optimizer (default: ``cfg``'s), the loss hyperparameters' schedules of ``cfg`` and its compute
-    dtype (``compute_dtype`` overrides ``cfg.compute_dtype``)."""
-    optimizer = make_optimizer(cfg, 0.0) if optimizer is None else optimizer
-    stepper = make_stack_step(
-        optimizer,
-        loss_fn,
-        dead_after_tokens=cfg.dead_after_tokens,
-        compute_dtype=_cfg_compute_dtype(cfg, compute_dtype).name,
-    )
-    return stepper(state, x, loss_hp(hp, step, cfg))
 
 
 def run_chunk(
