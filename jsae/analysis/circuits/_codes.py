@@ -15,13 +15,9 @@ from jaxtyping import Array, Float, Int
 
 from jsae.analysis import codes as codes_mod
 from jsae.analysis.circuits._scores import HeadScores
-from jsae.sae import registry
 from jsae.sae.base import SAE
 from jsae.sae.registry import init_stack
-from jsae.train import TrainConfig, train
-from jsae.train import data as data_mod
-from jsae.train.grouping import group_size
-from jsae.train.step import init_state, run_chunk
+from jsae.train import TrainConfig, fit, group_size, train
 
 # ---------------------------------------------------------------------------------------------------
 # Discrete SAE codes
@@ -174,7 +170,7 @@ def fit_per_head(
     key, standard: Float[Array, "H n d"], rows: Int[Array, " m"], sparsity: float, lr: float, *, d_sae, epochs, basis
 ) -> tuple[SAE, Float[Array, "H n r"], Int[Array, "n H"], dict[str, Float[Array, " H"]]]:
     """One program: a unit-norm ReLU SAE per head trained full-batch on its ``rows`` (``epochs`` Adam
-    steps of the trainer's own step, :func:`jsae.train.step.run_chunk`), and every row's code (argmax
+    steps of the trainer's own step, :func:`jsae.train.fit`), and every row's code (argmax
     latent). Returns the stack of ``H`` SAEs, the inputs they read (``[H, n, r]``), the codes ``[n, H]``
     and per-SAE metrics (means over the steps, as ``train`` reports a one-chunk run).
 
@@ -201,20 +197,8 @@ def _fit_per_head(key, standard, rows, sparsity: float, lr: float, *, d_sae: int
     x = jnp.einsum("hnd,hdr->hnr", standard, row_basis(standard)) if basis else standard
     H, _, d_in = x.shape
     sae, tc = _code_saes(key, H, d_in, d_sae, rows.shape[0], sparsity, epochs, lr)
-    hp = {k: jnp.asarray(v) for k, v in tc.per_sae(H, registry.get("relu")).items()}
-    state = init_state(sae, tc, hp["lr"], jnp.ones((H,), jnp.float32))
     group = group_size(jax.default_backend(), H, rows.shape[0], d_in, d_sae)
-    order = data_mod.chunk_indices(jax.random.key(tc.seed), jnp.int32(0), epochs, rows.shape[0], rows.shape[0])
-    state, metrics = run_chunk(
-        state,
-        hp,
-        jnp.int32(0),
-        epochs,
-        lambda i, own, g: data_mod.gather_batch(own, order[i], g),  # the trainer's order of the rows
-        tc,
-        group,
-        sae_data=x[:, rows],
-    )
+    state, metrics = fit(sae, x[:, rows], tc, group=group)  # the trainer's steps, in its order of the rows
     codes = jax.vmap(lambda s, v: jnp.argmax(s.encode(v), axis=-1))(state.sae, x).T.astype(jnp.int32)
     return state.sae, x, codes, {k: v.mean(axis=0) for k, v in metrics.items()}
 
