@@ -64,6 +64,10 @@ def config_from_hf(c: dict, name: str = "") -> ModelConfig:
     if rtype not in ("default", None):
         raise UnsupportedArchitectureError(f"RoPE scaling {rtype!r} is not supported; only default RoPE is implemented")
     H = c["num_attention_heads"]
+    window = c.get("sliding_window") or 0  # HF: a key attends iff query - key < sliding_window
+    types = c.get("layer_types") or ["sliding_attention" if window else "full_attention"] * c["num_hidden_layers"]
+    if set(types) - {"sliding_attention", "full_attention"}:
+        raise UnsupportedArchitectureError(f"layer_types {sorted(set(types))} are not supported")
     theta = c.get("rope_theta", (c.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     return ModelConfig(
         arch="llama",
@@ -79,6 +83,7 @@ def config_from_hf(c: dict, name: str = "") -> ModelConfig:
         rope_theta=float(theta),
         tied_embeddings=bool(c.get("tie_word_embeddings", False)),
         name=name,
+        attn_window=tuple(window if t == "sliding_attention" else 0 for t in types) if window else (),
     )
 
 
