@@ -82,6 +82,26 @@ REFUSED: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 SUPPORTED = tuple(READ)
 
+# transformers' defaults for the fields above that config.json may leave out (its configuration_*.py)
+_LLAMA_DEFAULTS = dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False)
+_GEMMA_DEFAULTS = dict(head_dim=256, rms_norm_eps=1e-6, tie_word_embeddings=True, query_pre_attn_scalar=256)
+_QWEN_DEFAULTS = dict(_LLAMA_DEFAULTS, use_sliding_window=False, sliding_window=4096, max_window_layers=28)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(activation_function="gelu_new", layer_norm_epsilon=1e-5),
+    "llama": _LLAMA_DEFAULTS,
+    "mistral": dict(_LLAMA_DEFAULTS, num_key_value_heads=8, sliding_window=4096),
+    "qwen2": _QWEN_DEFAULTS,
+    "qwen3": dict(_QWEN_DEFAULTS, head_dim=128),
+    "gemma": dict(_GEMMA_DEFAULTS, hidden_act="gelu_pytorch_tanh"),
+    "gemma2": dict(_GEMMA_DEFAULTS, hidden_activation="gelu_pytorch_tanh", num_key_value_heads=4,
+                   sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma3_text": dict(_GEMMA_DEFAULTS, hidden_activation="gelu_pytorch_tanh", num_key_value_heads=4,
+                        sliding_window=4096),
+    "gpt_neox": dict(hidden_act="gelu", layer_norm_eps=1e-5, use_parallel_residual=True, tie_word_embeddings=False),
+    "phi3": dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
+    "olmo2": dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
+}  # fmt: skip
+
 
 def config_from_hf(config: dict, name: str = "") -> ModelConfig:
     """The :class:`ModelConfig` of an HF ``config.json`` dict, dispatched on its ``model_type``.
@@ -91,6 +111,7 @@ def config_from_hf(config: dict, name: str = "") -> ModelConfig:
     """
     mt = check_model_type(config)
     reader = _READERS[mt]
+    config = {**DEFAULTS[mt], **config}
     for field, allowed in REFUSED[mt].items():
         if field in config and config[field] not in allowed:
             raise UnsupportedArchitectureError(
