@@ -45,7 +45,7 @@ SCAN_UNROLL = 1  # layers per scan iteration (1: smallest program, fastest compi
 class Blocks(eqx.Module):
     """Weights of all layers, stacked on a leading ``[L]`` axis. ``None`` where the arch has none."""
 
-    ln1_w: Float[Array, "L D"] | None  # None: no norm before attention (OLMo-2 norms its output instead)
+    ln1_w: Float[Array, "L D"]  # None only in OLMo-2-style blocks: no norm before attention (the forward checks)
     ln1_b: Float[Array, "L D"] | None
     W_Q: Float[Array, "L D H dh"]
     b_Q: Float[Array, "L H dh"] | None
@@ -55,7 +55,7 @@ class Blocks(eqx.Module):
     b_V: Float[Array, "L K dh"] | None
     W_O: Float[Array, "L H dh D"]
     b_O: Float[Array, "L D"] | None
-    ln2_w: Float[Array, "L D"] | None  # None: no norm before the MLP (OLMo-2)
+    ln2_w: Float[Array, "L D"]  # None only in OLMo-2-style blocks: no norm before the MLP
     ln2_b: Float[Array, "L D"] | None
     W_gate: Float[Array, "L D F"] | None  # SwiGLU gate (Llama); None for GPT-2
     W_in: Float[Array, "L D F"]
