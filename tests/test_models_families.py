@@ -5,7 +5,9 @@ it, sliding windows shorter than the prompt, soft-caps on for Gemma 2), its norm
 saved with ``save_pretrained`` (Qwen2 sharded, Llama in bfloat16) and loaded by ``jsae.models.load``.
 Checked: logits (and their argmax), per-head ``z`` against the input of the output projection, head
 ablations (``result`` and ``z``) against zeroing those slices in torch, and a right-padded batch with
-``lengths`` against each row run alone.
+``lengths`` against each row run alone. Errors are ~1e-7 of logits ~0.5; the tolerance (2e-5) is well
+below the effect of each family feature on these models (llama3 RoPE scaling, the smallest, moves the
+logits by 4e-4; sliding windows, Gemma 3's local RoPE base, partial rotary and parallel blocks by 5e-3 to 0.5).
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def test_logits_z_and_padding_match_transformers(family):
     logits, z = np.asarray(logits), np.asarray(cache["z"])
     for row, n in ((0, T), (1, n2)):
         ref, ref_z = _torch(hf, mt, ids[row : row + 1, :n])
-        np.testing.assert_allclose(logits[row, :n], ref[0], atol=2e-4, rtol=1e-4)
+        np.testing.assert_allclose(logits[row, :n], ref[0], atol=2e-5, rtol=1e-5)
         assert (logits[row, :n].argmax(-1) == ref[0].argmax(-1)).all()
         np.testing.assert_allclose(z[:, row, :n].reshape(ref_z[:, 0].shape), ref_z[:, 0], atol=2e-5, rtol=1e-4)
 
@@ -177,4 +179,4 @@ def test_head_ablation_matches_zeroing_the_slice_in_torch(family):
     ref, _ = _torch(hf, mt, ids, zero={0: [1], 1: [2]})
     plain, _ = _torch(hf, mt, ids)
     assert np.abs(ref - plain).max() > 1e-3  # the ablation changes the logits
-    np.testing.assert_allclose(logits, ref, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(logits, ref, atol=2e-5, rtol=1e-5)
