@@ -180,3 +180,31 @@ def test_head_ablation_matches_zeroing_the_slice_in_torch(family):
     plain, _ = _torch(hf, mt, ids)
     assert np.abs(ref - plain).max() > 1e-3  # the ablation changes the logits
     np.testing.assert_allclose(logits, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_bfloat16_weights_accumulate_in_float32(tiny_llama_dir):
+    """``load(..., dtype=bf16)``: matrices in bf16, norms float32; logits near torch's float32 forward of the
+    same bf16-rounded matrices (only the bf16 rounding of each matmul's input differs)."""
+    import jax.numpy as jnp
+
+    path, hf = tiny_llama_dir
+    model, _, meta = load(path, dtype=jnp.bfloat16)
+    assert meta["dtype"] == "bfloat16"
+    assert model.blocks.W_Q.dtype == model.embed.dtype == model.W_U.dtype == jnp.bfloat16
+    assert model.blocks.ln1_w.dtype == model.ln_f_w.dtype == jnp.float32
+    rounded = copy.deepcopy(hf)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.ndim == 2:
+                p.copy_(p.bfloat16().float())
+    ids = np.random.default_rng(2).integers(0, hf.config.vocab_size, size=(2, T)).astype(np.int32)
+    logits = forward(model, ids)[0]
+    assert logits.dtype == jnp.float32
+    ref, _ = _torch(rounded, "llama", ids)
+    f32 = np.asarray(forward(load(path)[0], ids)[0])
+    err, scale = np.abs(np.asarray(logits) - ref).max(), np.abs(ref).max()
+    print(f"bf16 vs float32 oracle: max |dlogit| {err:.2e} of max |logit| {scale:.2f}")
+    assert 1e-6 < err < 0.02 * scale  # bf16 products (not silently float32), float32 sums (small error)
+    assert np.abs(np.asarray(logits) - f32).max() < 0.03 * scale
+    with pytest.raises(ValueError, match="floating type"):
+        load(path, dtype=jnp.int32)

@@ -78,3 +78,32 @@ def from_flat_params(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> Transform
         ln_f_b=g("ln_f_b"),
         W_U=g("W_U"),
     )
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy dtype when it is a floating type (bfloat16, float16, float32)."""
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as e:
+        raise ModelError(f"dtype {dtype!r} is not a dtype; pass e.g. jnp.bfloat16 or jnp.float32") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ModelError(f"dtype must be a floating type such as jnp.bfloat16 or jnp.float32, got {dt}")
+    return dt
+
+
+def cast_weights(model: Transformer, dtype: Any) -> Transformer:
+    """The model with its matrices (``embed``, ``pos_embed``, ``W_U`` and every ``W_*`` block weight) in
+    ``dtype``; norms and biases stay float32 (Gemma's ``1 + w`` would lose its low bits in bfloat16)."""
+    import dataclasses
+
+    dtype = check_dtype(dtype)
+
+    def cast(a: Any) -> Any:
+        return None if a is None else a.astype(dtype)
+
+    blocks = dataclasses.replace(
+        model.blocks, **{f: cast(getattr(model.blocks, f)) for f in BLOCK_FIELDS if f.startswith("W_")}
+    )
+    return dataclasses.replace(
+        model, embed=cast(model.embed), pos_embed=cast(model.pos_embed), W_U=cast(model.W_U), blocks=blocks
+    )

@@ -76,14 +76,24 @@ def available() -> list[str]:
     return [SMOLLM2, *GPT2_NAMES]
 
 
-def load(name_or_path: str | os.PathLike = SMOLLM2) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
-    """Load a model by name or path.
+def load(
+    name_or_path: str | os.PathLike = SMOLLM2, dtype: Any = None
+) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
+    """Load a model by name, hub id or path.
 
     Returns ``(model, tokenizer, metadata)``; ``tokenizer`` is None for a directory without one;
     ``metadata`` has ``name``, ``source`` (path), ``format`` (``gguf``/``safetensors``) and ``config``.
-    The weights are in device memory when it returns.
+    ``dtype``: the matrices' dtype (default float32); ``jnp.bfloat16`` halves their memory, and the forward
+    then multiplies in bfloat16 with float32 accumulation, its residual stream, norms and biases staying
+    float32. The weights are in device memory when it returns.
     """
+    from .build import cast_weights, check_dtype
+
+    dtype = None if dtype is None else check_dtype(dtype)  # a bad dtype fails before anything is read
     model, tokenizer, metadata = _open(name_or_path)
+    if dtype is not None:
+        model = cast_weights(model, dtype)
+        metadata = {**metadata, "dtype": dtype.name}
     # Host-to-device copies run asynchronously: without the wait, the first forward would wait for
     # them instead, with their copying competing for the cores with its own tracing (0.1 s of copies
     # made the first SmolLM2 forward 0.35 s slower on 2 cores).

@@ -152,6 +152,12 @@ def _act(cfg: ModelConfig, x: Array) -> Array:
     return _ACTS[cfg.mlp_act or ("silu" if cfg.arch == "llama" else "gelu_tanh")](x)
 
 
+def _mm(spec: str, x: Array, w: Array) -> Array:
+    """``einsum`` of an activation and a weight in the weight's dtype, accumulated and returned in float32
+    (bf16 weights: bf16 products, float32 sums; float32 weights: unchanged)."""
+    return jnp.einsum(spec, x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
 def _softcap(x: Array, cap: float | None) -> Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
@@ -183,9 +189,9 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
     H, K, G, dh = cfg.n_heads, cfg.n_kv_heads, cfg.group_size, cfg.d_head
     x = x_pre = hook("resid_pre", x)
     h = x if p.ln1_w is None else _norm(cfg, x, p.ln1_w, p.ln1_b)
-    q = jnp.einsum("btd,dhe->bthe", h, p.W_Q)
-    k = jnp.einsum("btd,dke->btke", h, p.W_K)
-    v = jnp.einsum("btd,dke->btke", h, p.W_V)
+    q = _mm("btd,dhe->bthe", h, p.W_Q)
+    k = _mm("btd,dke->btke", h, p.W_K)
+    v = _mm("btd,dke->btke", h, p.W_V)
     if p.b_Q is not None:
         q, k, v = q + p.b_Q, k + p.b_K, v + p.b_V
     if p.q_norm_w is not None:
@@ -209,11 +215,11 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
     z = jnp.einsum("bkgqs,bske->bqkge", pattern, v).reshape(B, T, H, dh)
     z = hook("z", z)
     if "result" in spec.edits:  # edited heads feed the sum, so the sum runs over the per-head result
-        attn = hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O)).sum(2)
+        attn = hook("result", _mm("bthe,hed->bthd", z, p.W_O)).sum(2)
     else:  # the fused contraction: capturing ``result`` leaves the logits bit for bit as they are
         if "result" in spec.capture:
-            hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O))
-        attn = jnp.einsum("bthe,hed->btd", z, p.W_O)
+            hook("result", _mm("bthe,hed->bthd", z, p.W_O))
+        attn = _mm("bthe,hed->btd", z, p.W_O)
     if p.b_O is not None:
         attn = attn + p.b_O
     if p.ln1_post_w is not None:
@@ -223,11 +229,11 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
     h = x_pre if cfg.parallel_block else x
     h = h if p.ln2_w is None else _norm(cfg, h, p.ln2_w, p.ln2_b)
     if cfg.arch == "llama":
-        mid = _act(cfg, h @ p.W_gate) * (h @ p.W_in)
+        mid = _act(cfg, _mm("btd,df->btf", h, p.W_gate)) * _mm("btd,df->btf", h, p.W_in)
     else:
-        pre = h @ p.W_in
+        pre = _mm("btd,df->btf", h, p.W_in)
         mid = _act(cfg, pre + p.b_in if p.b_in is not None else pre)
-    mlp = mid @ p.W_out
+    mlp = _mm("btf,fd->btd", mid, p.W_out)
     if p.b_out is not None:
         mlp = mlp + p.b_out
     if p.ln2_post_w is not None:
@@ -244,6 +250,7 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
     x = model.embed[jnp.maximum(tokens, 0)]  # -1 padding reads id 0; causal masking keeps it from real positions
     if cfg.embed_scale != 1.0:  # rounded to the weights' dtype first, as HF's Gemma does
         x = x * jnp.asarray(cfg.embed_scale, x.dtype)
+    x = x.astype(jnp.float32)  # the residual stream is float32 whatever the weights' dtype
     cos = sin = None
     if model.pos_embed is not None:
         x = x + model.pos_embed[:T][None]
@@ -268,7 +275,7 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
 
 def unembed(model: Transformer, resid: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """Logits from the last layer's residual stream: final norm, then the unembedding."""
-    logits = _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b) @ model.unembed_matrix()
+    logits = _mm("...d,dv->...v", _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b), model.unembed_matrix())
     return _softcap(logits, model.cfg.final_softcap)
 
 
