@@ -72,6 +72,21 @@ FAMILIES = {
             full_attention=dict(rope_type="linear", factor=4.0, rope_theta=10000.0),
         ),
     ),
+    "gemma3": dict(  # multimodal Gemma 3 (4B and larger): jsae loads its text model
+        text_config=dict(
+            LLAMA_SHAPE,
+            head_dim=16,
+            sliding_window=W,
+            layer_types=["sliding_attention", "full_attention"],
+            query_pre_attn_scalar=20,
+        ),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        vision_image=dict(image_size=28, patch_size=14),
+        mm_tokens_per_image=4,
+        boi_token_index=V - 3,
+        eoi_token_index=V - 2,
+        image_token_index=V - 1,
+    ),
     "gpt_neox": dict(
         vocab_size=V,
         hidden_size=48,
@@ -100,6 +115,8 @@ def _out_proj(hf, mt: str, layer: int):
         return hf.transformer.h[layer].attn.c_proj
     if mt == "gpt_neox":
         return hf.gpt_neox.layers[layer].attention.dense
+    if mt == "gemma3":
+        return hf.model.language_model.layers[layer].self_attn.o_proj
     return hf.model.layers[layer].self_attn.o_proj
 
 
@@ -108,13 +125,18 @@ def family(request, tmp_path_factory):
     """(model_type, transformers model in float32, jsae model) for one family."""
     mt = request.param
     torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model(mt, **FAMILIES[mt])
+    kw = dict(FAMILIES[mt])
+    if "vision_image" in kw:
+        kw["vision_config"] = {**kw["vision_config"], **kw.pop("vision_image")}
+    cfg = transformers.AutoConfig.for_model(mt, **kw)
     cfg._attn_implementation = "eager"
-    hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    auto = transformers.AutoModelForImageTextToText if mt == "gemma3" else transformers.AutoModelForCausalLM
+    hf = auto.from_config(cfg, attn_implementation="eager").eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in hf.named_parameters():
-            if p.ndim == 1:  # norms near 1 (Gemma stores w of 1 + w: near 0), biases near 0, all non-trivial
+            # norms near 1 (Gemma stores w of 1 + w: near 0), biases near 0, all non-trivial
+            if p.ndim == 1 and "vision" not in name:
                 base = 1.0 if ("norm" in name or "ln" in name) and not mt.startswith("gemma") else 0.0
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2 + base)
     path = tmp_path_factory.mktemp(mt)
@@ -133,8 +155,8 @@ def family(request, tmp_path_factory):
 def _torch(hf, mt: str, ids: np.ndarray, zero: dict[int, list[int]] | None = None):
     """Logits and each layer's output-projection input ``[L, B, T, H * dh]``; ``zero`` zeroes heads' slices."""
     seen, handles = [], []
-    n_layers = hf.config.num_hidden_layers
-    heads = hf.config.num_attention_heads
+    text_config = getattr(hf.config, "text_config", hf.config)
+    n_layers, heads = text_config.num_hidden_layers, text_config.num_attention_heads
     for layer in range(n_layers):
 
         def pre(mod, args, layer=layer):

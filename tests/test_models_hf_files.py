@@ -52,6 +52,13 @@ MISTRAL_7B = dict(
     num_attention_heads=32, num_key_value_heads=8, sliding_window=4096, rope_theta=10000.0,
     max_position_embeddings=32768, rms_norm_eps=1e-5, hidden_act="silu",
 )  # fmt: skip
+GEMMA3_4B = dict(  # the multimodal checkpoint's own config: most text fields left to gemma3_text's defaults
+    model_type="gemma3", mm_tokens_per_image=256, image_token_index=262144,
+    text_config=dict(hidden_size=2560, intermediate_size=10240, model_type="gemma3_text", num_hidden_layers=34,
+                     rope_scaling=dict(factor=8.0, rope_type="linear"), sliding_window=1024),
+    vision_config=dict(hidden_size=1152, image_size=896, intermediate_size=4304, model_type="siglip_vision_model",
+                       num_attention_heads=16, num_hidden_layers=27, patch_size=14, vision_use_head=False),
+)  # fmt: skip
 QWEN2_WINDOWED = dict(QWEN25_7B, use_sliding_window=True, sliding_window=4096, max_window_layers=20)
 
 
@@ -62,6 +69,9 @@ def test_published_configs_read_as_transformers_reads_them():
         kw = {k: v for k, v in c.items() if k != "model_type"}
         normalised = transformers.AutoConfig.for_model(c["model_type"], **kw).to_dict()
         assert config_from_hf(c) == config_from_hf(normalised), c["model_type"]
+    kw = {k: v for k, v in GEMMA3_4B.items() if k != "model_type"}
+    text = transformers.AutoConfig.for_model("gemma3", **kw).text_config.to_dict()
+    assert config_from_hf(GEMMA3_4B) == config_from_hf(text) == config_from_hf(GEMMA3_4B_TEXT)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +117,6 @@ def test_published_configs_fields():
     "config, match",
     [
         (dict(model_type="bert"), "model_type 'bert' is not supported; jsae supports gpt2, llama"),
-        (dict(model_type="gemma3", text_config={}), "gemma3_text"),
         (dict(LLAMA31_8B, rope_scaling=dict(rope_type="yarn", factor=4.0)), "type 'yarn'"),
         (dict(LLAMA31_8B, rope_scaling=dict(type="dynamic", factor=2.0)), "type 'dynamic'"),
         (dict(PHI3_MINI_4K, rope_scaling=dict(type="longrope", long_factor=[1], short_factor=[1])), "'longrope'"),
@@ -117,6 +126,7 @@ def test_published_configs_fields():
         (dict(GEMMA2_2B, layer_types=["chunked_attention"] * 26), "chunked_attention"),
         (dict(GEMMA2_2B, layer_types=["full_attention"] * 3), "layer_types has 3 entries"),
         (dict(GEMMA3_4B_TEXT, use_bidirectional_attention=True), "use_bidirectional_attention"),
+        (dict(GEMMA3_4B, text_config=dict(GEMMA3_4B["text_config"], final_logit_softcapping=30.0)), "ambiguity"),
         (dict(model_type="gpt2", n_embd=8, n_head=2, n_layer=1, n_positions=8, vocab_size=5,
               scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
     ],

@@ -58,6 +58,7 @@ READ: dict[str, tuple[str, ...]] = {
                  "rotary_pct / partial_rotary_factor", "rotary_emb_base"),
     "phi3": (*_COMMON, *_ROPE, "hidden_act", "rms_norm_eps", "partial_rotary_factor", "sliding_window"),
     "olmo2": (*_COMMON, *_ROPE, "hidden_act", "rms_norm_eps", "attention_bias"),
+    "gemma3": ("text_config (as gemma3_text; the vision tower is not loaded)",),
 }  # fmt: skip
 
 # field -> the values jsae implements; any other value is refused. Besides these, every family refuses a RoPE
@@ -79,6 +80,7 @@ REFUSED: dict[str, dict[str, tuple[Any, ...]]] = {
     "gpt_neox": {},
     "phi3": {},
     "olmo2": {"clip_qkv": (None,)},
+    "gemma3": {},
 }
 SUPPORTED = tuple(READ)
 
@@ -96,7 +98,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma2": dict(_GEMMA_DEFAULTS, hidden_activation="gelu_pytorch_tanh", num_key_value_heads=4,
                    sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
     "gemma3_text": dict(_GEMMA_DEFAULTS, hidden_activation="gelu_pytorch_tanh", num_key_value_heads=4,
-                        sliding_window=4096),
+                        sliding_window=4096, vocab_size=262208, hidden_size=2304, intermediate_size=9216,
+                        num_hidden_layers=26, num_attention_heads=8, max_position_embeddings=131072),
+    "gemma3": {},
     "gpt_neox": dict(hidden_act="gelu", layer_norm_eps=1e-5, use_parallel_residual=True, tie_word_embeddings=False),
     "phi3": dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
     "olmo2": dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
@@ -130,12 +134,7 @@ def check_model_type(config: dict) -> str:
     """The config's ``model_type`` when jsae implements it; else :class:`UnsupportedArchitectureError`."""
     mt = config.get("model_type")
     if not isinstance(mt, str) or mt not in _READERS:
-        hint = ""
-        if mt == "gemma3" and "text_config" in config:
-            hint = " (a multimodal Gemma 3: load its text model, model_type 'gemma3_text', instead)"
-        raise UnsupportedArchitectureError(
-            f"model_type {mt!r} is not supported{hint}; jsae supports {', '.join(SUPPORTED)}"
-        )
+        raise UnsupportedArchitectureError(f"model_type {mt!r} is not supported; jsae supports {', '.join(SUPPORTED)}")
     return mt
 
 
@@ -358,6 +357,20 @@ def _olmo2(c: dict, name: str) -> ModelConfig:
     return ModelConfig(arch="llama", mlp_act=act, qk_norm="all", post_norms=True, **_base(c, "olmo2", name))
 
 
+def _gemma3(c: dict, name: str) -> ModelConfig:
+    """A multimodal Gemma 3 (4B and larger): its text model, whose published ``text_config`` leaves most
+    fields to ``gemma3_text``'s defaults."""
+    if not isinstance(c.get("text_config"), dict):
+        raise ModelFileError(f"{name or 'gemma3'}: config.json has no text_config; re-download it")
+    if c["text_config"].get("final_logit_softcapping") is not None:
+        raise UnsupportedArchitectureError(
+            f"{name or 'gemma3'}: text_config.final_logit_softcapping is set, but transformers' multimodal Gemma 3 "
+            "does not apply it while its text model does; jsae refuses the ambiguity (published Gemma 3 has null)"
+        )
+    tied = c.get("tie_word_embeddings", True)  # the multimodal model ties by its own flag, not text_config's
+    return config_from_hf({**c["text_config"], "model_type": "gemma3_text", "tie_word_embeddings": tied}, name)
+
+
 _READERS: dict[str, Callable[[dict, str], ModelConfig]] = {
     "gpt2": _gpt2,
     "llama": _llama,
@@ -370,4 +383,5 @@ _READERS: dict[str, Callable[[dict, str], ModelConfig]] = {
     "gpt_neox": _gpt_neox,
     "phi3": _phi3,
     "olmo2": _olmo2,
+    "gemma3": _gemma3,
 }

@@ -7,6 +7,7 @@ HF ``nn.Linear`` weights are ``[out, in]``; jsae's are ``[in, ...]`` with heads 
 - Llama, Mistral, Qwen2/3, OLMo-2, Gemma: separate q/k/v/o and gate/up/down projections.
 - Phi-3: fused ``qkv_proj`` (rows ``[q | k | v]``) and ``gate_up_proj`` (rows ``[gate | up]``).
 - GPT-NeoX: fused ``query_key_value`` whose rows are per head ``[q_h | k_h | v_h]`` (``[H, 3, dh]``).
+- Multimodal Gemma 3: the text model's tensors under ``language_model.model.`` (or ``model.language_model.``).
 - Gemma stores norm scales as ``w`` and applies ``1 + w``; jsae stores ``1 + w``.
 - Qwen3 and Gemma 3 norm q and k per head (one ``[dh]`` scale, tiled over heads); OLMo-2 over the
   whole projection (``[H * dh]``, reshaped to ``[H, dh]``).
@@ -51,7 +52,19 @@ def from_hf(config: dict, tensors: Mapping[str, np.ndarray], name: str = "") -> 
         return _gpt2(cfg, _Tensors(tensors, "transformer.", where))
     if mt == "gpt_neox":
         return _gpt_neox(cfg, _Tensors(tensors, "gpt_neox.", where), tensors)
+    if mt == "gemma3":  # multimodal: the text model's tensors, under either of transformers' prefixes
+        return _llama_shaped(cfg, "gemma3_text", _Tensors(_gemma3_text(tensors), "", where))
     return _llama_shaped(cfg, mt, _Tensors(tensors, "model.", where))
+
+
+def _gemma3_text(t: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    prefixes = ("language_model.model.", "model.language_model.")
+    prefix = next((p for p in prefixes if any(k.startswith(p) for k in t)), prefixes[0])
+    text = {k.removeprefix(prefix): v for k, v in t.items() if k.startswith(prefix)}
+    for head in ("language_model.lm_head.weight", "lm_head.weight"):
+        if head in t:
+            text["lm_head.weight"] = t[head]
+    return text
 
 
 def _gpt2(cfg: ModelConfig, g: _Tensors) -> Transformer:
