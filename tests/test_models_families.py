@@ -106,6 +106,7 @@ FAMILIES = {
     ),
     "olmo2": dict(LLAMA_SHAPE, attention_bias=True),
 }
+_saved: dict = {}  # model_type -> checkpoint folder
 SAVE = {"qwen2": dict(max_shard_size="20KB"), "llama": dict(dtype="bfloat16")}
 
 
@@ -149,6 +150,7 @@ def family(request, tmp_path_factory):
     else:
         hf.save_pretrained(path, **save)
     model, _, _ = load(path)
+    _saved[mt] = path
     return mt, hf, model
 
 
@@ -230,3 +232,16 @@ def test_bfloat16_weights_accumulate_in_float32(tiny_llama_dir):
     assert np.abs(np.asarray(logits) - f32).max() < 0.03 * scale
     with pytest.raises(ValueError, match="floating type"):
         load(path, dtype=jnp.int32)
+
+
+def test_bfloat16_checkpoint_read_in_bfloat16(family):
+    """A bf16 checkpoint read straight into bf16 (no float32 copy) holds exactly its values."""
+    import jax
+    import jax.numpy as jnp
+
+    mt, _, model = family
+    if mt != "llama":  # the family saved in bf16
+        pytest.skip("one bf16 checkpoint suffices")
+    low, _, _ = load(_saved[mt], dtype=jnp.bfloat16)
+    same = jax.tree.map(lambda a, b: bool((np.asarray(a, np.float32) == np.asarray(b, np.float32)).all()), low, model)
+    assert all(jax.tree.leaves(same)) and low.blocks.W_in.dtype == jnp.bfloat16

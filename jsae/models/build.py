@@ -22,8 +22,13 @@ def make_transformer(
     ln_f_b: np.ndarray | None = None,
     W_U: np.ndarray | None = None,
     pos_embed: np.ndarray | None = None,
+    dtype: Any = None,
 ) -> Transformer:
-    """Stack ``layers`` (dicts keyed by :class:`Blocks` field names, jsae layout) into a model."""
+    """Stack ``layers`` (dicts keyed by :class:`Blocks` field names, jsae layout) into a model.
+
+    ``dtype``: the matrices' dtype (``W_*``, embeddings, unembedding; default float32); the rest is float32.
+    """
+    mat = np.float32 if dtype is None else check_dtype(dtype)
 
     def stack(name: str) -> Any:  # None where the architecture has no such weight (Blocks says which)
         vals = [lay[name] for lay in layers if lay.get(name) is not None]
@@ -31,20 +36,20 @@ def make_transformer(
             return None
         if len(vals) != len(layers):
             raise ModelError(f"{name} is present in {len(vals)} of {len(layers)} layers; a model has it in all or none")
-        return jnp.asarray(np.stack(vals).astype(np.float32))
+        return jnp.asarray(np.stack(vals).astype(mat if name.startswith("W_") else np.float32))
 
-    def opt(a: np.ndarray | None) -> Any:
-        return None if a is None else jnp.asarray(np.asarray(a, np.float32))
+    def opt(a: np.ndarray | None, dt: Any = np.float32) -> Any:
+        return None if a is None else jnp.asarray(np.asarray(a).astype(dt))
 
     blocks = Blocks(**{f: stack(f) for f in BLOCK_FIELDS})
     return Transformer(
         cfg=cfg,
-        embed=opt(embed),
-        pos_embed=opt(pos_embed),
+        embed=opt(embed, mat),
+        pos_embed=opt(pos_embed, mat),
         blocks=blocks,
         ln_f_w=opt(ln_f_w),
         ln_f_b=opt(ln_f_b),
-        W_U=None if cfg.tied_embeddings else opt(W_U),
+        W_U=None if cfg.tied_embeddings else opt(W_U, mat),
     )
 
 

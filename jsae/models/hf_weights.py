@@ -16,6 +16,7 @@ HF ``nn.Linear`` weights are ``[out, in]``; jsae's are ``[in, ...]`` with heads 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -43,18 +44,23 @@ class _Tensors:
         return self.t.get(key)
 
 
-def from_hf(config: dict, tensors: Mapping[str, np.ndarray], name: str = "") -> Transformer:
-    """A model from an HF ``config.json`` dict and its tensors (``{name: [out, in] array}``)."""
+def from_hf(config: dict, tensors: Mapping[str, np.ndarray], name: str = "", dtype: Any = None) -> Transformer:
+    """A model from an HF ``config.json`` dict and its tensors (``{name: [out, in] array}``); ``dtype``: the
+    matrices' dtype (default float32; norms and biases are always float32)."""
     cfg = config_from_hf(config, name)
+    return _convert(cfg, config, tensors, name, dtype)
+
+
+def _convert(cfg: ModelConfig, config: dict, tensors: Mapping[str, np.ndarray], name: str, dtype: Any) -> Transformer:
     where = f"the safetensors of {name or 'the checkpoint'}"
     mt = config["model_type"]
     if mt == "gpt2":
-        return _gpt2(cfg, _Tensors(tensors, "transformer.", where))
+        return _gpt2(cfg, _Tensors(tensors, "transformer.", where), dtype)
     if mt == "gpt_neox":
-        return _gpt_neox(cfg, _Tensors(tensors, "gpt_neox.", where), tensors)
+        return _gpt_neox(cfg, _Tensors(tensors, "gpt_neox.", where), tensors, dtype)
     if mt == "gemma3":  # multimodal: the text model's tensors, under either of transformers' prefixes
-        return _llama_shaped(cfg, "gemma3_text", _Tensors(_gemma3_text(tensors), "", where))
-    return _llama_shaped(cfg, mt, _Tensors(tensors, "model.", where))
+        return _llama_shaped(cfg, "gemma3_text", _Tensors(_gemma3_text(tensors), "", where), dtype)
+    return _llama_shaped(cfg, mt, _Tensors(tensors, "model.", where), dtype)
 
 
 def _gemma3_text(t: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -67,7 +73,7 @@ def _gemma3_text(t: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return text
 
 
-def _gpt2(cfg: ModelConfig, g: _Tensors) -> Transformer:
+def _gpt2(cfg: ModelConfig, g: _Tensors, dtype: Any) -> Transformer:
     D, H, dh = cfg.d_model, cfg.n_heads, cfg.d_head
     layers = []
     for i in range(cfg.n_layers):
@@ -94,10 +100,12 @@ def _gpt2(cfg: ModelConfig, g: _Tensors) -> Transformer:
                 b_out=g(p + "mlp.c_proj.bias"),
             )
         )
-    return make_transformer(cfg, g("wte.weight"), layers, g("ln_f.weight"), g("ln_f.bias"), pos_embed=g("wpe.weight"))
+    return make_transformer(
+        cfg, g("wte.weight"), layers, g("ln_f.weight"), g("ln_f.bias"), pos_embed=g("wpe.weight"), dtype=dtype
+    )
 
 
-def _gpt_neox(cfg: ModelConfig, g: _Tensors, raw: Mapping[str, np.ndarray]) -> Transformer:
+def _gpt_neox(cfg: ModelConfig, g: _Tensors, raw: Mapping[str, np.ndarray], dtype: Any) -> Transformer:
     D, H, dh = cfg.d_model, cfg.n_heads, cfg.d_head
     layers = []
     for i in range(cfg.n_layers):
@@ -133,15 +141,17 @@ def _gpt_neox(cfg: ModelConfig, g: _Tensors, raw: Mapping[str, np.ndarray]) -> T
         g("final_layer_norm.weight"),
         g("final_layer_norm.bias"),
         W_U=None if out is None else out.T,
+        dtype=dtype,
     )
 
 
-def _llama_shaped(cfg: ModelConfig, mt: str, g: _Tensors) -> Transformer:
+def _llama_shaped(cfg: ModelConfig, mt: str, g: _Tensors, dtype: Any) -> Transformer:
     H, K, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     gemma = mt.startswith("gemma")
 
-    def norm(key: str) -> np.ndarray:
-        return g(key) + 1.0 if gemma else g(key)
+    def norm(key: str) -> np.ndarray:  # in float32: 1 + w of a bf16 w is exact there, as in HF
+        w = g(key).astype(np.float32)
+        return w + 1.0 if gemma else w
 
     layers = []
     for i in range(cfg.n_layers):
@@ -176,5 +186,10 @@ def _llama_shaped(cfg: ModelConfig, mt: str, g: _Tensors) -> Transformer:
     if lm_head is None and not cfg.tied_embeddings:
         raise ModelFileError(f"tensor 'lm_head.weight' is missing from {g.where} and the config says it is untied")
     return make_transformer(
-        cfg, g("embed_tokens.weight"), layers, norm("norm.weight"), W_U=None if lm_head is None else lm_head.T
+        cfg,
+        g("embed_tokens.weight"),
+        layers,
+        norm("norm.weight"),
+        W_U=None if lm_head is None else lm_head.T,
+        dtype=dtype,
     )

@@ -90,8 +90,8 @@ def load(
     from .build import cast_weights, check_dtype
 
     dtype = None if dtype is None else check_dtype(dtype)  # a bad dtype fails before anything is read
-    model, tokenizer, metadata = _open(name_or_path)
-    if dtype is not None:
+    model, tokenizer, metadata = _open(name_or_path, dtype)
+    if dtype is not None:  # (checkpoint directories are read in ``dtype`` already; GGUF is cast here)
         model = cast_weights(model, dtype)
         metadata = {**metadata, "dtype": dtype.name}
     # Host-to-device copies run asynchronously: without the wait, the first forward would wait for
@@ -101,19 +101,19 @@ def load(
     return model, tokenizer, metadata
 
 
-def _open(name_or_path: str | os.PathLike) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
+def _open(name_or_path: str | os.PathLike, dtype: Any = None) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
     key = str(name_or_path)
     if key.lower() == SMOLLM2:
         return load_gguf(smollm2_gguf_path(), name=SMOLLM2)
     if key.lower() in GPT2_NAMES:
-        return load_hf_dir(_find_gpt2(key.lower()), name=key.lower())
+        return load_hf_dir(_find_gpt2(key.lower()), name=key.lower(), dtype=dtype)
     path = Path(key).expanduser()
     if path.is_dir():
-        return load_hf_dir(path, name=path.name)
+        return load_hf_dir(path, name=path.name, dtype=dtype)
     if path.suffix == ".gguf":
         return load_gguf(path, name=path.stem)
     if HUB_ID.fullmatch(key):
-        return load_hf_dir(hub_snapshot(key), name=key)
+        return load_hf_dir(hub_snapshot(key), name=key, dtype=dtype)
     raise UnknownModelError(
         f"unknown model {key!r}: not a known name, not a hub id (owner/name) and not an existing .gguf file or "
         f"checkpoint directory. Available names: {', '.join(available())}; or pass a hub id or a path to a .gguf "
@@ -155,11 +155,13 @@ def _find_gpt2(name: str) -> Path:
         raise UnknownModelError(f"{e}; or copy config.json + model.safetensors into {local}") from e
 
 
-def load_hf_dir(directory: str | Path, name: str = "") -> tuple[Transformer, Tokenizer | None, dict]:
+def load_hf_dir(directory: str | Path, name: str = "", dtype: Any = None) -> tuple[Transformer, Tokenizer | None, dict]:
     """A model from a directory with ``config.json`` + safetensors (any family of ``hf_config.SUPPORTED``).
 
     The config is read and checked (family, implemented fields) and every shard checked (present, sized
     as its header says, checksum in an HF cache, the index's tensors in it) before any weight is read.
+    ``dtype``: the matrices' dtype (see :func:`load`); bf16 checkpoints read in bf16 never pass through
+    float32, so the host holds the weights at their size on disk.
     """
     from .hf_config import check_model_type, config_from_hf
     from .hf_weights import from_hf
@@ -170,7 +172,8 @@ def load_hf_dir(directory: str | Path, name: str = "") -> tuple[Transformer, Tok
     check_model_type(c)
     checkpoint_files(d)
     config_from_hf(c, name or d.name)
-    model = from_hf(c, read_tensors(d), name=name or d.name)
+    low = dtype is not None and jax.numpy.dtype(dtype) == jax.numpy.bfloat16
+    model = from_hf(c, read_tensors(d, keep_bf16=low), name=name or d.name, dtype=dtype)
     meta = {"name": name or d.name, "source": str(d), "format": "safetensors", "config": model.cfg.to_dict()}
     return model, Tokenizer.from_dir(d), meta
 

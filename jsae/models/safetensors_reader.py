@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from .errors import ModelFileError
@@ -68,8 +69,11 @@ def read_header(path: str | Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def read_safetensors(path: str | Path, header: tuple[dict, int] | None = None) -> dict[str, np.ndarray]:
-    """Tensors of one ``.safetensors`` file as float32 numpy arrays (bf16/f16 upcast).
+def read_safetensors(
+    path: str | Path, header: tuple[dict, int] | None = None, keep_bf16: bool = False
+) -> dict[str, np.ndarray]:
+    """Tensors of one ``.safetensors`` file as float32 numpy arrays (bf16/f16 upcast); with ``keep_bf16``,
+    bf16 tensors stay bf16 (``ml_dtypes.bfloat16`` views of the memory-mapped file, nothing copied).
 
     Parsed directly (8-byte header length, JSON header, raw little-endian data) so that bf16 works
     without torch and a truncated file gets a clear error.
@@ -80,6 +84,9 @@ def read_safetensors(path: str | Path, header: tuple[dict, int] | None = None) -
     for name, info in header_.items():
         begin, end = info["data_offsets"]
         raw = np.frombuffer(data[base + begin : base + end], dtype=_DTYPES[info["dtype"]])
+        if info["dtype"] == "BF16" and keep_bf16:
+            out[name] = raw.view(ml_dtypes.bfloat16).reshape(info["shape"])
+            continue
         if info["dtype"] == "BF16":
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
         out[name] = raw.reshape(info["shape"]).astype(np.float32)
@@ -132,7 +139,7 @@ def verify_blob_checksum(path: Path) -> None:
         )
 
 
-def read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
+def read_tensors(directory: str | Path, keep_bf16: bool = False) -> dict[str, np.ndarray]:
     """All tensors of ``model.safetensors`` or of the shards named by ``model.safetensors.index.json``
     (float32 numpy). Every shard's presence, size, checksum (where the HF cache gives one) and the index's
     tensors are checked before any tensor is read."""
@@ -148,5 +155,5 @@ def read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
         verify_blob_checksum(f)
     out: dict[str, np.ndarray] = {}
     for f in files:
-        out.update(read_safetensors(f, headers[f.name]))
+        out.update(read_safetensors(f, headers[f.name], keep_bf16))
     return out
