@@ -141,7 +141,7 @@ def hub_snapshot(repo_id: str) -> Path:
     except Exception as e:
         raise UnknownModelError(
             f"cannot get {repo_id}: it is not in the HF cache and downloading it failed ({type(e).__name__}: {e}). "
-            "Go online once, or pass the path of a local copy"
+            f"Go online once, or pass the path of a local copy (no folder {repo_id!r} exists here either)"
         ) from e
 
 
