@@ -54,8 +54,8 @@ READ: dict[str, tuple[str, ...]] = {
     "gemma3_text": (*_COMMON, *_ROPE, "hidden_activation", "rms_norm_eps", "attention_bias", "query_pre_attn_scalar",
                     "attn_logit_softcapping", "final_logit_softcapping", "sliding_window_pattern",
                     "rope_local_base_freq", *_WINDOWS),
-    "gpt_neox": (*_COMMON, *_ROPE, "hidden_act", "layer_norm_eps", "attention_bias", "use_parallel_residual",
-                 "rotary_pct / partial_rotary_factor", "rotary_emb_base"),
+    "gpt_neox": (*_COMMON[:4], *_COMMON[6:], *_ROPE, "hidden_act", "layer_norm_eps", "attention_bias",
+                 "use_parallel_residual", "rotary_pct / partial_rotary_factor", "rotary_emb_base"),
     "phi3": (*_COMMON, *_ROPE, "hidden_act", "rms_norm_eps", "partial_rotary_factor", "sliding_window"),
     "olmo2": (*_COMMON, *_ROPE, "hidden_act", "rms_norm_eps", "attention_bias"),
     "gemma3": ("text_config (as gemma3_text; the vision tower is not loaded)",),
@@ -337,6 +337,7 @@ def _gpt_neox(c: dict, name: str) -> ModelConfig:
     params = _rope_params(c)
     if "rope_theta" not in params and "rotary_emb_base" in c:
         params["rope_theta"] = c["rotary_emb_base"]
+    c = {k: v for k, v in c.items() if k not in ("num_key_value_heads", "head_dim")}  # transformers' NeoX has neither
     base = _base(c, "gpt_neox", name, eps_key="layer_norm_eps", partial=True)
     base.update(_rope(params, "gpt_neox"))
     if "partial_rotary_factor" not in params and "partial_rotary_factor" not in c and "rotary_pct" not in c:
