@@ -134,9 +134,9 @@ def read_model_config(name_or_path: str | os.PathLike) -> tuple[ModelConfig, lis
     """A model's :class:`ModelConfig` without its weights: a ``config.json`` file, a checkpoint directory
     holding one, a ``.gguf`` file or ``smollm2-135m`` (metadata only). Returns ``(config, notes)``.
 
-    Uses ``jsae.models.config_from_hf`` when the package has it, else the Llama/GPT-2 readers. For a
-    family those readers refuse (e.g. Gemma 2, Qwen2, Llama 3.1's ``rope_scaling``), the plan falls back
-    to the shapes alone and says so in ``notes``: memory and FLOPs need only the shapes.
+    Reads ``config.json`` with ``jsae.models.config_from_hf``. For a model it refuses (a family or a
+    config field jsae cannot load yet), the plan falls back to the shapes alone and says so in ``notes``:
+    memory and FLOPs need only the shapes.
     """
     import jsae.models as models
 
@@ -153,20 +153,10 @@ def read_model_config(name_or_path: str | os.PathLike) -> tuple[ModelConfig, lis
         )
     c = json.loads(path.read_text())
     name = path.parent.name if path.name == "config.json" else path.stem
-    reader = getattr(models, "config_from_hf", None)
     try:
-        if reader is not None:
-            return reader(c, name=name), []
-        return _family_reader(c)(c, name), []
+        return models.config_from_hf(c, name=name), []
     except models.UnsupportedArchitectureError as e:
         return _shapes_only(c, name), [f"jsae cannot load this model yet ({e}); the plan uses its shapes only"]
-
-
-def _family_reader(c: dict):
-    """The Llama or GPT-2 ``config_from_hf`` (the readers before ``jsae.models.config_from_hf``)."""
-    from jsae.models import gpt2, llama
-
-    return gpt2.config_from_hf if c.get("model_type") == "gpt2" else llama.config_from_hf
 
 
 def _gguf_config(path: Path) -> ModelConfig:

@@ -115,3 +115,26 @@ def test_bf16_checkpoint(tiny_llama_dir, tmp_path, rng):
     tokens = rng.integers(0, 101, size=(2, 8)).astype(np.int32)
     ref = _hf_logits(hf16.float(), tokens)
     np.testing.assert_allclose(np.asarray(forward(model, tokens)[0]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_mistral_sliding_window_past_the_window(tmp_path, rng):
+    """A prompt longer than Mistral's sliding window: jsae must mask keys as HF does (query - key < window)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(5)
+    cfg = transformers.MistralConfig(
+        vocab_size=61,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        sliding_window=5,
+        attn_implementation="eager",
+    )
+    hf = transformers.MistralForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    model, _, _ = load(tmp_path)
+    assert model.cfg.attn_window == (5, 5)
+    tokens = rng.integers(0, 61, size=(2, 21)).astype(np.int32)
+    np.testing.assert_allclose(np.asarray(forward(model, tokens)[0]), _hf_logits(hf, tokens), atol=1e-4, rtol=1e-4)

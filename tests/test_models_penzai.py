@@ -382,3 +382,23 @@ def test_replace_heads_edits_convert_to_jsae_hooks(tiny_llamalike, rng):
     np.testing.assert_allclose(
         np.asarray(forward(unedited, tokens)[0]), _penzai_run(hooked, tokens), atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (dict(qk_norm="head"), "q/k norms"),
+        (dict(rope_type="llama3", rope_scaling=(8.0, 1.0, 4.0, 8192.0)), "RoPE scaling 'llama3'"),
+        (dict(rope_local_theta=10000.0), "separate RoPE base"),
+    ],
+)
+def test_to_penzai_refuses_what_the_llamalike_builder_lacks(tiny_models, change, named):
+    """Qwen3/Gemma 3 q/k norms, Llama 3.1 RoPE scaling and Gemma 3's local RoPE base have no penzai
+    llamalike equivalent: converting would give a different model, so to_penzai names the feature."""
+    model = tiny_models["llama"]
+    odd = dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, **change))
+    with pytest.raises(UnsupportedArchitectureError, match=named):
+        to_penzai(odd)
+    no_prenorm = dataclasses.replace(model, blocks=dataclasses.replace(model.blocks, ln1_w=None))
+    with pytest.raises(UnsupportedArchitectureError, match="no pre-norms"):
+        to_penzai(no_prenorm)

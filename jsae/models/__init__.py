@@ -1,4 +1,7 @@
-"""Language models with hookable per-head outputs: GPT-2 and Llama family (SmolLM2-135M offline default).
+"""Language models with hookable per-head outputs (SmolLM2-135M offline default).
+
+HF checkpoints of GPT-2, Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3, Gemma 1/2/3 (text), GPT-NeoX/Pythia,
+Phi-3 and OLMo-2 load from a directory or a hub id; :func:`config_from_hf` reads ``config.json`` alone.
 
 >>> model, tok, meta = load("smollm2-135m")
 >>> batch = tok.encode_batch(["When Mary and John went to the store,", "John gave a drink to"])  # -1 padded
@@ -20,6 +23,7 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .harvest import harvest, head_means
+from .hf_config import config_from_hf
 from .hooks import (
     POINTS,
     Add,
@@ -65,6 +69,7 @@ __all__ = [
     "available",
     "cache_dir",
     "capture",
+    "config_from_hf",
     "edit",
     "forward",
     "from_penzai",

@@ -14,9 +14,18 @@ class ModelConfig:
     biased projections) or ``"llama"`` (RMSNorm, RoPE, SwiGLU, grouped-query attention).
 
     The optional fields below describe other families in the same two blocks (their defaults keep GPT-2
-    and Llama exactly as they are): Gemma 1/2 (GeGLU, embeddings scaled by sqrt(d_model), query scale,
-    tanh soft-caps, sliding-window layers, post-attention/-MLP norms) and GPT-NeoX (parallel attention
-    and MLP, rotary on a prefix of each head, exact GELU).
+    and Llama exactly as they are): Gemma 1/2/3 (GeGLU, embeddings scaled by sqrt(d_model), query scale,
+    tanh soft-caps, sliding-window layers, post-attention/-MLP norms, per-head q/k norms, a separate RoPE
+    base on local layers), GPT-NeoX and Phi-3 (parallel attention and MLP, rotary on a prefix of each
+    head, exact GELU), Llama 3.1 (``rope_type`` llama3), Qwen3 and OLMo-2 (q/k norms). OLMo-2 norms the
+    attention and MLP outputs instead of their inputs: its blocks have no ``ln1_w``/``ln2_w``, only the
+    post norms (the forward reads the placement from which weights are present).
+
+    RoPE: ``rope_type`` ``"default"`` (no ``rope_scaling``), ``"linear"`` (``rope_scaling = (factor,)``:
+    frequencies divided by ``factor``) or ``"llama3"`` (``rope_scaling = (factor, low_freq_factor,
+    high_freq_factor, original_max_position_embeddings)``), as in HF's ``modeling_rope_utils``. With
+    ``rope_local_theta`` set, sliding-window layers use plain RoPE of that base and the global layers use
+    ``rope_theta`` with the scaling (Gemma 3); otherwise every layer uses ``rope_theta`` with the scaling.
     """
 
     arch: Literal["gpt2", "llama"]
@@ -41,6 +50,10 @@ class ModelConfig:
     post_norms: bool = False  # extra RMSNorm on the attention and MLP outputs (Gemma 2)
     parallel_block: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
     rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head; None: all
+    rope_type: Literal["default", "linear", "llama3"] = "default"
+    rope_scaling: tuple[float, ...] = ()  # parameters of rope_type (see the class docstring)
+    rope_local_theta: float | None = None  # RoPE base of sliding-window layers (Gemma 3); None: rope_theta
+    qk_norm: Literal["head", "all"] | None = None  # RMSNorm of q and k over each head (Qwen3, Gemma 3) or all
 
     @property
     def group_size(self) -> int:
@@ -54,6 +67,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in fields}
-        if "attn_window" in kw:
-            kw["attn_window"] = tuple(kw["attn_window"])  # JSON gives a list; the config must stay hashable
+        for key in ("attn_window", "rope_scaling"):
+            if key in kw:
+                kw[key] = tuple(kw[key])  # JSON gives a list; the config must stay hashable
         return cls(**kw)

@@ -1,4 +1,4 @@
-"""Llama-family loaders (SmolLM2, Llama 2/3, Mistral-style): HF safetensors directories and GGUF files.
+"""Llama-architecture GGUF files (SmolLM2); HF checkpoints are read by :mod:`jsae.models.hf_weights`.
 
 RMSNorm, RoPE with the checkpoint's theta (rotate-half layout), grouped-query attention, SwiGLU, tied
 or untied embeddings. GGUF files store Q/K rows permuted for llama.cpp's interleaved rotary layout;
@@ -16,14 +16,13 @@ from .config import ModelConfig
 from .errors import ModelFileError, UnsupportedArchitectureError
 from .transformer import Transformer
 
-HF_LLAMA_ARCHS = {"llama", "mistral"}
 GGUF_LLAMA_ARCHS = {"llama"}
 
 
-def _layer(
+def layer_weights(
     cfg: ModelConfig, q, k, v, o, gate, up, down, ln1, ln2, bq=None, bk=None, bv=None, bo=None, bup=None, bdown=None
 ) -> dict:
-    """jsae layout from HF-oriented matrices (``[out, in]``)."""
+    """One layer in jsae's layout from HF-oriented matrices (``[out, in]``); a None norm is absent."""
     D, H, K, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     lay = dict(
         ln1_w=ln1,
@@ -49,81 +48,8 @@ def _layer(
 
 def _get(t: dict, key: str, where: str) -> np.ndarray:
     if key not in t:
-        raise ModelFileError(
-            f"tensor {key!r} is missing from {where}; the checkpoint is incomplete or not a Llama model"
-        )
+        raise ModelFileError(f"tensor {key!r} is missing from {where}; the checkpoint is incomplete")
     return t[key]
-
-
-def config_from_hf(c: dict, name: str = "") -> ModelConfig:
-    mt = c.get("model_type", "")
-    if mt not in HF_LLAMA_ARCHS:
-        raise UnsupportedArchitectureError(f"model_type {mt!r} is not a Llama-family architecture")
-    scaling = c.get("rope_scaling") or (c.get("rope_parameters") or {})
-    rtype = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    if rtype not in ("default", None):
-        raise UnsupportedArchitectureError(f"RoPE scaling {rtype!r} is not supported; only default RoPE is implemented")
-    H = c["num_attention_heads"]
-    theta = c.get("rope_theta", (c.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-    return ModelConfig(
-        arch="llama",
-        n_layers=c["num_hidden_layers"],
-        d_model=c["hidden_size"],
-        n_heads=H,
-        n_kv_heads=c.get("num_key_value_heads") or H,
-        d_head=c.get("head_dim") or c["hidden_size"] // H,
-        d_mlp=c["intermediate_size"],
-        vocab_size=c["vocab_size"],
-        n_ctx=c.get("max_position_embeddings", 2048),
-        norm_eps=c.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta),
-        tied_embeddings=bool(c.get("tie_word_embeddings", False)),
-        name=name,
-    )
-
-
-def from_hf(c: dict, t: dict[str, np.ndarray], name: str = "") -> Transformer:
-    """A model from an HF Llama ``config.json`` dict and its safetensors tensors."""
-    cfg = config_from_hf(c, name)
-    t = {k.removeprefix("model."): v for k, v in t.items()}
-    where = f"the safetensors of {name or 'the checkpoint'}"
-    layers = []
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-
-        def g(k: str, p: str = p) -> np.ndarray:
-            return _get(t, p + k, where)
-
-        def opt(k: str, p: str = p) -> np.ndarray | None:
-            return t.get(p + k)
-
-        layers.append(
-            _layer(
-                cfg,
-                g("self_attn.q_proj.weight"),
-                g("self_attn.k_proj.weight"),
-                g("self_attn.v_proj.weight"),
-                g("self_attn.o_proj.weight"),
-                g("mlp.gate_proj.weight"),
-                g("mlp.up_proj.weight"),
-                g("mlp.down_proj.weight"),
-                g("input_layernorm.weight"),
-                g("post_attention_layernorm.weight"),
-                opt("self_attn.q_proj.bias"),
-                opt("self_attn.k_proj.bias"),
-                opt("self_attn.v_proj.bias"),
-                opt("self_attn.o_proj.bias"),
-                opt("mlp.up_proj.bias"),
-                opt("mlp.down_proj.bias"),
-            )
-        )
-    embed = _get(t, "embed_tokens.weight", where)
-    lm_head = t.get("lm_head.weight")
-    if lm_head is None and not cfg.tied_embeddings:
-        raise ModelFileError(f"lm_head.weight is missing from {where} and the config says embeddings are untied")
-    return make_transformer(
-        cfg, embed, layers, _get(t, "norm.weight", where), W_U=None if lm_head is None else lm_head.T
-    )
 
 
 def config_from_gguf(meta: dict, t: dict | None = None, name: str = "") -> ModelConfig:
@@ -170,7 +96,7 @@ def from_gguf(meta: dict, t: dict[str, np.ndarray], name: str = "") -> Transform
             return _get(t, f"blk.{i}.{k}", where)
 
         layers.append(
-            _layer(
+            layer_weights(
                 cfg,
                 undo_rotary_permutation(g("attn_q.weight"), cfg.n_heads),
                 undo_rotary_permutation(g("attn_k.weight"), cfg.n_kv_heads),

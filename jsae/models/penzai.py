@@ -307,11 +307,19 @@ def _llamalike_config(cfg: ModelConfig) -> llc.LlamalikeTransformerConfig:
 def _llama_to_penzai(model: Transformer):
     cfg, b = model.cfg, model.blocks
     unsupported = [f for f in ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out") if getattr(b, f) is not None]
-    if unsupported or cfg.rotary_dim or cfg.parallel_block:
+    features = [
+        *unsupported,
+        *(["partial rotary"] if cfg.rotary_dim else []),
+        *(["parallel blocks"] if cfg.parallel_block else []),
+        *([f"q/k norms ({cfg.qk_norm})"] if cfg.qk_norm else []),
+        *([f"RoPE scaling {cfg.rope_type!r}"] if cfg.rope_type != "default" else []),
+        *(["a separate RoPE base on local layers"] if cfg.rope_local_theta else []),
+        *(["no pre-norms (OLMo-2 style output norms)"] if b.ln1_w is None or b.ln2_w is None else []),
+    ]
+    if features:
         raise UnsupportedArchitectureError(
-            f"this Llama-family model has {unsupported or ''}{' partial rotary' if cfg.rotary_dim else ''}"
-            f"{' parallel blocks' if cfg.parallel_block else ''}, which penzai's llamalike builder does not "
-            "have; to_penzai supports bias-free Llama/Mistral/Gemma models and GPT-2"
+            f"this Llama-family model has {', '.join(features)}, which penzai's llamalike builder does not "
+            "have; to_penzai supports bias-free Llama/Mistral/Gemma 1-2 models with default RoPE, and GPT-2"
         )
     pcfg = _llamalike_config(cfg)
     L, K, G = cfg.n_layers, cfg.n_kv_heads, cfg.group_size

