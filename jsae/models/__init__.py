@@ -43,7 +43,7 @@ from .penzai import from_penzai, to_penzai
 from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
 from .sharding import shard_model
 from .tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
-from .transformer import Blocks, Transformer, forward, layer_range, unembed
+from .transformer import Blocks, Transformer, forward, layer_range, unembed, value_vectors
 
 __all__ = [
     "Add",
@@ -90,5 +90,6 @@ __all__ = [
     "split_tokens",
     "to_penzai",
     "unembed",
+    "value_vectors",
     "zero_ablate",
 ]

@@ -279,6 +279,18 @@ def _forward(model: Transformer, tokens: Array, spec: HookSpec, lengths: Array, 
     return unembed(model, x), cache
 
 
+def value_vectors(
+    model: Transformer, resid_pre: Float[Array, "B T D"], layer: Int[Array, ""] | int
+) -> Float[Array, "B T K dh"]:
+    """The value vectors of every key/value head at ``layer`` from the residual stream entering that block,
+    exactly as the forward computes them (pre-norm of the model's family, the weights' dtype with float32
+    sums, value bias): ``z[t] = sum_s pattern[t, s] v[s]`` for each head of a key/value group."""
+    p = jax.tree.map(lambda a: a[layer], model.blocks)
+    h = resid_pre if p.ln1_w is None else _norm(model.cfg, resid_pre, p.ln1_w, p.ln1_b)
+    v = _mm("btd,dke->btke", h, p.W_V)
+    return v if p.b_V is None else v + p.b_V
+
+
 def unembed(model: Transformer, resid: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """Logits from the last layer's residual stream: final norm, then the unembedding."""
     logits = _mm("...d,dv->...v", _norm(model.cfg, resid, model.ln_f_w, model.ln_f_b), model.unembed_matrix())

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from jsae.models import Transformer
+from jsae.models import Transformer, value_vectors
 
 # fixed histogram bins: 10 per decade from 1e-3 to 1e3 (an activation below the first edge falls in bin 0,
 # one above the last in the last bin), the same for every latent so that one scatter-add counts them all
@@ -74,22 +74,9 @@ def attention_values(
 ) -> Float[Array, "B T dh"] | Float[Array, "B T K dh"]:
     """The value vectors ``v [B, T, dh]`` of key/value head ``kv_head`` at ``layer`` (all of them, ``[B, T, K, dh]``,
     when ``kv_head`` is None) from the residual stream entering the block: ``v = norm1(resid_pre) W_V (+ b_V)``
-    (LayerNorm with bias for GPT-2, RMSNorm otherwise, as the model's forward)."""
-    p = model.blocks
-    cfg = model.cfg
-    x = resid_pre
-    if cfg.arch == "gpt2":
-        xc = x - x.mean(-1, keepdims=True)
-        h = xc * jax.lax.rsqrt((xc * xc).mean(-1, keepdims=True) + cfg.norm_eps) * p.ln1_w[layer]
-        if p.ln1_b is not None:
-            h = h + p.ln1_b[layer]
-    else:
-        h = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps) * p.ln1_w[layer]
-    W_V = p.W_V[layer] if kv_head is None else p.W_V[layer][:, kv_head]  # [D, K, dh] or [D, dh]
-    v = jnp.einsum("btd,d...->bt...", h, W_V)
-    if p.b_V is not None:
-        v = v + (p.b_V[layer] if kv_head is None else p.b_V[layer][kv_head])
-    return v
+    (:func:`jsae.models.value_vectors`: the model's own pre-norm and projection)."""
+    v = value_vectors(model, resid_pre, layer)  # [B, T, K, dh], as the model's own forward computes them
+    return v if kv_head is None else v[:, :, kv_head]
 
 
 def source_contributions(
