@@ -18,8 +18,6 @@ Prints the ratio page / forward (target: under 2); writes results/bench_browse.j
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -32,7 +30,9 @@ import jax
 import numpy as np
 
 from jsae.activations import parse_inputs
+from jsae.bench import machine
 from jsae.data import ContextStream, open_text
+from jsae.io import write_json
 from jsae.models import forward, load, map_batches
 from jsae.sae.registry import init_stack
 from jsae.viz import feature_data, page_payload, render_html
@@ -111,17 +111,14 @@ def main() -> None:
         "html_mb": len(html.encode()) / 1e6,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
-        "cpu": platform.processor() or platform.machine(),
+        "machine": machine(),
     }
     print(
         f"{len(inputs)} heads x {args.latents} latents over {n_tokens:,} tokens ({jax.default_backend()}): "
         f"forward {fwd:.2f} s, page pass {page:.2f} s + render {render:.2f} s -> ratio {ratio:.2f} (target < 2)"
     )
     if not args.smoke:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        print(f"wrote {write_json(Path(args.out), result)}")
 
 
 if __name__ == "__main__":

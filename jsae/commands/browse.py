@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def _page_name() -> str:
-    from jsae.viz._browse import PAGE_NAME
+    from jsae.viz import PAGE_NAME
 
     return PAGE_NAME
 

@@ -17,6 +17,7 @@ from ._arrays import logit_effects as logit_effects
 from ._arrays import merge_top_k as merge_top_k
 from ._arrays import pre_activation_constant as pre_activation_constant
 from ._arrays import source_contributions as source_contributions
+from ._browse import PAGE_NAME as PAGE_NAME
 from ._browse import Page as Page
 from ._browse import browse as browse
 from ._browse import load_saes as load_saes
@@ -28,6 +29,7 @@ from ._pass import choose_latents as choose_latents
 from ._pass import feature_data as feature_data
 
 __all__ = [
+    "PAGE_NAME",
     "HIST_EDGES",
     "FeatureData",
     "Page",
