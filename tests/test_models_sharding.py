@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jsae.models import ModelError, shard_model
+from jsae.models import ModelError, load_sharded, shard_model
 
 SCRIPT = Path(__file__).with_name("sharded_model_script.py")
 
@@ -35,3 +35,20 @@ def test_shard_model_errors(tiny_llama_dir):
         shard_model(model, mesh, axis="c")
     with pytest.raises(ModelError, match="takes a jsae Transformer"):
         shard_model(mesh, mesh)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ModelError, match="load_sharded takes a jax.sharding.Mesh"):
+        load_sharded(tiny_llama_dir[0], "x")  # pyright: ignore[reportArgumentType]
+    one = Mesh(np.array(jax.devices()[:1]), ("x",))
+    sharded, tok, meta = load_sharded(tiny_llama_dir[0], one)
+    assert sharded.blocks.W_Q.sharding == NamedSharding(one, PartitionSpec(None, None, "x", None))
+    np.testing.assert_array_equal(np.asarray(sharded.blocks.W_Q), np.asarray(model.blocks.W_Q))
+    assert meta["name"] == tiny_llama_dir[0].name
+
+
+def test_train_on_sharded_model_equals_unsharded_on_8_devices():
+    """train_on_model on a model sharded over the SAE mesh gives the unsharded run's SAEs; the weights
+    keep their shards (see sharded_stream_script.py)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    script = SCRIPT.with_name("sharded_stream_script.py")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stream on sharded model ok" in done.stdout, done.stdout

@@ -103,8 +103,11 @@ class StreamFeed:
     shuffle: bool
     fused: bool
     drain: bool = False
+    model_sharded: bool = False  # the weights are spread over the mesh (shard_model): every device sees all contexts
 
     def rows(self, model, tokens):
+        if self.model_sharded:  # each device runs its own heads and hidden units on the whole batch
+            tokens = jax.lax.with_sharding_constraint(tokens, NamedSharding(self.mesh, P()))
         return pad_leading(capture_rows(model, tokens, self.inputs, self.skip), self.n_pad)
 
     def produce(self, carry, inputs, start, n_steps):
@@ -157,7 +160,13 @@ class ModelSource:
         self.model, self.contexts, self.inputs = model, contexts, tuple(inputs)
         self.plan_ = plan(tokens, contexts, batch_size, buffer_tokens)
         self.batch_size, self.buffer_dtype = batch_size, buffer_dtype
-        self.fused = jax.default_backend() != "cpu" if fused is None else fused
+        self.model_sharded = _spread_over_devices(model)
+        if fused is False and self.model_sharded:
+            raise ValueError(
+                "fused=False runs the forward on one device, but the model's weights are spread over several "
+                "(shard_model); leave fused unset: a sharded model runs inside the training program"
+            )
+        self.fused = (jax.default_backend() != "cpu" or self.model_sharded) if fused is None else fused
         self.n_inputs = len(self.inputs)
         self.d_in = input_width(model.cfg, self.inputs[0].point)
         self.exchange_index = 0
@@ -185,9 +194,21 @@ class ModelSource:
         ahead = min(ahead, pl.exchanges - self.exchange_index)
         self.pending = [_next(self.reader, self.exchange_index + i) for i in range(ahead)]
         run_model = model_for(self.model, self.inputs)
-        self.run_model = replicate(run_model, mesh) if self.fused else jax.device_put(run_model, mesh.devices.flat[0])
+        if self.model_sharded:
+            self.run_model = on_sae_mesh(run_model, mesh)
+        elif self.fused:
+            self.run_model = replicate(run_model, mesh)
+        else:
+            self.run_model = jax.device_put(run_model, mesh.devices.flat[0])
         self.feed = StreamFeed(
-            self.inputs, self.contexts.bos_positions, mesh, n_pad, cfg.batch_size, pl.buffer_tokens > 0, self.fused
+            self.inputs,
+            self.contexts.bos_positions,
+            mesh,
+            n_pad,
+            cfg.batch_size,
+            pl.buffer_tokens > 0,
+            self.fused,
+            model_sharded=self.model_sharded,
         )
         self.drain_feed = dataclasses.replace(self.feed, drain=True)
         return self.exchange_index * pl.rows_per_exchange
@@ -266,6 +287,45 @@ def _put(feed: StreamFeed, buffer_dtype):
         return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer_dtype), offset, axis=1)
 
     return lambda buffer, model, tokens, offset: put_rows(buffer, jax.device_put(rows(model, tokens), by_sae), offset)
+
+
+def _spread_over_devices(model: Transformer) -> bool:
+    """Whether any of the model's weights lies on more than one device without being a full copy on each
+    (a model placed by :func:`jsae.models.shard_model`)."""
+    return any(
+        isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 and not a.sharding.is_fully_replicated
+        for a in jax.tree.leaves(model)
+    )
+
+
+def on_sae_mesh(model: Transformer, mesh: jax.sharding.Mesh) -> Transformer:
+    """A model sharded over a one-axis mesh of the same devices, re-expressed over the training mesh
+    ``mesh`` (axis ``"sae"``): each weight keeps its split axis and, where the device order is the same,
+    its shards stay where they are (no copy). Refuses a model on other devices or on a mesh of several
+    axes."""
+    devices = set(mesh.devices.flat)
+
+    def place(a):
+        if not isinstance(a, jax.Array):
+            return a
+        sharding = a.sharding
+        if sharding.device_set != devices:
+            raise ValueError(
+                f"the model's weights lie on {len(sharding.device_set)} devices but the SAEs train on a mesh of "
+                f"{len(devices)}; shard the model over the same mesh: "
+                "mesh = jsae.train.sae_mesh(); model = jsae.models.shard_model(model, mesh); pass mesh=mesh"
+            )
+        if sharding.is_fully_replicated:
+            return jax.device_put(a, NamedSharding(mesh, P()))
+        if not isinstance(sharding, NamedSharding) or len(sharding.mesh.axis_names) != 1:
+            raise ValueError(
+                f"the model's weights are split by {sharding}; the stream takes a model sharded over a one-axis "
+                "mesh (jsae.models.shard_model(model, jsae.train.sae_mesh()))"
+            )
+        spec = P(*(None if part is None else AXIS for part in sharding.spec))
+        return jax.device_put(a, NamedSharding(mesh, spec))
+
+    return jax.tree.map(place, model)
 
 
 def _device_tokens(tokens: np.ndarray, mesh, fused: bool) -> jax.Array:
