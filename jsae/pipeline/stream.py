@@ -61,17 +61,20 @@ class StreamPlan:
         return self.exchanges * self.rows_per_exchange
 
 
-def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: int) -> StreamPlan:
+def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: int, processes: int = 1) -> StreamPlan:
     """The exchanges of a run; one clear error for sizes that do not divide.
 
     ``tokens`` is rounded up to whole batches of contexts and ``buffer_tokens`` to whole exchanges. The
     buffer is shrunk to fit the tokens (at most all exchanges but one fill it; one exchange: no
-    shuffling), so a run never reads more text than asked for: compare ``buffer_tokens`` of the plan."""
-    rows = contexts.batch_contexts * contexts.context_size
+    shuffling), so a run never reads more text than asked for: compare ``buffer_tokens`` of the plan.
+    With ``processes`` > 1 (multi-host) every process reads its own batch of contexts per exchange, and
+    the sizes count all of them: an exchange is ``processes * batch_contexts * context_size`` tokens."""
+    rows = processes * contexts.batch_contexts * contexts.context_size
     if rows % batch_size:
         good = [b for b in (256, 512, 1024, 2048, 4096) if rows % b == 0]
+        per = f"{processes} processes x " if processes > 1 else ""
         raise ValueError(
-            f"a batch of {contexts.batch_contexts} contexts x {contexts.context_size} tokens = {rows} "
+            f"a batch of {per}{contexts.batch_contexts} contexts x {contexts.context_size} tokens = {rows} "
             f"tokens is not a multiple of the SAE batch size {batch_size}; choose a batch size "
             f"that divides it ({', '.join(map(str, good)) or 'e.g. a divisor of ' + str(rows)}) or change "
             "the number of contexts per batch"
@@ -158,15 +161,23 @@ class ModelSource:
         fused: bool | None = None,
     ):
         self.model, self.contexts, self.inputs = model, contexts, tuple(inputs)
-        self.plan_ = plan(tokens, contexts, batch_size, buffer_tokens)
+        self.processes = jax.process_count()
+        self.plan_ = plan(tokens, contexts, batch_size, buffer_tokens, self.processes)
         self.batch_size, self.buffer_dtype = batch_size, buffer_dtype
         self.model_sharded = _spread_over_devices(model)
-        if fused is False and self.model_sharded:
-            raise ValueError(
-                "fused=False runs the forward on one device, but the model's weights are spread over several "
-                "(shard_model); leave fused unset: a sharded model runs inside the training program"
+        if fused is False and (self.model_sharded or self.processes > 1):
+            why = (
+                "its weights are spread over several (shard_model)"
+                if self.model_sharded
+                else "this is a multi-host run"
             )
-        self.fused = (jax.default_backend() != "cpu" or self.model_sharded) if fused is None else fused
+            raise ValueError(
+                f"fused=False runs the forward on one device, but {why}; leave fused unset: the forward then "
+                "runs inside the training program on the whole mesh"
+            )
+        self.fused = (
+            (jax.default_backend() != "cpu" or self.model_sharded or self.processes > 1) if fused is None else fused
+        )
         self.n_inputs = len(self.inputs)
         self.d_in = input_width(model.cfg, self.inputs[0].point)
         self.exchange_index = 0
@@ -184,6 +195,12 @@ class ModelSource:
 
     def open(self, n, d_in, n_pad, mesh, cfg, resume):
         pl = self.plan_
+        local = len(mesh.local_devices)
+        if self.processes > 1 and self.contexts.batch_contexts % local:
+            raise ValueError(
+                f"each process reads {self.contexts.batch_contexts} contexts per batch, which do not split over its "
+                f"{local} devices of the mesh; give batch_contexts a multiple of {local}"
+            )
         self.mesh, self.n, self.n_pad, self.key = mesh, n, n_pad, jax.random.key(cfg.seed)
         self.exchange_index = int(resume["exchange"]) if resume else 0
         self.reader = self.contexts.iterator(resume["reader"] if resume else None)
@@ -329,14 +346,15 @@ def on_sae_mesh(model: Transformer, mesh: jax.sharding.Mesh) -> Transformer:
 
 
 def _device_tokens(tokens: np.ndarray, mesh, fused: bool) -> jax.Array:
-    """A batch of contexts: split over the mesh's devices (fused, when it divides; one host's share per
-    process) or whole on the first device."""
+    """A batch of contexts: split over the mesh's devices (fused, when it divides) or whole on the first
+    device. Multi-host: each process's batch is its share of the global batch ``[processes * B, T]``,
+    process 0's contexts first (split over each process's own devices; ``open`` checks they divide)."""
     if not fused:
         return jax.device_put(jnp.asarray(tokens, jnp.int32), mesh.devices.flat[0])
+    if jax.process_count() > 1:
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), np.asarray(tokens, np.int32))
     spec = P(AXIS) if tokens.shape[0] % mesh.devices.size == 0 else P()
     sharding = NamedSharding(mesh, spec)
-    if jax.process_count() > 1:
-        return jax.make_array_from_process_local_data(sharding, tokens)
     return jax.device_put(jnp.asarray(tokens, jnp.int32), sharding)
 
 
