@@ -80,6 +80,12 @@ def test_two_processes_train_the_single_process_stack(tiny_llama_tok, tmp_path):
         for i in range(2)
     ]
     try:
+        # meanwhile, one process on the same text: both shards' contexts in every exchange, process 0's first
+        shards = [
+            ContextStream(open_text(text), tok, context_size=16, batch_contexts=4, process_index=i, process_count=2)
+            for i in range(2)
+        ]
+        ref = run(model, BothShards(shards))
         done = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
@@ -88,13 +94,6 @@ def test_two_processes_train_the_single_process_stack(tiny_llama_tok, tmp_path):
     for p, (stdout, stderr) in zip(procs, done, strict=True):
         assert p.returncode == 0, stderr[-3000:]
         assert "of 2 ok, 4 devices" in stdout, stdout
-
-    # one process, the same text: both shards' contexts in every exchange, process 0's first
-    shards = [
-        ContextStream(open_text(text), tok, context_size=16, batch_contexts=4, process_index=i, process_count=2)
-        for i in range(2)
-    ]
-    ref = run(model, BothShards(shards))
     got = np.load(out)
     assert int(got["steps"]) == ref.steps
     np.testing.assert_allclose(got["loss"], ref.history["loss"], rtol=1e-4, atol=1e-6)
