@@ -4,13 +4,17 @@ as on the unsharded model, and the weights stay where ``shard_model`` put them."
 
 from __future__ import annotations
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from sharded_model_script import V, random_model
 
 from jsae.activations import parse_inputs
-from jsae.models import shard_model
+from jsae.activations.capture import capture_rows
+from jsae.models import capture, forward, shard_model
 from jsae.pipeline import ArrayContexts, ModelSource
 from jsae.sae.registry import init_stack
 from jsae.train import TrainConfig, sae_mesh, train
@@ -52,4 +56,22 @@ if __name__ == "__main__":
                 np.testing.assert_array_equal(
                     np.asarray(shard.data), np.take(full, range(lo, lo + w.shape[axis] // 8), axis)
                 )
+    # head-major inputs: each device's SAEs are its own heads, and no activation moves between devices (the
+    # only collectives are the residual stream's all-reduces, [B, T, D]); the rows equal the unsharded z
+    by_head = tuple(sorted(inputs, key=lambda i: (i.head, i.layer)))
+    replicated, by_sae = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("sae"))
+
+    @jax.jit
+    def rows(m, t):
+        return jax.lax.with_sharding_constraint(
+            capture_rows(m, jax.lax.with_sharding_constraint(t, replicated), by_head), by_sae
+        )
+
+    batch = jnp.asarray(tokens[:8])
+    hlo = rows.lower(source.run_model, batch).compile().as_text() or ""
+    moved = re.findall(r"= (\S+) (all-gather|all-to-all|collective-permute|all-reduce|reduce-scatter)\(", hlo)
+    assert moved and all(op == "all-reduce" and shape.startswith("f32[8,16,16]") for shape, op in moved), moved
+    _, cache = forward(model, batch, hooks=capture("z"))
+    want = np.stack([np.asarray(cache["z"][i.layer, :, :, i.head]).reshape(-1, model.cfg.d_head) for i in by_head])
+    np.testing.assert_allclose(np.asarray(rows(source.run_model, batch)), want, rtol=1e-4, atol=1e-5)
     print("stream on sharded model ok")
