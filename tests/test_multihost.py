@@ -14,6 +14,7 @@ import numpy as np
 
 from jsae.data import ContextStream, open_text
 from jsae.models import load_hf_dir
+from jsae.train.checkpoint import Checkpointer
 
 HERE = Path(__file__).parent
 
@@ -65,13 +66,13 @@ def test_two_processes_train_the_single_process_stack(tiny_llama_tok, tmp_path):
 
     model, tok, _ = load_hf_dir(tiny_llama_tok[0])
     text = _text(tmp_path / "docs.jsonl", tok)
-    out, port = tmp_path / "stack.npz", _free_port()
+    out, port, ckpt = tmp_path / "stack.npz", _free_port(), tmp_path / "ckpt"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")])
     script = str(HERE / "multihost_script.py")
     procs = [
         subprocess.Popen(
-            [sys.executable, script, str(tiny_llama_tok[0]), str(text), str(out), str(port), str(i), "2"],
+            [sys.executable, script, str(tiny_llama_tok[0]), str(text), str(out), str(port), str(i), "2", str(ckpt)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -100,3 +101,12 @@ def test_two_processes_train_the_single_process_stack(tiny_llama_tok, tmp_path):
     leaves = jax.tree.leaves(ref.sae)
     for i, a in enumerate(leaves):
         np.testing.assert_allclose(got[f"arr_{i}"], np.asarray(a), rtol=1e-4, atol=1e-6)
+    # the checkpoint holds each process's own reader position: after 6 batches of its own shard
+    meta = Checkpointer(ckpt).read_meta(ref.steps)
+    readers = meta["extra"]["source"]["readers"]
+    for shard, saved in zip(shards, readers, strict=True):
+        it = shard.iterator()
+        for _ in range(6):
+            next(it)
+        assert saved == it.get_state()
+    assert readers[0] != readers[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -203,7 +204,7 @@ class ModelSource:
             )
         self.mesh, self.n, self.n_pad, self.key = mesh, n, n_pad, jax.random.key(cfg.seed)
         self.exchange_index = int(resume["exchange"]) if resume else 0
-        self.reader = self.contexts.iterator(resume["reader"] if resume else None)
+        self.reader = self.contexts.iterator(self._own_reader_state(resume) if resume else None)
         # read ahead: the buffer's fill and the first exchange (refuses a text too short for them now)
         get_state = getattr(self.reader, "get_state", None)
         self._position = get_state() if get_state is not None else None
@@ -269,8 +270,23 @@ class ModelSource:
         return self.plan_.tokens
 
     def state(self) -> dict:
+        """The position for a checkpoint. Multi-host: every process's reader state, by process index (the
+        checkpoint's metadata is written once, so they are gathered; every process calls this together)."""
         position = self._position if self.pending else _reader_state(self.reader)
+        if self.processes > 1:
+            return {"exchange": self.exchange_index, "readers": _gather_json(position)}
         return {"exchange": self.exchange_index, "reader": position}
+
+    def _own_reader_state(self, resume: dict):
+        if "readers" not in resume and self.processes == 1:
+            return resume["reader"]
+        saved = len(resume["readers"]) if "readers" in resume else 1
+        if saved != self.processes:
+            raise ValueError(
+                f"the checkpoint was written by a run of {saved} processes, this one has {self.processes}: each "
+                "process reads its own shard of the text, so resume with the same number of processes"
+            )
+        return resume["readers"][jax.process_index()]
 
     def _take(self) -> np.ndarray:
         if self.pending:
@@ -430,6 +446,18 @@ def train_on_model(
         compute_dtype=compute_dtype,
         on_chunk=after_chunk,
     )
+
+
+def _gather_json(value) -> list:
+    """``value`` (JSON) of every process, in process order (a collective: every process calls it)."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(data)], np.int32)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:size]).decode()) for row, size in zip(every, sizes.reshape(-1), strict=True)]
 
 
 def _reader_state(reader: Iterator[np.ndarray]) -> dict:
