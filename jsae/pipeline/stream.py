@@ -10,7 +10,11 @@ the buffer is drained, so every token read is trained on exactly once and a run 
 
 The stream is a source (:class:`ModelSource`) of the one engine, :func:`jsae.train.train`: the SAE axis is
 sharded over the mesh as for every source (``shard_map``, no communication); the contexts of a batch are
-split over the same devices for the forward. Checkpoints (every ``cfg.checkpoint_every`` steps, between
+split over the same devices for the forward. A model sharded over the same mesh
+(:func:`jsae.models.shard_model`) stays where it is and runs on the whole batch, each device on its own
+heads (ARCHITECTURE.md, "A model over a mesh"). Multi-host (``jax.distributed``): every process reads
+its own shard of the text, and an exchange is one batch of contexts from every process, process 0's
+first (ARCHITECTURE.md, "Beyond one machine"). Checkpoints (every ``cfg.checkpoint_every`` steps, between
 exchanges) hold the training state, the buffer and the reader's position, so a killed run resumes
 bit-identically.
 """
@@ -97,6 +101,8 @@ class StreamFeed:
     matmuls already use every core and a batch split over per-core devices runs at half speed) the
     forward is its own program on the first device and the inputs are ``(rows, key)``, rows already
     moved device-to-device into the SAE-sharded layout; the host still sees only token ids.
+    ``model_sharded``: the weights are spread over the mesh (always fused); every device runs the whole
+    batch of contexts on its own heads and hidden units.
     """
 
     inputs: tuple[HookInput, ...]
@@ -411,7 +417,11 @@ def train_on_model(
         the end; a directory holding this run's checkpoint resumes it bit-identically.
       on_exchange: called with the exchange index after each one (tests use it to kill a run).
       fused: run the forward inside the training program, contexts split over the mesh (default: on
-        GPU/TPU; on CPU the forward runs on one device, see :class:`StreamFeed`).
+        GPU/TPU, for a model sharded over the mesh and for multi-host runs; else on CPU the forward
+        runs on one device, see :class:`StreamFeed`).
+      mesh: the SAE mesh (default: all devices). A model from ``shard_model`` must be sharded over the
+        same devices (``shard_model(model, jsae.train.sae_mesh())``); give its inputs head-major so no
+        activation moves between devices.
       optimizer, optimizer_hp, loss_fn, compute_dtype: as for ``jsae.train.train``.
 
     ``train_on_model(model, contexts, inputs, sae, cfg, tokens=T, ...)`` is
