@@ -1,5 +1,6 @@
 """Run by test_models_sharding.py in a process with 8 forced CPU devices: a tiny model sharded over a mesh
-gives the unsharded logits and per-head ``z``, with each weight where shard_model placed it."""
+gives the unsharded logits and per-head ``z``, with each weight where shard_model placed it; then the
+stream trains the same SAEs on it (sharded_stream_script.py)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,6 @@ if __name__ == "__main__":
     check("llama", 8, 4, 32, 4, {"W_Q": 2, "W_O": 1, "W_K": 2, "W_V": 2, "W_gate": 2, "W_in": 2, "W_out": 1})
     # GPT-2 (biases): 4 heads do not divide 8 devices, attention replicated; MLP (24) sharded with its bias
     check("gpt2", 4, 4, 24, 8, {"W_in": 2, "b_in": 1, "W_out": 1})
+    from sharded_stream_script import main
+
+    main()  # train_on_model on a sharded model

@@ -1,4 +1,4 @@
-"""Run by test_models_sharding.py in a process with 8 forced CPU devices: ``train_on_model`` on a tiny
+"""Called by sharded_model_script.py (a process with 8 forced CPU devices): ``train_on_model`` on a tiny
 model sharded over the SAE mesh (8 heads over 8 devices, 2 layers: 16 per-head SAEs) trains the same SAEs
 as on the unsharded model, and the weights stay where ``shard_model`` put them."""
 
@@ -26,8 +26,7 @@ def run(model, tokens, inputs, sae, mesh):
     return train(sae, source, cfg, mesh=mesh, progress=False), source
 
 
-if __name__ == "__main__":
-    assert len(jax.devices()) == 8, jax.devices()
+def main():
     model = random_model("llama", 8, 8, 32, seed=3)  # 8 query and 8 KV heads, 32 hidden units: all split 8 ways
     mesh = sae_mesh()
     sharded = shard_model(model, mesh)

@@ -83,7 +83,15 @@ def test_two_processes_train_the_single_process_stack(tiny_llama_tok, tmp_path):
     try:
         # meanwhile, one process on the same text: both shards' contexts in every exchange, process 0's first
         shards = [
-            ContextStream(open_text(text), tok, context_size=16, batch_contexts=4, process_index=i, process_count=2)
+            ContextStream(
+                open_text(text),
+                tok,
+                context_size=16,
+                batch_contexts=4,
+                process_index=i,
+                process_count=2,
+                read_threads=0,
+            )
             for i in range(2)
         ]
         ref = run(model, BothShards(shards))
