@@ -4,6 +4,8 @@ stream trains the same SAEs on it (sharded_stream_script.py)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,7 @@ from jsae.models.build import make_transformer
 D, DH, V, L = 16, 4, 37, 2
 
 
-def random_model(arch: str, H: int, K: int, F: int, seed: int):
+def random_model(arch: Literal["gpt2", "llama"], H: int, K: int, F: int, seed: int):
     rng = np.random.default_rng(seed)
 
     def r(*shape):
@@ -45,7 +47,7 @@ def random_model(arch: str, H: int, K: int, F: int, seed: int):
     )
 
 
-def check(arch, H, K, F, n, sharded_axes):
+def check(arch: Literal["gpt2", "llama"], H, K, F, n, sharded_axes):
     model = random_model(arch, H, K, F, seed=n)
     mesh = Mesh(np.array(jax.devices()[:n]), ("x",))
     sharded = shard_model(model, mesh)
@@ -72,7 +74,7 @@ def check(arch, H, K, F, n, sharded_axes):
                 np.testing.assert_array_equal(np.asarray(shard.data), expect)
     for w in (sharded.embed, b.ln1_w):
         assert w.sharding.is_fully_replicated and len(w.sharding.device_set) == n, w.sharding  # replicated
-    print(arch, H, K, F, n, "ok; z sharding:", cache["z"].sharding.spec)
+    print(arch, H, K, F, n, "ok; z sharding:", cache["z"].sharding)
 
 
 if __name__ == "__main__":
