@@ -16,7 +16,7 @@ TOKENS = 2 * 4 * 16 * 6  # 2 processes x 4 contexts x 16 tokens per exchange, 6 
 def run(model, contexts, checkpoint_dir=None):
     inputs = parse_inputs(model.cfg, "z")  # 2 layers x 4 heads: 8 SAEs
     sae = init_stack("topk", jax.random.key(0), len(inputs), model.cfg.d_head, 32, k=4)
-    cfg = TrainConfig(steps=1, batch_size=32, lr=3e-3, compute_dtype="float32")
+    cfg = TrainConfig(steps=1, batch_size=32, lr=3e-3, compute_dtype="float32", normalise_activations=True)
     return train_on_model(
         model,
         contexts,

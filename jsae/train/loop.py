@@ -289,7 +289,9 @@ def _first_state(sae, sample, cfg: TrainConfig, n: int, initial_state) -> TrainS
             "a cache); scale an iterator's batches yourself"
         )
     else:
-        scales = np.broadcast_to(np.asarray(jax.vmap(normalisation_scale)(sample), np.float32), (n,))  # [1]: shared
+        scales = np.broadcast_to(
+            host_array(jax.vmap(normalisation_scale)(sample)).astype(np.float32), (n,)
+        )  # [1]: shared
     return initial_state(sae, scales)
 
 
