@@ -44,3 +44,28 @@ def test_shard_model_errors(tiny_llama_dir):
     assert sharded.blocks.W_Q.sharding == NamedSharding(one, PartitionSpec(None, None, "x", None))
     np.testing.assert_array_equal(np.asarray(sharded.blocks.W_Q), np.asarray(model.blocks.W_Q))
     assert meta["name"] == tiny_llama_dir[0].name
+
+
+def test_stream_refuses_a_model_sharded_elsewhere(tiny_llama_dir):
+    """Before any compute: a model sharded over other devices than the SAE mesh, and fused=False."""
+    import jax
+    import numpy as np
+
+    from jsae.activations import parse_inputs
+    from jsae.models import load
+    from jsae.pipeline import ArrayContexts, train_on_model
+    from jsae.sae.registry import init_stack
+    from jsae.train import TrainConfig, sae_mesh
+
+    if jax.device_count() < 2:
+        pytest.skip("needs 2 devices (one per core: jsae.runtime.prepare_process)")
+    model = load(tiny_llama_dir[0])[0]
+    sharded = shard_model(model, Mesh(np.array(jax.devices()[:2]), ("x",)))
+    inputs = parse_inputs(model.cfg, "z")
+    sae = init_stack("relu", jax.random.key(0), len(inputs), model.cfg.d_head, 8)
+    contexts = ArrayContexts(np.zeros((8, 8), np.int32), 4)
+    cfg = TrainConfig(steps=1, batch_size=32)
+    with pytest.raises(ValueError, match="lie on 2 devices but the SAEs train on a mesh of 1; shard the model"):
+        train_on_model(sharded, contexts, inputs, sae, cfg, tokens=64, mesh=sae_mesh(jax.devices()[:1]), progress=False)
+    with pytest.raises(ValueError, match="fused=False runs the forward on one device, but its weights are spread"):
+        train_on_model(sharded, contexts, inputs, sae, cfg, tokens=64, fused=False, progress=False)

@@ -208,6 +208,13 @@ class ModelSource:
                 f"each process reads {self.contexts.batch_contexts} contexts per batch, which do not split over its "
                 f"{local} devices of the mesh; give batch_contexts a multiple of {local}"
             )
+        run_model = model_for(self.model, self.inputs)
+        if self.model_sharded:
+            self.run_model = on_sae_mesh(run_model, mesh)
+        elif self.fused:
+            self.run_model = replicate(run_model, mesh)
+        else:
+            self.run_model = jax.device_put(run_model, mesh.devices.flat[0])
         self.mesh, self.n, self.n_pad, self.key = mesh, n, n_pad, jax.random.key(cfg.seed)
         self.exchange_index = int(resume["exchange"]) if resume else 0
         self.reader = self.contexts.iterator(self._own_reader_state(resume) if resume else None)
@@ -217,13 +224,6 @@ class ModelSource:
         ahead = 1 if resume else pl.fill_exchanges + 1
         ahead = min(ahead, pl.exchanges - self.exchange_index)
         self.pending = [_next(self.reader, self.exchange_index + i) for i in range(ahead)]
-        run_model = model_for(self.model, self.inputs)
-        if self.model_sharded:
-            self.run_model = on_sae_mesh(run_model, mesh)
-        elif self.fused:
-            self.run_model = replicate(run_model, mesh)
-        else:
-            self.run_model = jax.device_put(run_model, mesh.devices.flat[0])
         self.feed = StreamFeed(
             self.inputs,
             self.contexts.bos_positions,
