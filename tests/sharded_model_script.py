@@ -1,7 +1,10 @@
 """Run by test_models_sharding.py in a process with 8 forced CPU devices: a tiny model sharded over a mesh
-gives the unsharded logits and per-head ``z``, with each weight where shard_model placed it."""
+gives the unsharded logits and per-head ``z``, with each weight where shard_model placed it; then the
+stream trains the same SAEs on it (sharded_stream_script.py)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,7 @@ from jsae.models.build import make_transformer
 D, DH, V, L = 16, 4, 37, 2
 
 
-def random_model(arch: str, H: int, K: int, F: int, seed: int):
+def random_model(arch: Literal["gpt2", "llama"], H: int, K: int, F: int, seed: int):
     rng = np.random.default_rng(seed)
 
     def r(*shape):
@@ -44,7 +47,7 @@ def random_model(arch: str, H: int, K: int, F: int, seed: int):
     )
 
 
-def check(arch, H, K, F, n, sharded_axes):
+def check(arch: Literal["gpt2", "llama"], H, K, F, n, sharded_axes):
     model = random_model(arch, H, K, F, seed=n)
     mesh = Mesh(np.array(jax.devices()[:n]), ("x",))
     sharded = shard_model(model, mesh)
@@ -71,7 +74,7 @@ def check(arch, H, K, F, n, sharded_axes):
                 np.testing.assert_array_equal(np.asarray(shard.data), expect)
     for w in (sharded.embed, b.ln1_w):
         assert w.sharding.is_fully_replicated and len(w.sharding.device_set) == n, w.sharding  # replicated
-    print(arch, H, K, F, n, "ok; z sharding:", cache["z"].sharding.spec)
+    print(arch, H, K, F, n, "ok; z sharding:", cache["z"].sharding)
 
 
 if __name__ == "__main__":
@@ -82,3 +85,6 @@ if __name__ == "__main__":
     check("llama", 8, 4, 32, 4, {"W_Q": 2, "W_O": 1, "W_K": 2, "W_V": 2, "W_gate": 2, "W_in": 2, "W_out": 1})
     # GPT-2 (biases): 4 heads do not divide 8 devices, attention replicated; MLP (24) sharded with its bias
     check("gpt2", 4, 4, 24, 8, {"W_in": 2, "b_in": 1, "W_out": 1})
+    from sharded_stream_script import main
+
+    main()  # train_on_model on a sharded model

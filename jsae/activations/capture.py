@@ -47,8 +47,10 @@ def capture_rows(
         layers = np.array([inputs[n].layer for n in mine])
         acts = cache[p][:, :, skip:]  # [L, B, T', (H,) d]
         if p in HEAD_AXIS:
-            heads = np.array([inputs[n].head for n in mine])
-            rows = acts[layers, :, :, heads]  # advanced indices first: [n, B, T', d]
+            pairs = [(i.layer, i.head) for i in (inputs[n] for n in mine) if i.head is not None]
+            if len(pairs) != len(mine):
+                raise ValueError(f"every input at {p!r} needs a head, got {[inputs[n] for n in mine]}")
+            rows = _head_rows(acts, pairs)
         else:
             rows = acts[layers]  # [n, B, T', D]
         parts.append(rows.reshape(len(mine), -1, rows.shape[-1]))
@@ -57,6 +59,22 @@ def capture_rows(
     if order != sorted(order):
         out = out[np.argsort(order)]
     return out
+
+
+def _head_rows(acts: Float[Array, "L B T H d"], pairs: list[tuple[int, int]]) -> Float[Array, "n B T d"]:
+    """The rows of the ``(layer, head)`` pairs. Every head of some layers, layer-major or head-major, is a
+    slice and a transpose, which keeps a head-sharded ``acts`` (a model from ``shard_model``) in place:
+    head-major, each device's heads are a contiguous block of the SAE axis and no row moves between
+    devices. Any other set of heads is a gather."""
+    n_heads = acts.shape[3]
+    layers = list(dict.fromkeys(layer for layer, _ in pairs))
+    if len(pairs) == len(layers) * n_heads:
+        picked = acts[np.array(layers)] if layers != list(range(acts.shape[0])) else acts  # [l, B, T, H, d]
+        if pairs == [(layer, h) for layer in layers for h in range(n_heads)]:
+            return jnp.moveaxis(picked, 3, 1).reshape(len(pairs), *acts.shape[1:3], acts.shape[-1])
+        if pairs == [(layer, h) for h in range(n_heads) for layer in layers]:
+            return jnp.transpose(picked, (3, 0, 1, 2, 4)).reshape(len(pairs), *acts.shape[1:3], acts.shape[-1])
+    return acts[np.array([lay for lay, _ in pairs]), :, :, np.array([h for _, h in pairs])]  # [n, B, T', d]
 
 
 capture_rows_jit = eqx.filter_jit(capture_rows)

@@ -41,7 +41,7 @@ from .hooks import (
 )
 from .penzai import from_penzai, to_penzai
 from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
-from .sharding import shard_model
+from .sharding import load_sharded, shard_model
 from .tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
 from .transformer import Blocks, Transformer, forward, layer_range, unembed, value_vectors
 
@@ -85,6 +85,7 @@ __all__ = [
     "mean_ablate",
     "pad_sequences",
     "patch",
+    "load_sharded",
     "shard_model",
     "smollm2_gguf_path",
     "split_tokens",

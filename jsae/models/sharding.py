@@ -96,3 +96,17 @@ def shard_model(model: Transformer, mesh: Mesh, axis: str | None = None) -> Tran
         if f.name not in ("cfg", "blocks")
     }
     return dataclasses.replace(model, blocks=blocks, **rest)
+
+
+def load_sharded(
+    name_or_path, mesh: Mesh, axis: str | None = None, **load_kwargs
+) -> tuple[Transformer, Any, dict[str, Any]]:
+    """``load(name_or_path, **load_kwargs)`` with the weights then placed on ``mesh`` by :func:`shard_model`:
+    ``(model, tokenizer, metadata)``. For the streaming trainer shard over the SAE mesh,
+    ``load_sharded(name, jsae.train.sae_mesh())``. (The weights are read onto one device first.)"""
+    if not isinstance(mesh, Mesh):
+        raise ModelError(f"load_sharded takes a jax.sharding.Mesh, got {type(mesh).__name__}")
+    from .registry import load
+
+    model, tokenizer, metadata = load(name_or_path, **load_kwargs)
+    return shard_model(model, mesh, axis), tokenizer, metadata

@@ -10,7 +10,11 @@ the buffer is drained, so every token read is trained on exactly once and a run 
 
 The stream is a source (:class:`ModelSource`) of the one engine, :func:`jsae.train.train`: the SAE axis is
 sharded over the mesh as for every source (``shard_map``, no communication); the contexts of a batch are
-split over the same devices for the forward. Checkpoints (every ``cfg.checkpoint_every`` steps, between
+split over the same devices for the forward. A model sharded over the same mesh
+(:func:`jsae.models.shard_model`) stays where it is and runs on the whole batch, each device on its own
+heads (ARCHITECTURE.md, "A model over a mesh"). Multi-host (``jax.distributed``): every process reads
+its own shard of the text, and an exchange is one batch of contexts from every process, process 0's
+first (ARCHITECTURE.md, "Beyond one machine"). Checkpoints (every ``cfg.checkpoint_every`` steps, between
 exchanges) hold the training state, the buffer and the reader's position, so a killed run resumes
 bit-identically.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,17 +66,20 @@ class StreamPlan:
         return self.exchanges * self.rows_per_exchange
 
 
-def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: int) -> StreamPlan:
+def plan(tokens: int, contexts: ContextBatches, batch_size: int, buffer_tokens: int, processes: int = 1) -> StreamPlan:
     """The exchanges of a run; one clear error for sizes that do not divide.
 
     ``tokens`` is rounded up to whole batches of contexts and ``buffer_tokens`` to whole exchanges. The
     buffer is shrunk to fit the tokens (at most all exchanges but one fill it; one exchange: no
-    shuffling), so a run never reads more text than asked for: compare ``buffer_tokens`` of the plan."""
-    rows = contexts.batch_contexts * contexts.context_size
+    shuffling), so a run never reads more text than asked for: compare ``buffer_tokens`` of the plan.
+    With ``processes`` > 1 (multi-host) every process reads its own batch of contexts per exchange, and
+    the sizes count all of them: an exchange is ``processes * batch_contexts * context_size`` tokens."""
+    rows = processes * contexts.batch_contexts * contexts.context_size
     if rows % batch_size:
         good = [b for b in (256, 512, 1024, 2048, 4096) if rows % b == 0]
+        per = f"{processes} processes x " if processes > 1 else ""
         raise ValueError(
-            f"a batch of {contexts.batch_contexts} contexts x {contexts.context_size} tokens = {rows} "
+            f"a batch of {per}{contexts.batch_contexts} contexts x {contexts.context_size} tokens = {rows} "
             f"tokens is not a multiple of the SAE batch size {batch_size}; choose a batch size "
             f"that divides it ({', '.join(map(str, good)) or 'e.g. a divisor of ' + str(rows)}) or change "
             "the number of contexts per batch"
@@ -93,6 +101,8 @@ class StreamFeed:
     matmuls already use every core and a batch split over per-core devices runs at half speed) the
     forward is its own program on the first device and the inputs are ``(rows, key)``, rows already
     moved device-to-device into the SAE-sharded layout; the host still sees only token ids.
+    ``model_sharded``: the weights are spread over the mesh (always fused); every device runs the whole
+    batch of contexts on its own heads and hidden units.
     """
 
     inputs: tuple[HookInput, ...]
@@ -103,8 +113,11 @@ class StreamFeed:
     shuffle: bool
     fused: bool
     drain: bool = False
+    model_sharded: bool = False  # the weights are spread over the mesh (shard_model): every device sees all contexts
 
     def rows(self, model, tokens):
+        if self.model_sharded:  # each device runs its own heads and hidden units on the whole batch
+            tokens = jax.lax.with_sharding_constraint(tokens, NamedSharding(self.mesh, P()))
         return pad_leading(capture_rows(model, tokens, self.inputs, self.skip), self.n_pad)
 
     def produce(self, carry, inputs, start, n_steps):
@@ -155,9 +168,23 @@ class ModelSource:
         fused: bool | None = None,
     ):
         self.model, self.contexts, self.inputs = model, contexts, tuple(inputs)
-        self.plan_ = plan(tokens, contexts, batch_size, buffer_tokens)
+        self.processes = jax.process_count()
+        self.plan_ = plan(tokens, contexts, batch_size, buffer_tokens, self.processes)
         self.batch_size, self.buffer_dtype = batch_size, buffer_dtype
-        self.fused = jax.default_backend() != "cpu" if fused is None else fused
+        self.model_sharded = _spread_over_devices(model)
+        if fused is False and (self.model_sharded or self.processes > 1):
+            why = (
+                "its weights are spread over several (shard_model)"
+                if self.model_sharded
+                else "this is a multi-host run"
+            )
+            raise ValueError(
+                f"fused=False runs the forward on one device, but {why}; leave fused unset: the forward then "
+                "runs inside the training program on the whole mesh"
+            )
+        self.fused = (
+            (jax.default_backend() != "cpu" or self.model_sharded or self.processes > 1) if fused is None else fused
+        )
         self.n_inputs = len(self.inputs)
         self.d_in = input_width(model.cfg, self.inputs[0].point)
         self.exchange_index = 0
@@ -175,19 +202,37 @@ class ModelSource:
 
     def open(self, n, d_in, n_pad, mesh, cfg, resume):
         pl = self.plan_
+        local = len(mesh.local_devices)
+        if self.processes > 1 and self.contexts.batch_contexts % local:
+            raise ValueError(
+                f"each process reads {self.contexts.batch_contexts} contexts per batch, which do not split over its "
+                f"{local} devices of the mesh; give batch_contexts a multiple of {local}"
+            )
+        run_model = model_for(self.model, self.inputs)
+        if self.model_sharded:
+            self.run_model = on_sae_mesh(run_model, mesh)
+        elif self.fused:
+            self.run_model = replicate(run_model, mesh)
+        else:
+            self.run_model = jax.device_put(run_model, mesh.devices.flat[0])
         self.mesh, self.n, self.n_pad, self.key = mesh, n, n_pad, jax.random.key(cfg.seed)
         self.exchange_index = int(resume["exchange"]) if resume else 0
-        self.reader = self.contexts.iterator(resume["reader"] if resume else None)
+        self.reader = self.contexts.iterator(self._own_reader_state(resume) if resume else None)
         # read ahead: the buffer's fill and the first exchange (refuses a text too short for them now)
         get_state = getattr(self.reader, "get_state", None)
         self._position = get_state() if get_state is not None else None
         ahead = 1 if resume else pl.fill_exchanges + 1
         ahead = min(ahead, pl.exchanges - self.exchange_index)
         self.pending = [_next(self.reader, self.exchange_index + i) for i in range(ahead)]
-        run_model = model_for(self.model, self.inputs)
-        self.run_model = replicate(run_model, mesh) if self.fused else jax.device_put(run_model, mesh.devices.flat[0])
         self.feed = StreamFeed(
-            self.inputs, self.contexts.bos_positions, mesh, n_pad, cfg.batch_size, pl.buffer_tokens > 0, self.fused
+            self.inputs,
+            self.contexts.bos_positions,
+            mesh,
+            n_pad,
+            cfg.batch_size,
+            pl.buffer_tokens > 0,
+            self.fused,
+            model_sharded=self.model_sharded,
         )
         self.drain_feed = dataclasses.replace(self.feed, drain=True)
         return self.exchange_index * pl.rows_per_exchange
@@ -231,8 +276,23 @@ class ModelSource:
         return self.plan_.tokens
 
     def state(self) -> dict:
+        """The position for a checkpoint. Multi-host: every process's reader state, by process index (the
+        checkpoint's metadata is written once, so they are gathered; every process calls this together)."""
         position = self._position if self.pending else _reader_state(self.reader)
+        if self.processes > 1:
+            return {"exchange": self.exchange_index, "readers": _gather_json(position)}
         return {"exchange": self.exchange_index, "reader": position}
+
+    def _own_reader_state(self, resume: dict):
+        if "readers" not in resume and self.processes == 1:
+            return resume["reader"]
+        saved = len(resume["readers"]) if "readers" in resume else 1
+        if saved != self.processes:
+            raise ValueError(
+                f"the checkpoint was written by a run of {saved} processes, this one has {self.processes}: each "
+                "process reads its own shard of the text, so resume with the same number of processes"
+            )
+        return resume["readers"][jax.process_index()]
 
     def _take(self) -> np.ndarray:
         if self.pending:
@@ -268,15 +328,55 @@ def _put(feed: StreamFeed, buffer_dtype):
     return lambda buffer, model, tokens, offset: put_rows(buffer, jax.device_put(rows(model, tokens), by_sae), offset)
 
 
+def _spread_over_devices(model: Transformer) -> bool:
+    """Whether any of the model's weights lies on more than one device without being a full copy on each
+    (a model placed by :func:`jsae.models.shard_model`)."""
+    return any(
+        isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 and not a.sharding.is_fully_replicated
+        for a in jax.tree.leaves(model)
+    )
+
+
+def on_sae_mesh(model: Transformer, mesh: jax.sharding.Mesh) -> Transformer:
+    """A model sharded over a one-axis mesh of the same devices, re-expressed over the training mesh
+    ``mesh`` (axis ``"sae"``): each weight keeps its split axis and, where the device order is the same,
+    its shards stay where they are (no copy). Refuses a model on other devices or on a mesh of several
+    axes."""
+    devices = set(mesh.devices.flat)
+
+    def place(a):
+        if not isinstance(a, jax.Array):
+            return a
+        sharding = a.sharding
+        if sharding.device_set != devices:
+            raise ValueError(
+                f"the model's weights lie on {len(sharding.device_set)} devices but the SAEs train on a mesh of "
+                f"{len(devices)}; shard the model over the same mesh: "
+                "mesh = jsae.train.sae_mesh(); model = jsae.models.shard_model(model, mesh); pass mesh=mesh"
+            )
+        if sharding.is_fully_replicated:
+            return jax.device_put(a, NamedSharding(mesh, P()))
+        if not isinstance(sharding, NamedSharding) or len(sharding.mesh.axis_names) != 1:
+            raise ValueError(
+                f"the model's weights are split by {sharding}; the stream takes a model sharded over a one-axis "
+                "mesh (jsae.models.shard_model(model, jsae.train.sae_mesh()))"
+            )
+        spec = P(*(None if part is None else AXIS for part in sharding.spec))
+        return jax.device_put(a, NamedSharding(mesh, spec))
+
+    return jax.tree.map(place, model)
+
+
 def _device_tokens(tokens: np.ndarray, mesh, fused: bool) -> jax.Array:
-    """A batch of contexts: split over the mesh's devices (fused, when it divides; one host's share per
-    process) or whole on the first device."""
+    """A batch of contexts: split over the mesh's devices (fused, when it divides) or whole on the first
+    device. Multi-host: each process's batch is its share of the global batch ``[processes * B, T]``,
+    process 0's contexts first (split over each process's own devices; ``open`` checks they divide)."""
     if not fused:
         return jax.device_put(jnp.asarray(tokens, jnp.int32), mesh.devices.flat[0])
+    if jax.process_count() > 1:
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, P(AXIS)), np.asarray(tokens, np.int32))
     spec = P(AXIS) if tokens.shape[0] % mesh.devices.size == 0 else P()
     sharding = NamedSharding(mesh, spec)
-    if jax.process_count() > 1:
-        return jax.make_array_from_process_local_data(sharding, tokens)
     return jax.device_put(jnp.asarray(tokens, jnp.int32), sharding)
 
 
@@ -317,7 +417,11 @@ def train_on_model(
         the end; a directory holding this run's checkpoint resumes it bit-identically.
       on_exchange: called with the exchange index after each one (tests use it to kill a run).
       fused: run the forward inside the training program, contexts split over the mesh (default: on
-        GPU/TPU; on CPU the forward runs on one device, see :class:`StreamFeed`).
+        GPU/TPU, for a model sharded over the mesh and for multi-host runs; else on CPU the forward
+        runs on one device, see :class:`StreamFeed`).
+      mesh: the SAE mesh (default: all devices). A model from ``shard_model`` must be sharded over the
+        same devices (``shard_model(model, jsae.train.sae_mesh())``); give its inputs head-major so no
+        activation moves between devices.
       optimizer, optimizer_hp, loss_fn, compute_dtype: as for ``jsae.train.train``.
 
     ``train_on_model(model, contexts, inputs, sae, cfg, tokens=T, ...)`` is
@@ -352,6 +456,18 @@ def train_on_model(
         compute_dtype=compute_dtype,
         on_chunk=after_chunk,
     )
+
+
+def _gather_json(value) -> list:
+    """``value`` (JSON) of every process, in process order (a collective: every process calls it)."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(data)], np.int32)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:size]).decode()) for row, size in zip(every, sizes.reshape(-1), strict=True)]
 
 
 def _reader_state(reader: Iterator[np.ndarray]) -> dict:

@@ -289,7 +289,9 @@ def _first_state(sae, sample, cfg: TrainConfig, n: int, initial_state) -> TrainS
             "a cache); scale an iterator's batches yourself"
         )
     else:
-        scales = np.broadcast_to(np.asarray(jax.vmap(normalisation_scale)(sample), np.float32), (n,))  # [1]: shared
+        scales = np.broadcast_to(
+            host_array(jax.vmap(normalisation_scale)(sample)).astype(np.float32), (n,)
+        )  # [1]: shared
     return initial_state(sae, scales)
 
 
@@ -323,13 +325,23 @@ def _record_chunk(history: dict[str, list], metrics: dict, step: int, n_steps: i
     """Append a chunk's metrics (``{name: [n_steps, N_padded]}``) to ``history`` as their mean over the
     chunk's steps for the ``n`` real SAEs, after checking the loss is finite; returns the step after the
     chunk and the metrics as host arrays ``[n_steps, n]``."""
-    metrics = {k: np.asarray(v)[:, :n] for k, v in metrics.items()}
+    metrics = {k: host_array(v)[:, :n] for k, v in metrics.items()}
     _check_finite(metrics["loss"], step)
     step += n_steps
     for k, v in metrics.items():
         history.setdefault(k, []).append(v.mean(axis=0))
     history.setdefault("step", []).append(step)
     return step, metrics
+
+
+def host_array(a) -> np.ndarray:
+    """``a`` as a NumPy array on this host; an array spread over several processes (multi-host) is
+    gathered from all of them first (every process must call this at the same point)."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
 
 
 def _result(
