@@ -37,13 +37,17 @@ def test_shard_model_errors(tiny_llama_dir):
         shard_model(model, mesh, axis="c")
     with pytest.raises(ModelError, match="takes a jsae Transformer"):
         shard_model(mesh, mesh)  # pyright: ignore[reportArgumentType]
-    with pytest.raises(ModelError, match="load_sharded takes a jax.sharding.Mesh"):
+    with pytest.raises(ModelError, match="expected a jax.sharding.Mesh"):
         load_sharded(tiny_llama_dir[0], "x")  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ModelError, match="expected a jax.sharding.Mesh"):
+        load(tiny_llama_dir[0], mesh="x")
     one = Mesh(np.array(jax.devices()[:1]), ("x",))
     sharded, tok, meta = load_sharded(tiny_llama_dir[0], one)
     assert sharded.blocks.W_Q.sharding == NamedSharding(one, PartitionSpec(None, None, "x", None))
     np.testing.assert_array_equal(np.asarray(sharded.blocks.W_Q), np.asarray(model.blocks.W_Q))
     assert meta["name"] == tiny_llama_dir[0].name
+    via_load = load(tiny_llama_dir[0], mesh=one)[0]  # load(..., mesh=) is the same placement
+    assert via_load.blocks.W_Q.sharding == sharded.blocks.W_Q.sharding
 
 
 def test_stream_refuses_a_model_sharded_elsewhere(tiny_llama_dir):

@@ -77,7 +77,7 @@ def available() -> list[str]:
 
 
 def load(
-    name_or_path: str | os.PathLike = SMOLLM2, dtype: Any = None
+    name_or_path: str | os.PathLike = SMOLLM2, dtype: Any = None, mesh: Any = None
 ) -> tuple[Transformer, Tokenizer | None, dict[str, Any]]:
     """Load a model by name, hub id or path.
 
@@ -85,15 +85,23 @@ def load(
     ``metadata`` has ``name``, ``source`` (path), ``format`` (``gguf``/``safetensors``) and ``config``.
     ``dtype``: the matrices' dtype (default float32); ``jnp.bfloat16`` halves their memory, and the forward
     then multiplies in bfloat16 with float32 accumulation, its residual stream, norms and biases staying
-    float32. The weights are in device memory when it returns.
+    float32. ``mesh``: a ``jax.sharding.Mesh`` to place the weights on (:func:`jsae.models.shard_model`:
+    attention by heads, the MLP by hidden units; for the streaming trainer, ``jsae.train.sae_mesh()``).
+    The weights are in device memory when it returns.
     """
     from .build import cast_weights, check_dtype
+    from .sharding import check_mesh, shard_model
+
+    if mesh is not None:
+        check_mesh(mesh)  # a bad mesh fails before anything is read
 
     dtype = None if dtype is None else check_dtype(dtype)  # a bad dtype fails before anything is read
     model, tokenizer, metadata = _open(name_or_path, dtype)
     if dtype is not None:  # (checkpoint directories are read in ``dtype`` already; GGUF is cast here)
         model = cast_weights(model, dtype)
         metadata = {**metadata, "dtype": dtype.name}
+    if mesh is not None:
+        model = shard_model(model, mesh)
     # Host-to-device copies run asynchronously: without the wait, the first forward would wait for
     # them instead, with their copying competing for the cores with its own tracing (a slower first
     # forward on a CPU; figures in docs/BENCHMARKS.md).

@@ -104,9 +104,14 @@ def load_sharded(
     """``load(name_or_path, **load_kwargs)`` with the weights then placed on ``mesh`` by :func:`shard_model`:
     ``(model, tokenizer, metadata)``. For the streaming trainer shard over the SAE mesh,
     ``load_sharded(name, jsae.train.sae_mesh())``. (The weights are read onto one device first.)"""
-    if not isinstance(mesh, Mesh):
-        raise ModelError(f"load_sharded takes a jax.sharding.Mesh, got {type(mesh).__name__}")
+    check_mesh(mesh)
     from .registry import load
 
     model, tokenizer, metadata = load(name_or_path, **load_kwargs)
     return shard_model(model, mesh, axis), tokenizer, metadata
+
+
+def check_mesh(mesh: Any) -> None:
+    """Raise a clear error unless ``mesh`` is a ``jax.sharding.Mesh``."""
+    if not isinstance(mesh, Mesh):
+        raise ModelError(f"expected a jax.sharding.Mesh to shard the model over, got {type(mesh).__name__}")
