@@ -24,4 +24,7 @@ def test_bench_models_smoke_runs_and_matches_torch(smollm2, hf_smollm2, monkeypa
     assert res["real_tokens_per_batch"] < np.prod(res["padded_shape"])  # the batch has -1 padding
     assert res["max_abs_logit_diff_vs_torch"] < 1e-3
     assert res["stream_shape"]["max_abs_logit_diff_vs_torch"] < 1e-3
+    assert set(res["jsae_over_torch_by_shape"]) == {"prompts_2x16", "stream_2x16"}
+    for r in res["jsae_over_torch_by_shape"].values():
+        assert r["best"] > 0 and r["median"] > 0 and r["reps"] == 1
     assert out.with_suffix(".png").exists()
