@@ -4,7 +4,7 @@ the one host-side way from text to activations (SAE training data, circuit disco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -48,6 +48,44 @@ def _capture(
     act = jnp.moveaxis(act, 0, -3)  # [b, (T,) l, H, d]
     act = act.reshape(*act.shape[:-3], -1, act.shape[-1])
     return (act, out) if logits else act
+
+
+@overload
+def harvest(
+    model: Transformer,
+    inputs: TokenBatch | Sequence[str] | Sequence[Sequence[int]] | np.ndarray | tuple[np.ndarray, np.ndarray],
+    *,
+    tokenizer: Tokenizer | None = None,
+    point: str = "result",
+    positions: Literal["all", "last", "mean"] = "mean",
+    layers: int | Sequence[int] | None = None,
+    last_logits: Literal[False] = False,
+    batch_size: int = 32,
+    max_batch_bytes: int = 256 << 20,
+    pad_multiple: int = 8,
+    dtype=np.float32,
+    progress: bool = True,
+    desc: str | None = None,
+) -> np.ndarray: ...
+
+
+@overload
+def harvest(
+    model: Transformer,
+    inputs: TokenBatch | Sequence[str] | Sequence[Sequence[int]] | np.ndarray | tuple[np.ndarray, np.ndarray],
+    *,
+    tokenizer: Tokenizer | None = None,
+    point: str = "result",
+    positions: Literal["all", "last", "mean"] = "mean",
+    layers: int | Sequence[int] | None = None,
+    last_logits: Literal[True],
+    batch_size: int = 32,
+    max_batch_bytes: int = 256 << 20,
+    pad_multiple: int = 8,
+    dtype=np.float32,
+    progress: bool = True,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def harvest(
