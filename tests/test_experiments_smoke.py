@@ -1,0 +1,79 @@
+"""Every benchmark and experiment script runs end to end in its ``--smoke`` mode (tiny sizes, output to a
+temporary directory): a benchmark that crashes is a lost result. Each test runs the script in-process on
+the session's SmolLM2 and checks the JSON it wrote: strict JSON with the fields the full run writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def strict_json(path: Path) -> dict:
+    """The file parsed as strict JSON (NaN and infinities refused)."""
+
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def outside_results(path: Path) -> bool:
+    return all((ROOT / d).resolve() not in path.resolve().parents for d in ("results", "docs"))
+
+
+def script(name: str):
+    """experiments/<name>.py imported as a module (its ``main(argv)`` runs it)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_evals_smoke(smollm2, monkeypatch):
+    from jsae.bench import evals
+
+    monkeypatch.setattr(evals, "load", lambda name: smollm2)
+    out = evals.run(evals_args(["--smoke"]))
+    assert outside_results(out) and out.with_suffix(".png").exists()
+    res = strict_json(out)
+    assert res["setup"]["smoke"] and res["setup"]["n_saes"] == 2
+    assert set(res["results"]) == {"vectorised", "vectorised_unbatched", "one_at_a_time", "full_forward_loop"}
+    for r in res["results"].values():
+        assert len(r["ce_sae"]) == 2 and all(math.isfinite(c) for c in r["ce_sae"])
+    # the four paths compute the same CE with the SAE spliced in (the benchmark's own agreement check)
+    assert res["max_abs_ce_difference"] < 1e-3
+    assert res["speedup_vectorised_vs_one_at_a_time"] > 0
+
+
+def evals_args(argv):
+    import argparse
+
+    from jsae.bench import evals
+
+    ap = argparse.ArgumentParser()
+    evals.add_arguments(ap)
+    return ap.parse_args(argv)
+
+
+def test_bench_stream_smoke(smollm2, monkeypatch):
+    import argparse
+
+    import jsae.models
+    from jsae.bench import stream
+
+    monkeypatch.setattr(jsae.models, "load", lambda name: smollm2)
+    ap = argparse.ArgumentParser()
+    stream.add_arguments(ap)
+    out = stream.run(ap.parse_args(["--smoke"]))
+    assert out is not None and outside_results(out)
+    res = strict_json(out)
+    assert res["case"]["smoke"] and res["n_saes"] == 18  # 2 layers x 9 heads
+    for key in ("forward_tokens_per_s", "stream_train_tokens_per_s", "peak_rss_gb"):
+        assert res[key] > 0, key
+    assert math.isfinite(res["cache_train_tokens_per_s"])  # a marginal rate: at smoke size, noise can flip its sign
+    assert res["flop_estimate"]["gflop_per_token"] > res["flop_estimate"]["forward_gflop_per_token"] > 0
