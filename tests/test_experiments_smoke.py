@@ -77,3 +77,27 @@ def test_bench_stream_smoke(smollm2, monkeypatch):
         assert res[key] > 0, key
     assert math.isfinite(res["cache_train_tokens_per_s"])  # a marginal rate: at smoke size, noise can flip its sign
     assert res["flop_estimate"]["gflop_per_token"] > res["flop_estimate"]["forward_gflop_per_token"] > 0
+
+
+def test_bench_train_smoke():
+    import argparse
+
+    from jsae.bench import saelens, train
+
+    ap = argparse.ArgumentParser()
+    train.add_arguments(ap)
+    out = train.run(ap.parse_args(["--smoke"]))
+    assert outside_results(out)
+    res = strict_json(out)
+    assert res["smoke"] and res["matmul_peak_gflops"] > 0
+    assert [c["name"] for c in res["cases"][:3]] == [c["name"] for c in train.CASES]
+    archs = {(c["arch"], c["sparse"]) for c in res["cases"][3:]}
+    assert archs == set(train.ARCHS)
+    for c in res["cases"]:
+        assert c["sae_steps_per_s"] > 0 and c["d_sae"] == train.SMOKE_CASE["d_sae"]
+    ratio_keys = {"d_in", "d_sae", "sparse_topk_vs_dense_relu", "sparse_topk_vs_dense_topk"}
+    assert set(res["sparse_topk_ratios"][0]) == ratio_keys
+    assert {"per_head_tiny_speedup_vs_torch", "wide_batch_fraction_of_matmul_peak"} <= set(res["targets"])
+    # without sae_lens the SAELens column is left out, not faked
+    assert (res["saelens"] is None) == (not saelens.available())
+    assert saelens.available() or all("saelens_sae_steps_per_s" not in c for c in res["cases"])
