@@ -101,3 +101,20 @@ def test_bench_train_smoke():
     # without sae_lens the SAELens column is left out, not faked
     assert (res["saelens"] is None) == (not saelens.available())
     assert saelens.available() or all("saelens_sae_steps_per_s" not in c for c in res["cases"])
+
+
+def test_bench_compile_smoke(smollm2, monkeypatch):
+    import jax
+
+    import jsae.models
+
+    monkeypatch.setattr(jsae.models, "load", lambda name: smollm2)
+    cache_on = jax.config.jax_enable_compilation_cache
+    out = script("bench_compile").main(["--smoke"])
+    assert jax.config.jax_enable_compilation_cache == cache_on  # the script's cache switch is undone
+    assert outside_results(out)
+    res = strict_json(out)
+    assert res["smoke"] and res["tokens_shape"] == [2, 24]
+    assert set(res["compile_seconds"]) == {"jsae", "penzai_unrolled_with_hook_points", "penzai_unrolled"}
+    for t in res["compile_seconds"].values():
+        assert 0 < t["best"] <= t["first"]
