@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,3 +120,18 @@ def test_bench_compile_smoke(smollm2, monkeypatch):
     assert set(res["compile_seconds"]) == {"jsae", "penzai_unrolled_with_hook_points", "penzai_unrolled"}
     for t in res["compile_seconds"].values():
         assert 0 < t["best"] <= t["first"]
+
+
+@pytest.mark.slow  # about 80 s on a loaded 2-core machine: the full 30-layer model's IOI accuracy, patching, SAEs
+def test_circuits_smollm2_smoke(smollm2, monkeypatch):
+    module = script("circuits_smollm2")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    out = module.main(["--smoke"])
+    assert outside_results(out) and out.with_suffix(".png").exists()
+    res = strict_json(out)
+    assert res["settings"]["smoke"] and res["settings"]["tasks_run"] == ["ioi"] and set(res) == {"ioi", "settings"}
+    methods = res["ioi"]["methods"]
+    assert set(methods) >= {"sae_per_head_paired", "activation_difference"}
+    for m in methods.values():
+        assert 0 <= m["auc"] <= 1
+    assert "speed_at_equal_prompts" in res["ioi"]
