@@ -135,3 +135,17 @@ def test_circuits_smollm2_smoke(smollm2, monkeypatch):
     for m in methods.values():
         assert 0 <= m["auc"] <= 1
     assert "speed_at_equal_prompts" in res["ioi"]
+
+
+@pytest.mark.slow  # about 80 s on a loaded 2-core machine: ICL prompts through the full model, probe, IG
+def test_absorption_smollm2_smoke(smollm2, monkeypatch):
+    module = script("absorption_smollm2")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    out = module.main(["--smoke"])
+    assert outside_results(out)
+    res = strict_json(out)
+    assert res["smoke"] and len(res["saes"]) == len(module.SPARSITY) and len(res["probe_f1"]) == 26
+    for row in res["saes"]:
+        assert {"width", "l0", "absorption_fraction", "full_absorption", "paper_absorption_rate"} <= set(row)
+        assert row["width"] == 64 and row["l0"] >= 0
+    assert len(list(out.parent.glob("absorption_smollm2_*.png"))) >= 1
