@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,18 @@ def test_absorption_smollm2_smoke(smollm2, monkeypatch):
         assert {"width", "l0", "absorption_fraction", "full_absorption", "paper_absorption_rate"} <= set(row)
         assert row["width"] == 64 and row["l0"] >= 0
     assert len(list(out.parent.glob("absorption_smollm2_*.png"))) >= 1
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None or importlib.util.find_spec("playwright") is None,
+    reason="no chromium on PATH or no playwright (make setup-test installs them)",
+)
+@pytest.mark.slow  # about 35 s on a loaded 2-core machine: streamed training, the page's feature pass, Chromium
+def test_feature_page_screenshot_smoke(smollm2, monkeypatch):
+    module = script("feature_page_screenshot")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    png = module.main(["--smoke"])
+    assert outside_results(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # a real picture
+    html = (png.parent / "feature_page.html").read_text()
+    assert 'id="data"' in html and "smollm2" in html
