@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.smoke:
         args.reps = 1
         args.out = str(Path(tempfile.mkdtemp(prefix="jsae-bench-compile-smoke-")) / "bench_compile.json")
-    cache_was_on = jax.config.jax_enable_compilation_cache
+    cache_was_on = jax.config.jax_enable_compilation_cache  # pyright: ignore[reportAttributeAccessIssue]  # a flag attribute jax defines at run time
     jax.config.update("jax_enable_compilation_cache", False)
     try:
         return measure(args)

@@ -112,9 +112,9 @@ def test_bench_compile_smoke(smollm2, monkeypatch):
     import jsae.models
 
     monkeypatch.setattr(jsae.models, "load", lambda name: smollm2)
-    cache_on = jax.config.jax_enable_compilation_cache
+    cache_on = jax.config.jax_enable_compilation_cache  # pyright: ignore[reportAttributeAccessIssue]  # a flag attribute jax defines at run time
     out = script("bench_compile").main(["--smoke"])
-    assert jax.config.jax_enable_compilation_cache == cache_on  # the script's cache switch is undone
+    assert jax.config.jax_enable_compilation_cache == cache_on  # the script's cache switch is undone  # pyright: ignore[reportAttributeAccessIssue]  # a flag attribute jax defines at run time
     assert outside_results(out)
     res = strict_json(out)
     assert res["smoke"] and res["tokens_shape"] == [2, 24]
