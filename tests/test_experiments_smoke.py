@@ -165,3 +165,18 @@ def test_feature_page_screenshot_smoke(smollm2, monkeypatch):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # a real picture
     html = (png.parent / "feature_page.html").read_text()
     assert 'id="data"' in html and "smollm2" in html
+
+
+@pytest.mark.slow  # IOI through the full 30-layer model: discovery and patching of 270 heads, per method
+def test_circuits_speed_smoke(smollm2, monkeypatch):
+    import jsae.models
+
+    monkeypatch.setattr(jsae.models, "load", lambda name: smollm2)
+    module = script("circuits_speed")
+    out = module.main(["--smoke"])
+    assert outside_results(out)
+    res = strict_json(out)
+    assert res["smoke"] and res["n_prompts"] == module.SMOKE_PROMPTS
+    assert set(res["table"]) == {f"in_process/{c}/{m}" for c in ("first", "warm") for m in module.METHODS}
+    for row in res["table"].values():
+        assert row["discovery_seconds"] > 0 and row["activation_patching_seconds"] > 0 and row["speedup"] > 0
