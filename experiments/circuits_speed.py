@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> Path:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="check that it runs: 4 prompts, in-process, a temporary folder")
+    ap.add_argument("--smoke", action="store_true", help="check that it runs: 4 prompts, in-process, temporary folder")
     smoke = ap.parse_args(argv).smoke
     out_dir = Path(tempfile.mkdtemp(prefix="jsae-circuits-speed-smoke-")) if smoke else OUT
     settings: dict[str, dict[str, dict]] = {"in_process": {}} if smoke else {"empty_cache": {}, "cached": {}}
