@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(tempfile.mkdtemp(prefix="jsae-absorption-smoke-")) if smoke else OUT
     t0 = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
+    assert tok is not None  # SmolLM2 ships its tokenizer
     data = prepare_probe_data(model, tok, LAYER, n_train=size["n_train"], n_test=size["n_test"], seed=0)
     answer_ids = answer_token_ids(tok)
     setup_s = time.perf_counter() - t0
