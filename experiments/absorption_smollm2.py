@@ -1,6 +1,8 @@
 """Feature absorption of jsae-trained SAEs on SmolLM2-135M (first-letter task), end to end on CPU.
 
     python experiments/absorption_smollm2.py      # no arguments; times in docs/BENCHMARKS.md and the JSON
+    python experiments/absorption_smollm2.py --smoke   # checks that it runs: 300/100 words, 2 tiny SAEs,
+                                                       # output to a temporary folder (no findings)
 
 1. Setup (once): load SmolLM2-135M; first-letter ICL prompts for 3000 train / 1000 test words; residual
    stream (resid_post) of layer 3 at the word token; 26-way probe and per-letter F1.
@@ -52,12 +54,23 @@ TEXT_TOKENS = 120_000
 N_TRAIN, N_TEST = 3000, 1000
 PAPER_CANDIDATES, IG_STEPS = 2, 4
 OUT = Path(__file__).resolve().parents[1] / "results"
+SMOKE = {"widths": [64], "steps": 20, "text_tokens": 2048, "n_train": 300, "n_test": 100}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment (``argv``: ``[]`` or ``["--smoke"]``, default ``sys.argv``); returns the JSON written."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="check that it runs: tiny sizes, a temporary folder")
+    smoke = ap.parse_args(argv).smoke
+    size = SMOKE if smoke else {"widths": WIDTHS, "steps": STEPS, "text_tokens": TEXT_TOKENS}
+    size = {"n_train": N_TRAIN, "n_test": N_TEST, **size}
+    out = Path(tempfile.mkdtemp(prefix="jsae-absorption-smoke-")) if smoke else OUT
     t0 = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
-    data = prepare_probe_data(model, tok, LAYER, n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    assert tok is not None  # SmolLM2 ships its tokenizer
+    data = prepare_probe_data(model, tok, LAYER, n_train=size["n_train"], n_test=size["n_test"], seed=0)
     answer_ids = answer_token_ids(tok)
     setup_s = time.perf_counter() - t0
     print(
@@ -66,9 +79,9 @@ def main() -> None:
     )
 
     t1 = time.perf_counter()
-    acts = training_activations(model, tok, LAYER, max_tokens=TEXT_TOKENS)
+    acts = training_activations(model, tok, LAYER, max_tokens=size["text_tokens"])
     harvest_s = time.perf_counter() - t1
-    saes = train_relu_sweep(acts, WIDTHS, SPARSITY, steps=STEPS, batch=BATCH, lr=LR, seed=0)
+    saes = train_relu_sweep(acts, size["widths"], SPARSITY, steps=size["steps"], batch=BATCH, lr=LR, seed=0)
     train_s = time.perf_counter() - t1 - harvest_s
     print(f"harvested {len(acts)} training tokens in {harvest_s:.1f} s; trained {len(saes)} SAEs in {train_s:.1f} s")
 
@@ -97,11 +110,12 @@ def main() -> None:
             f"paper {row['paper_absorption_rate']:.3f}  letters {row['n_letters']}  {row['seconds']:.1f} s"
         )
     total = time.perf_counter() - t0
-    OUT.mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
     write_json(
-        OUT / "absorption_smollm2.json",
+        out / "absorption_smollm2.json",
         {
             "model": "smollm2-135m",
+            "smoke": smoke,
             "layer": LAYER,
             "setup_seconds": setup_s,
             "harvest_seconds": harvest_s,
@@ -119,8 +133,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for p in plot_absorption(full, Path(tmp)):
-            shutil.copy(p, OUT / f"absorption_smollm2_{p.stem.removeprefix('absorption_')}.png")
-    print(f"total {total:.1f} s; wrote {OUT / 'absorption_smollm2.json'}")
+            shutil.copy(p, out / f"absorption_smollm2_{p.stem.removeprefix('absorption_')}.png")
+    print(f"total {total:.1f} s; wrote {out / 'absorption_smollm2.json'}")
+    return out / "absorption_smollm2.json"
 
 
 if __name__ == "__main__":

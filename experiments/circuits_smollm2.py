@@ -14,6 +14,8 @@ reference prompts themselves and timed against activation patching of every head
 score built only from which heads change between clean and corrupted prompts gets).
 
     python experiments/circuits_smollm2.py --reference-repeat   # + how reproducible the reference is
+    python experiments/circuits_smollm2.py --smoke    # checks that it runs: IOI, 8 + 2 prompts, 5-step SAEs,
+                                                      # output to a temporary folder (no findings)
 
 --reference-repeat also patches every head on 12 more prompts (seed 2) and grades that second
 activation-patching ranking against the reference (key "reference_repeat"): the AUC a perfect method
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,9 +55,12 @@ TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
 N_PROMPTS = 200
 N_REFERENCE = 12
 OUT = Path(__file__).resolve().parent.parent / "results"
+SMOKE_PROMPTS, SMOKE_REFERENCE = 8, 2
+SMOKE_SAE = SAECodeConfig(epochs=5, per_head_epochs=5, ensemble_l1=(0.02,), ensemble_seeds=1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment (``argv``: its command line, default ``sys.argv``); returns the JSON file written."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--reference-repeat",
@@ -68,11 +74,22 @@ def main() -> None:
         default=tuple(TASKS),
         help="tasks to run (default: all); the results of the others are kept from the existing JSON",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that it runs: IOI only (unless --tasks), 8 + 2 prompts, 5-step SAEs, a temporary folder",
+    )
+    args = ap.parse_args(argv)
+    out_dir, n_prompts, n_reference, sae_config = OUT, N_PROMPTS, N_REFERENCE, SAECodeConfig()
+    if args.smoke:
+        out_dir = Path(tempfile.mkdtemp(prefix="jsae-circuits-smollm2-smoke-"))
+        n_prompts, n_reference, sae_config = SMOKE_PROMPTS, SMOKE_REFERENCE, SMOKE_SAE
+        if argv is None or "--tasks" not in argv:
+            args.tasks = ["ioi"]
     t0 = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
     results, details = {}, {}
-    old_path = OUT / "circuits_smollm2.json"
+    old_path = out_dir / "circuits_smollm2.json"
     if set(args.tasks) != set(TASKS) and old_path.is_file():
         old = json.loads(old_path.read_text())
         for name in TASKS:
@@ -81,7 +98,7 @@ def main() -> None:
     for name in args.tasks:
         gen = TASKS[name]
         print(f"{name}:")
-        task, reference_task = gen(tok, N_PROMPTS, seed=0), gen(tok, N_REFERENCE, seed=1)
+        task, reference_task = gen(tok, n_prompts, seed=0), gen(tok, n_reference, seed=1)
         res = run_comparison(
             model,
             tok,
@@ -89,7 +106,7 @@ def main() -> None:
             reference_task,
             DISCOVERY_METHODS,
             key=jax.random.key(0),
-            sae_config=SAECodeConfig(),
+            sae_config=sae_config,
             reference_heads=None,
             reference_k=None,
             point="result",
@@ -101,11 +118,11 @@ def main() -> None:
         results[name] = res
         if args.reference_repeat:
             t1 = time.perf_counter()
-            again = activation_patching(model, tok, gen(tok, N_REFERENCE, seed=2))
+            again = activation_patching(model, tok, gen(tok, n_reference, seed=2))
             again_seconds = time.perf_counter() - t1
             reference = np.isin(head_names(model.cfg.n_layers, model.cfg.n_heads), details[name]["reference_heads"])
             res["reference_repeat"] = {
-                "n_prompts": N_REFERENCE,
+                "n_prompts": n_reference,
                 "seed": 2,
                 "seconds": again_seconds,
                 "auc": roc_auc(ranking_scores(again), reference),
@@ -119,10 +136,10 @@ def main() -> None:
                 f"  {method:<22s} AUC {m['auc']:.3f}  P/R/F1@k {ev['at_k']['precision']:.2f}/"
                 f"{ev['at_k']['recall']:.2f}/{ev['at_k']['f1']:.2f}  {m['seconds']:6.1f} s"
             )
-    OUT.mkdir(exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
     plot_roc(
         [{**results[t], "_details": details[t]} for t in results],
-        OUT / "circuits_smollm2.png",
+        out_dir / "circuits_smollm2.png",
         "SmolLM2-135M: head rankings vs activation patching",
     )
     results = {name: results[name] for name in TASKS if name in results}
@@ -130,15 +147,17 @@ def main() -> None:
         **results,
         "settings": {
             "model": "smollm2-135m",
-            "n_prompts": N_PROMPTS,
-            "n_reference_prompts": N_REFERENCE,
+            "n_prompts": n_prompts,
+            "n_reference_prompts": n_reference,
+            "smoke": args.smoke,
             "details": details,
             "total_seconds": time.perf_counter() - t0,
             "tasks_run": list(args.tasks),
         },
     }
-    write_json(OUT / "circuits_smollm2.json", payload)
-    print(f"wrote {OUT / 'circuits_smollm2.json'} in {time.perf_counter() - t0:.0f} s")
+    write_json(old_path, payload)
+    print(f"wrote {old_path} in {time.perf_counter() - t0:.0f} s")
+    return old_path
 
 
 if __name__ == "__main__":

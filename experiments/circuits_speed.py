@@ -1,6 +1,9 @@
 """Circuit discovery in seconds, first call included, against activation patching on the same prompts.
 
     python experiments/circuits_speed.py     # -> results/circuits_speed.json
+    python experiments/circuits_speed.py --smoke   # checks that it runs: 4 prompts, one in-process session per
+                                                   # method (no fresh processes, no cache settings), a temporary
+                                                   # folder; its seconds mean nothing
 
 Each measurement is a fresh Python process per discovery method that does what a user does: load
 SmolLM2-135M, build 10 IOI prompts and their corruptions, discover the circuit with one method
@@ -32,6 +35,11 @@ METHODS = ("sae_per_head_paired", "activation_difference")
 
 def child(method: str) -> None:
     """One user session with one discovery method; prints a JSON line of seconds."""
+    print("RESULT " + json.dumps(session(method, N_PROMPTS)))
+
+
+def session(method: str, n_prompts: int) -> dict:
+    """Load the model, then discovery and activation patching, first call and warm: their seconds."""
     from jsae.runtime import prepare_process
 
     prepare_process()
@@ -42,7 +50,7 @@ def child(method: str) -> None:
     from jsae.tasks import ioi
 
     model, tok, _ = load("smollm2-135m")
-    task = ioi(tok, N_PROMPTS, seed=0)
+    task = ioi(tok, n_prompts, seed=0)
     out = {}
     for call in ("first", "warm"):
         t0 = time.perf_counter()
@@ -55,7 +63,7 @@ def child(method: str) -> None:
     from jsae.bench import machine
 
     out["machine"] = machine()
-    print("RESULT " + json.dumps(out))
+    return out
 
 
 def run(cache: str, method: str) -> dict:
@@ -68,9 +76,22 @@ def run(cache: str, method: str) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def main() -> None:
-    settings: dict[str, dict[str, dict]] = {"empty_cache": {}, "cached": {}}
+SMOKE_PROMPTS = 4
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment (``argv``: ``[]`` or ``["--smoke"]``, default ``sys.argv``); returns the JSON written."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="check that it runs: 4 prompts, in-process, temporary folder")
+    smoke = ap.parse_args(argv).smoke
+    out_dir = Path(tempfile.mkdtemp(prefix="jsae-circuits-speed-smoke-")) if smoke else OUT
+    settings: dict[str, dict[str, dict]] = {"in_process": {}} if smoke else {"empty_cache": {}, "cached": {}}
     for m in METHODS:  # a fresh cache folder per method: its first process compiles everything it needs
+        if smoke:
+            settings["in_process"][m] = session(m, SMOKE_PROMPTS)
+            continue
         with tempfile.TemporaryDirectory() as cache:
             settings["empty_cache"][m] = run(cache, m)
             settings["cached"][m] = run(cache, m)
@@ -90,17 +111,19 @@ def main() -> None:
                     f"{s[f'activation_patching_{call}']:6.1f} s  = {ratio:5.1f}x"
                 )
     result = {
-        "n_prompts": N_PROMPTS,
+        "smoke": smoke,
+        "n_prompts": SMOKE_PROMPTS if smoke else N_PROMPTS,
         "task": "ioi",
         "model": "smollm2-135m",
-        "machine": settings["empty_cache"][METHODS[0]].pop("machine"),
+        "machine": next(iter(settings.values()))[METHODS[0]].pop("machine"),
         "runs": settings,
         "table": table,
     }
     from jsae.io.run import write_json
 
-    write_json(OUT / "circuits_speed.json", result)
-    print(f"wrote {OUT / 'circuits_speed.json'}")
+    write_json(out_dir / "circuits_speed.json", result)
+    print(f"wrote {out_dir / 'circuits_speed.json'}")
+    return out_dir / "circuits_speed.json"
 
 
 if __name__ == "__main__":

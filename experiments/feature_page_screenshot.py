@@ -2,6 +2,8 @@
 picture of it taken by headless Chromium (Debian's package, driven by playwright).
 
     python experiments/feature_page_screenshot.py [--layers 0-5] [--tokens 150000] [--out docs/feature_page.png]
+    python experiments/feature_page_screenshot.py --smoke   # checks that it runs: layer 0, tiny SAEs and page,
+                                                            # everything in a temporary folder (never docs/)
 
 Trains one TopK SAE per head of the chosen layers on the offline corpus (Python's own docs), writes the run
 and its page under results/feature_page/, and saves the screenshot of one head and latent with a clear
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,18 +45,24 @@ CHROMIUM_ARGS = [
 ]
 
 
-def train_run(out: Path, layers: str, tokens: int) -> Path:
+FULL = {"context": 128, "contexts": 16, "d_sae": 512, "k": 16, "batch": 1024, "buffer": 8192}
+SMOKE = {"context": 64, "contexts": 4, "d_sae": 64, "k": 4, "batch": 64, "buffer": 512}
+SMOKE_ARGS = {"layers": "0-0", "tokens": 2048, "page_tokens": 512}
+
+
+def train_run(out: Path, layers: str, tokens: int, size: dict = FULL) -> Path:
     model, tok, _ = load("smollm2-135m")
     lo, hi = (int(v) for v in layers.split("-"))
     heads = ",".join(f"{layer}.*" for layer in range(lo, hi + 1))
     inputs = parse_inputs(model.cfg, "z", heads=heads)
-    contexts = ContextStream(open_text(), tok, context_size=128, batch_contexts=16)
+    contexts = ContextStream(open_text(), tok, context_size=size["context"], batch_contexts=size["contexts"])
 
     def init(sample):
-        return init_stack("topk", jax.random.key(0), len(inputs), model.cfg.d_head, 512, k=16, data=sample)
+        d_sae, k = size["d_sae"], size["k"]
+        return init_stack("topk", jax.random.key(0), len(inputs), model.cfg.d_head, d_sae, k=k, data=sample)
 
-    cfg = TrainConfig(steps=1, batch_size=1024, lr=1e-3, normalise_activations=True, lr_warmup_steps=20)
-    result = train_on_model(model, contexts, inputs, init, cfg, tokens=tokens, buffer_tokens=8192)
+    cfg = TrainConfig(steps=1, batch_size=size["batch"], lr=1e-3, normalise_activations=True, lr_warmup_steps=20)
+    result = train_on_model(model, contexts, inputs, init, cfg, tokens=tokens, buffer_tokens=size["buffer"])
     return save_run(
         out,
         result.sae,
@@ -101,7 +110,8 @@ def screenshot(page: Path, png: Path, view: tuple[int, int]) -> None:
         browser.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run it (``argv``: its command line, default ``sys.argv``); returns the screenshot written."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", default="0-5", help="layers whose heads get SAEs, LO-HI (default: %(default)s)")
     ap.add_argument("--tokens", type=int, default=150_000, help="training tokens (default: %(default)s)")
@@ -109,16 +119,25 @@ def main() -> None:
     ap.add_argument("--out", default="docs/feature_page.png")
     ap.add_argument("--work", default="results/feature_page")
     ap.add_argument("--reuse", action="store_true", help="reuse the trained run in --work")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--smoke", action="store_true", help="check that it runs: layer 0, tiny SAEs and page, a temporary folder"
+    )
+    args = ap.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE_ARGS)
+        args.work = tempfile.mkdtemp(prefix="jsae-feature-page-smoke-")
+        args.out = str(Path(args.work) / "feature_page.png")
     work = Path(args.work)
     t0 = time.perf_counter()
-    run = work / "run" if args.reuse else train_run(work / "run", args.layers, args.tokens)
+    size = SMOKE if args.smoke else FULL
+    run = work / "run" if args.reuse else train_run(work / "run", args.layers, args.tokens, size)
     t1 = time.perf_counter()
     page = browse(run, latents=24, tokens=args.page_tokens, out=work / "feature_page.html", k=10)
     t2 = time.perf_counter()
     view = best_view(page.html)
     screenshot(work / "feature_page.html", Path(args.out), view)
     print(f"trained {t1 - t0:.0f} s, page {t2 - t1:.0f} s; view {view}; screenshot in {args.out}")
+    return Path(args.out)
 
 
 if __name__ == "__main__":

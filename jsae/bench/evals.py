@@ -1,6 +1,8 @@
 """Benchmark: spliced-CE evaluation of N SAEs on SmolLM2 -- vectorised vs one at a time.
 
     python experiments/bench_evals.py            # -> results/bench_evals.json (a few minutes on 2 CPU cores)
+    python experiments/bench_evals.py --smoke    # checks that it runs: the model's first 2 layers, 2 tiny SAEs,
+                                                 # 1 repetition, JSON in a temporary directory; timings mean nothing
     jsae bench evals                             # the same, into a run directory
 
 Three ways to get CE/KL recovered for N TopK SAEs at one hook (resid_post of a middle layer):
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import cast
@@ -37,7 +40,7 @@ import numpy as np
 from jsae.analysis.evals import spliced_losses
 from jsae.data.sample import SAMPLE_TEXT
 from jsae.io.run import write_json
-from jsae.models import edit, forward, load
+from jsae.models import edit, forward, layer_range, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process
 from jsae.sae import index
@@ -49,6 +52,11 @@ K = 32
 LAYER = 15
 SEQUENCES, CONTEXT, BATCH = 8, 64, 4
 REPEATS = 2
+FULL = {
+    "n_saes": N_SAES, "d_sae": D_SAE, "k": K, "layer": LAYER, "sequences": SEQUENCES, "context": CONTEXT,
+    "batch": BATCH, "repeats": REPEATS,
+}  # fmt: skip
+SMOKE = {"n_saes": 2, "d_sae": 64, "k": 4, "layer": 1, "sequences": 2, "context": 16, "batch": 2, "repeats": 1}
 
 
 def timed(fn, repeats: int = REPEATS) -> tuple[float, float, object]:
@@ -66,6 +74,12 @@ def timed(fn, repeats: int = REPEATS) -> tuple[float, float, object]:
 
 def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_evals.json") -> None:
     ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the benchmark runs: the model's first 2 layers, 2 tiny SAEs, 1 repetition, "
+        "output to a temporary directory (its timings mean nothing)",
+    )
+    ap.add_argument(
         "--out",
         default=out,
         help="JSON file to write (default: " + (out or "bench_evals.json in a new run directory under --runs") + ")",
@@ -78,10 +92,18 @@ def main(argv: list[str] | None = None) -> None:
     run(ap.parse_args(argv))
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> Path:
+    """Run the benchmark; returns the JSON file written."""
     prepare_process()
     model, tok, _ = load("smollm2-135m")
     assert tok is not None  # SmolLM2 ships its tokenizer
+    size = FULL
+    if getattr(args, "smoke", False):
+        size = SMOKE
+        model = layer_range(model, 0, SMOKE["layer"] + 1)
+        args.out = str(Path(tempfile.mkdtemp(prefix="jsae-bench-evals-smoke-")) / "bench_evals.json")
+    N_SAES, D_SAE, K, LAYER = size["n_saes"], size["d_sae"], size["k"], size["layer"]  # noqa: N806
+    SEQUENCES, CONTEXT, BATCH, REPEATS = size["sequences"], size["context"], size["batch"], size["repeats"]  # noqa: N806
     stream = np.asarray(tok.encode(SAMPLE_TEXT * 4), np.int32)[: SEQUENCES * CONTEXT]
     tokens = stream.reshape(SEQUENCES, CONTEXT)
     lengths = np.full(SEQUENCES, CONTEXT, np.int32)
@@ -133,7 +155,7 @@ def run(args: argparse.Namespace) -> None:
         ("one_at_a_time", one_at_a_time),
         ("full_forward_loop", full_forward_loop),
     ):
-        first, best, out = timed(fn)
+        first, best, out = timed(fn, REPEATS)
         results[name] = {
             "seconds": best,
             "seconds_per_sae": best / N_SAES,
@@ -147,7 +169,8 @@ def run(args: argparse.Namespace) -> None:
     vec = results["vectorised"]
     summary = {
         "setup": {
-            "model": "smollm2-135m",
+            "model": "smollm2-135m" + (f" (layers 0..{LAYER})" if getattr(args, "smoke", False) else ""),
+            "smoke": bool(getattr(args, "smoke", False)),
             "n_saes": N_SAES,
             "architecture": "topk",
             "d_sae": D_SAE,
@@ -191,6 +214,7 @@ def run(args: argparse.Namespace) -> None:
         f"{summary['speedup_vectorised_vs_full_forward_loop']:.2f}x vs a loop of full forwards; "
         f"max |CE difference| {summary['max_abs_ce_difference']:.2e}; wrote {out_path}"
     )
+    return out_path
 
 
 if __name__ == "__main__":

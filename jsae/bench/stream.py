@@ -10,6 +10,9 @@ contexts x 128 tokens from the offline corpus. Measured in one run, one after an
     from the same contexts, as ``jsae train --cache`` does (``train_from_cache``: bf16 batches to the
     device); the marginal rate between two run lengths, so compilation cancels out.
 
+``--smoke`` checks that the benchmark runs: SmolLM2's first 2 layers (18 heads), tiny SAEs and batches, the
+JSON in a new temporary directory (never ``results/``); its timings mean nothing.
+
 ``peak_rss_gb`` is this process's peak resident memory. Which TopK path (sparse or dense) each figure
 used is recorded. Also a FLOP-count estimate (labelled as one) of a 100M-token run on accelerators.
 """
@@ -46,6 +49,11 @@ def add_arguments(ap: argparse.ArgumentParser, out: str | None = "results/bench_
         default=(16, 48),
         help="two run lengths (steps) for the marginal rate of (c) (default: %(default)s)",
     )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the benchmark runs: 2 layers, tiny SAEs and batches, output to a temporary directory",
+    )
     ap.add_argument("--out", default=out, help="JSON file to write")
 
 
@@ -71,12 +79,17 @@ def sae_gflop_per_token(n: int, d: int, m: int, k: int, sparse: bool) -> float:
     return n * per / 1e9
 
 
-def run(args: argparse.Namespace) -> None:
+SMOKE = {"exchanges": 4, "buffer_tokens": 64, "reps": 1, "cache_steps": (2, 4)}
+SMOKE_SIZES = {"layers": 2, "d_sae": 32, "k": 4, "batch_size": 16, "contexts": (2, 16)}
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    """Run the benchmark; returns the JSON file written (None without ``--out``)."""
     from jsae.activations import capture_rows_jit, model_for, parse_inputs
     from jsae.activations.cache import create, open_cache
     from jsae.bench import machine
     from jsae.data import ContextStream, open_text
-    from jsae.models import load
+    from jsae.models import layer_range, load
     from jsae.pipeline import train_on_model
     from jsae.pipeline.cached import train_from_cache
     from jsae.runtime import prepare_process
@@ -87,9 +100,16 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--exchanges {args.exchanges}: give at least 4 (the first two compile, the rest are timed)")
     prepare_process()
     model, tok, _ = load("smollm2-135m")
+    smoke = bool(getattr(args, "smoke", False))
+    m, k, B, (n_contexts, context) = 512, 16, 1024, (32, 128)  # noqa: N806
+    if smoke:
+        args = argparse.Namespace(**{**vars(args), **SMOKE})
+        args.out = str(Path(tempfile.mkdtemp(prefix="jsae-bench-stream-smoke-")) / "bench_stream.json")
+        model = layer_range(model, 0, SMOKE_SIZES["layers"])
+        m, k, B, (n_contexts, context) = (SMOKE_SIZES[key] for key in ("d_sae", "k", "batch_size", "contexts"))  # noqa: N806
     inputs = parse_inputs(model.cfg, "z")
-    n, d, m, k, B = len(inputs), model.cfg.d_head, 512, 16, 1024
-    contexts = ContextStream(open_text(None), tok, context_size=128, batch_contexts=32)
+    n, d = len(inputs), model.cfg.d_head
+    contexts = ContextStream(open_text(None), tok, context_size=context, batch_contexts=n_contexts)
     R = contexts.batch_contexts * contexts.context_size
     run_model = model_for(model, inputs)
     reader = contexts.iterator()
@@ -162,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
         cache = open_cache(root / "cache")
         times = []
         for steps in args.cache_steps:
-            c = TrainConfig(steps=steps, batch_size=B, lr=1e-3, chunk_steps=16)
+            c = TrainConfig(steps=steps, batch_size=B, lr=1e-3, chunk_steps=min(16, *args.cache_steps))
             t = time.perf_counter()
             train_from_cache(cache, make_sae(), c, progress=False)  # what `jsae train --cache` runs
             times.append(time.perf_counter() - t)
@@ -183,7 +203,8 @@ def run(args: argparse.Namespace) -> None:
     result = {
         "machine": machine(),
         "case": {
-            "model": "smollm2-135m",
+            "model": "smollm2-135m" + (f" (layers 0..{model.cfg.n_layers - 1})" if smoke else ""),
+            "smoke": smoke,
             "points": "z",
             "n_saes": n,
             "d_in": d,
@@ -215,3 +236,5 @@ def run(args: argparse.Namespace) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, result)
         print(f"wrote {args.out}")
+        return Path(args.out)
+    return None

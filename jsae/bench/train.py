@@ -2,7 +2,8 @@
 
     jsae bench train                             # all cases
     python experiments/bench_train.py            # the same, writing results/bench_train.json
-    python experiments/bench_train.py --quick    # a smoke run: small stacks, a few steps, 3 of the 6 sizes
+    python experiments/bench_train.py --quick    # small stacks, a few steps, 3 of the 6 sizes
+    python experiments/bench_train.py --smoke    # checks that it runs: toy sizes, JSON in a temporary directory
 
 Writes results/bench_train.json. Throughput is SAE-steps/s (one optimizer step of one SAE on a batch of
 B tokens); SAE-tokens/s = SAE-steps/s * B. Achieved GFLOP/s counts the dense matmuls of a ReLU SAE step:
@@ -33,6 +34,7 @@ stack's batched small matmuls on one thread, so one device per core is what puts
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +71,9 @@ ARCH_SIZES = {
 ARCHS = (("relu", False), ("topk", False), ("topk", True))
 SAELENS_SIZE = (64, 512)  # the wide case's shape: the SAELens column sits there
 QUICK_SIZES = ((64, 512), (64, 8192), (576, 8192))  # --quick: the SAELens size and the two ratio targets
+# --smoke: every case and architecture at toy sizes (d_sae 8192 kept as a name for the targets, not a size)
+SMOKE_CASE = {"n_saes": 2, "d_in": 8, "d_sae": 32, "batch": 16}
+SMOKE_SIZES = {(8, 32): (2, 2)}
 
 
 def flops_per_sae_step(d: int, m: int, b: int) -> float:
@@ -76,6 +81,7 @@ def flops_per_sae_step(d: int, m: int, b: int) -> float:
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    """float32 GFLOP/s of an n^3 ``jnp.dot`` (best of ``reps``)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(jnp.dot)
@@ -199,8 +205,10 @@ def run_case(case: dict, steps: int, peak: float, quick: bool = False) -> dict:
     mesh = sae_mesh()
     repeats = 1 if quick else REPEATS
     vmapped = bench_vmapped(sae, data, cfg, mesh, repeats)
-    one_device = (
-        bench_vmapped(sae, data, cfg, sae_mesh(jax.devices()[:1]), repeats) if mesh.devices.size > 1 else vmapped
+    one_device = (  # not at smoke size (d_in 8): the same program on a second mesh, compiled again
+        bench_vmapped(sae, data, cfg, sae_mesh(jax.devices()[:1]), repeats)
+        if mesh.devices.size > 1 and d != SMOKE_CASE["d_in"]
+        else vmapped
     )
     loop_n = min(n, 4 if quick else 24)
     loop_steps = max(steps // 10, 5)
@@ -292,12 +300,12 @@ def run_arch_case(
     }
 
 
-def run_arch_cases(peak: float, quick: bool) -> list[dict]:
+def run_arch_cases(peak: float, quick: bool, smoke: bool = False) -> list[dict]:
     out = []
-    for (d, m), (n, steps) in ARCH_SIZES.items():
-        if quick and (d, m) not in QUICK_SIZES:
+    for (d, m), (n, steps) in (SMOKE_SIZES if smoke else ARCH_SIZES).items():
+        if quick and not smoke and (d, m) not in QUICK_SIZES:
             continue
-        b = 256 if quick else BATCH
+        b = SMOKE_CASE["batch"] if smoke else 256 if quick else BATCH
         if quick:
             n, steps = jax.device_count(), 2
         for arch, sparse in ARCHS:
@@ -370,6 +378,12 @@ def add_arguments(ap: argparse.ArgumentParser, out: str = "results/bench_train.j
         help="a smoke run: small stacks, a few steps, 3 of the 6 sizes (rates not comparable with a full run)",
     )
     ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that the benchmark runs: toy sizes, 2 steps, output to a temporary directory "
+        "(its figures mean nothing)",
+    )
+    ap.add_argument(
         "--out",
         default=out,
         help="JSON file to write (default: " + (out or "bench_train.json in a new run directory under --runs") + ")",
@@ -382,16 +396,23 @@ def main(argv: list[str] | None = None) -> None:
     run(ap.parse_args(argv))
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> Path:
+    """Run the benchmark; returns the JSON file written."""
     prepare_process()  # one CPU device per core (as the CLI), unless JAX is already running
+    smoke = bool(getattr(args, "smoke", False))
+    if smoke:
+        args = argparse.Namespace(**{**vars(args), "quick": True})
+        args.out = str(Path(tempfile.mkdtemp(prefix="jsae-bench-train-smoke-")) / "bench_train.json")
     print(f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(*((256, 1) if smoke else ()))
     print(f"float32 matmul peak (2048^3 jnp.dot): {peak:.1f} GFLOP/s")
     if not saelens.available():
         print("sae_lens is not installed: no SAELens column (pip install sae-lens)")
     steps = {True: 5, False: 200}[args.quick]
     cases = []
     for case in CASES:
+        if smoke:
+            case = {**case, **SMOKE_CASE}
         r = run_case(case, steps if case["n_saes"] < 1000 else max(steps // 4, 5), peak, args.quick)
         cases.append(r)
         torch_txt = f"{r['torch_sae_steps_per_s']:,.0f}" if r["torch_sae_steps_per_s"] else "n/a"
@@ -411,7 +432,7 @@ def run(args: argparse.Namespace) -> None:
             f"{sl_txt}",
             flush=True,
         )
-    arch_cases = run_arch_cases(peak, args.quick)
+    arch_cases = run_arch_cases(peak, args.quick, smoke)
     ratios = ratio_table(arch_cases)
     print(f"{'d_in':>5} {'d_sae':>6} | sparse TopK / dense ReLU | sparse TopK / dense TopK")
     for r in ratios:
@@ -426,13 +447,14 @@ def run(args: argparse.Namespace) -> None:
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         verdict = {True: "met", False: "NOT met", None: ""}[t["met"]]
         print(f"target {name}: {value} (>= {t['target']}) {verdict}")
-    peak_after = matmul_peak_gflops()
+    peak_after = matmul_peak_gflops(*((256, 1) if smoke else ()))
     print(f"float32 matmul peak again at the end: {peak_after:.1f} GFLOP/s")
     out = {
         "machine": machine(),
         "devices": jax.device_count(),
         "jax": jax.__version__,
         "quick": bool(args.quick),
+        "smoke": smoke,
         "flops_per_sae_step": "10 * batch * d_in * d_sae",
         "matmul_peak_gflops": peak,
         "matmul_peak_gflops_at_end": peak_after,
@@ -446,6 +468,7 @@ def run(args: argparse.Namespace) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, out)
     print(f"wrote {args.out}")
+    return Path(args.out)
 
 
 def _torch_threads() -> int | None:
