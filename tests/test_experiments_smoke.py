@@ -123,7 +123,7 @@ def test_bench_compile_smoke(smollm2, monkeypatch):
         assert 0 < t["best"] <= t["first"]
 
 
-@pytest.mark.slow  # about 80 s on a loaded 2-core machine: the full 30-layer model's IOI accuracy, patching, SAEs
+@pytest.mark.heavy  # about 80 s on a loaded 2-core machine: the full 30-layer model's IOI accuracy, patching, SAEs
 def test_circuits_smollm2_smoke(smollm2, monkeypatch):
     module = script("circuits_smollm2")
     monkeypatch.setattr(module, "load", lambda name: smollm2)
@@ -138,7 +138,7 @@ def test_circuits_smollm2_smoke(smollm2, monkeypatch):
     assert "speed_at_equal_prompts" in res["ioi"]
 
 
-@pytest.mark.slow  # about 80 s on a loaded 2-core machine: ICL prompts through the full model, probe, IG
+@pytest.mark.heavy  # about 80 s on a loaded 2-core machine: ICL prompts through the full model, probe, IG
 def test_absorption_smollm2_smoke(smollm2, monkeypatch):
     module = script("absorption_smollm2")
     monkeypatch.setattr(module, "load", lambda name: smollm2)
@@ -156,7 +156,7 @@ def test_absorption_smollm2_smoke(smollm2, monkeypatch):
     shutil.which("chromium") is None or importlib.util.find_spec("playwright") is None,
     reason="no chromium on PATH or no playwright (make setup-test installs them)",
 )
-@pytest.mark.slow  # about 35 s on a loaded 2-core machine: streamed training, the page's feature pass, Chromium
+@pytest.mark.heavy  # about 35 s on a loaded 2-core machine: streamed training, the page's feature pass, Chromium
 def test_feature_page_screenshot_smoke(smollm2, monkeypatch):
     module = script("feature_page_screenshot")
     monkeypatch.setattr(module, "load", lambda name: smollm2)
@@ -167,7 +167,7 @@ def test_feature_page_screenshot_smoke(smollm2, monkeypatch):
     assert 'id="data"' in html and "smollm2" in html
 
 
-@pytest.mark.slow  # IOI through the full 30-layer model: discovery and patching of 270 heads, per method
+@pytest.mark.heavy  # IOI through the full 30-layer model: discovery and patching of 270 heads, per method
 def test_circuits_speed_smoke(smollm2, monkeypatch):
     import jsae.models
 
