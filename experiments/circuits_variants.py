@@ -1,0 +1,293 @@
+"""Which lever of the per-head SAE-code method is worth what? Variants against attribution patching.
+
+    python experiments/circuits_reference.py     # first: the 100-prompt reference
+    python experiments/circuits_variants.py      # -> results/circuits_variants.json + .png
+
+For each task (IOI and greater-than; docstring once ``circuits_reference.py --tasks docstring`` has
+written its reference) on SmolLM2-135M: n = 5, 10, 20 discovery prompts (clean + their corruptions)
+drawn from the seed-0 pool of 200 by ``Task.sample(n, draw)`` for 5 draws (as
+``circuits_examples.py``). Per draw one forward harvests every head's ``z`` at every position; ``result``
+is ``z @ W_O`` per head, and each variant's rows (the per-prompt mean, the final position, the key
+positions of :func:`jsae.analysis.circuits.key_positions`, or all positions) come from it. The
+variants of :data:`VARIANTS` train in one stack per family (:func:`jsae.analysis.circuits.family_scores`:
+seeds x sparsities x 270 heads), keyed by the draw. Every variant trains on all of the draw's pairs
+(clean prompts the model gets wrong included: no correctness pass), unlike ``sae_per_head_paired``
+(the current default method, also run here), which trains on ``n_train = 10`` rows of the right clean
+prompts and all corruptions.
+
+Grading, side by side with attribution patching (|effect|, on the same draw) and activation difference:
+AUC against the 100-prompt reference (top 10% by |effect|) and against its heads certain at 2 standard
+errors. Faithfulness (:mod:`jsae.analysis.faithfulness`) of each ranking at ``--faithful-sizes`` (n = 10),
+draws ``--faithful-draws``: on 20 held-out prompts (seed 4, as ``circuits_faithfulness.py``), heads
+outside the top k patched from the corrupted prompt, area and the smallest k recovering 80%. AUCs for
+every task come first, then faithfulness; the JSON is rewritten after every draw, so a cut run leaves
+every finished number (``"complete": false`` until the end).
+
+    python experiments/circuits_variants.py --smoke   # tiny: IOI, n = 4, one draw, 3 variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jsae.runtime import prepare_process
+
+prepare_process()  # one CPU device per core, persistent compilation cache
+
+import jax
+import jax.numpy as jnp
+
+from jsae.analysis.circuits import (
+    CodeVariant,
+    activation_difference_scores,
+    attribution_patching,
+    paired_rows,
+    roc_auc,
+    sae_code_scores,
+    variant_scores,
+)
+from jsae.analysis.faithfulness import faithfulness_curve, log_grid
+from jsae.io.run import write_json
+from jsae.models import capture, forward, harvest, load, pad_sequences
+from jsae.plots import figure, save
+from jsae.tasks import Task, docstring, greater_than, ioi
+
+OUT = Path(__file__).resolve().parent.parent / "results"
+TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
+POOL_SEED, POOL_N = 0, 200
+FAITHFUL_SEED, N_FAITHFUL = 4, 20
+EXCLUDE = ((0, 200), (3, 400))  # (seed, n) of the discovery pool and of the reference draw
+
+_D = CodeVariant()
+VARIANTS: tuple[CodeVariant, ...] = (
+    # result, per-prompt mean: the current SAEs; sparsity sweep, seeds, codes, decoder weighting (one stack)
+    _D,
+    *(CodeVariant(l1=c) for c in (0.0025, 0.005, 0.02, 0.04, 0.08)),
+    CodeVariant(seeds=5),
+    CodeVariant(seeds=5, combine="vote"),
+    CodeVariant(code="topk", top_k=2),
+    CodeVariant(code="topk", top_k=3),
+    CodeVariant(code="active"),
+    CodeVariant(weight="decoder"),
+    CodeVariant(code="active", weight="decoder"),
+    # dictionary size
+    CodeVariant(d_sae=8),
+    CodeVariant(d_sae=32),
+    # positions (result)
+    *(
+        CodeVariant(positions=p, **kw)
+        for p in ("final", "key")
+        for kw in ({}, {"seeds": 5}, {"code": "active"}, {"weight": "decoder"})
+    ),
+    # hook point z
+    *(
+        CodeVariant(point="z", positions=p, **kw)
+        for p in ("mean", "final", "key")
+        for kw in ({}, {"weight": "decoder"})
+    ),
+    CodeVariant(point="z", positions="all"),
+    CodeVariant(point="z", positions="all", code="active"),
+)
+SMOKE_VARIANTS = (_D, CodeVariant(l1=0.04, code="active"), CodeVariant(point="z", positions="key", weight="decoder"))
+BASELINES = ("attribution_patching", "activation_difference", "sae_per_head_paired")
+
+
+def reference_masks(name: str, n_heads: int) -> dict[str, np.ndarray]:
+    """The 100-prompt reference (top 10%) and its heads certain at 2 standard errors, as bool masks."""
+    ref = json.loads((OUT / "circuits_reference.json").read_text())
+    if name not in ref:
+        raise SystemExit(
+            f"no reference for {name!r} in results/circuits_reference.json: run circuits_reference.py first"
+        )
+    out = {}
+    for key, heads in (("reference_100", ref[name]["reference_top10"]), ("certain_2se", ref[name]["certain_2se"])):
+        m = np.zeros(n_heads, bool)
+        m[heads] = True
+        out[key] = m
+    return out
+
+
+def held_out(tok, gen, n: int) -> Task:
+    """``n`` prompts of ``FAITHFUL_SEED`` in none of the ``EXCLUDE`` draws (as circuits_faithfulness.py)."""
+    seen = set()
+    for s, m in EXCLUDE:
+        seen |= set(gen(tok, m, seed=s).clean)
+    task = gen(tok, 4 * n, seed=FAITHFUL_SEED)
+    keep = [i for i, p in enumerate(task.clean) if p not in seen][:n]
+    if len(keep) < n:
+        raise RuntimeError(f"only {len(keep)} held-out prompts")
+    return task.subset(np.asarray(keep))
+
+
+def discover_all(model, tok, task: Task, variants, key) -> dict[str, np.ndarray]:
+    """Every variant's and baseline's ranking scores ``[L*H]`` on one draw (|effect| for patching)."""
+    cfg = model.cfg
+    H = cfg.n_layers * cfg.n_heads
+    tokens = [tok.encode(p) for p in task.clean + task.corrupted]
+    z = harvest(model, tokens, point="z", positions="all", progress=False)  # [L*H, N, dh]
+    w_o = np.asarray(model.blocks.W_O).reshape(H, cfg.d_head, cfg.d_model)
+    lengths = [len(t) for t in tokens]
+    n = len(task)
+    acts = {"z": z, "result": None}
+    rows = {}
+    for v in variants:
+        if (v.point, v.positions) in rows:
+            continue
+        if v.point == "result" and acts["result"] is None:
+            acts["result"] = np.einsum("hnd,hdD->hnD", z, w_o)
+        a = acts[v.point]
+        assert a is not None
+        rows[(v.point, v.positions)] = paired_rows(
+            a, lengths, n, v.positions, tokens=tokens, w_o=w_o if v.point == "z" else None
+        )
+    scores = variant_scores(key, rows, variants)
+    out = {v.name: s for v, s in zip(variants, scores)}
+    mean = rows.get(("result", "mean")) or paired_rows(np.einsum("hnd,hdD->hnD", z, w_o), lengths, n, "mean")
+    positive = np.arange(2 * n) < n
+    out["activation_difference"] = activation_difference_scores(mean.acts, positive, mean.corrupted).scores
+    out["sae_per_head_paired"] = sae_code_scores(
+        key, mean.acts, positive, "sae_per_head_paired", pair=mean.corrupted
+    ).scores
+    out["attribution_patching"] = np.abs(attribution_patching(model, tok, task).scores)
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    keys = sorted({k for r in rows for k in r if isinstance(r[k], (int, float)) and r[k] is not None})
+    out = {}
+    for k in keys:
+        v = [r[k] for r in rows if r.get(k) is not None]
+        out[f"{k}_mean"] = float(np.mean(v))
+        out[f"{k}_sd"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
+    return {**out, "runs": rows}
+
+
+def run(args, model=None, tok=None) -> dict:
+    t_start = time.perf_counter()
+    if model is None:
+        model, tok, _ = load("smollm2-135m")
+    assert tok is not None
+    variants = SMOKE_VARIANTS if args.smoke else VARIANTS
+    names = [v.name for v in variants] + list(BASELINES)
+    H = model.cfg.n_layers * model.cfg.n_heads
+    path = Path(args.out)
+    results: dict = {
+        "settings": {
+            "model": "smollm2-135m",
+            "sizes": args.sizes,
+            "draws": args.draws,
+            "pool": f"seed {POOL_SEED}, {POOL_N} prompts; Task.sample(n, draw)",
+            "reference_100": "results/circuits_reference.json: top 10% by |effect| on 100 held-out prompts",
+            "certain_2se": "heads with |effect| >= 2 standard errors on those prompts",
+            "variants": {v.name: v.__dict__ for v in variants},
+            "baselines": list(BASELINES),
+            "faithfulness": f"{args.faithful_prompts} held-out prompts (seed {FAITHFUL_SEED}); heads outside "
+            f"the top k patched from the corrupted prompt; n in {args.faithful_sizes}, draws {args.faithful_draws}",
+            "smoke": args.smoke,
+        },
+        "complete": False,
+    }
+    found: dict = {}  # (task, n, draw) -> {method: scores}
+    auc: dict = {t: {m: {n: [] for n in args.sizes} for m in names} for t in args.tasks}
+
+    def write():
+        for t in args.tasks:
+            results[t] = {m: {str(n): summarise(auc[t][m][n]) for n in args.sizes} for m in names}
+        results["settings"]["seconds"] = time.perf_counter() - t_start
+        write_json(path, results)
+
+    for t in args.tasks:
+        refs = reference_masks(t, H)
+        pool = TASKS[t](tok, POOL_N, seed=POOL_SEED)
+        for draw in range(args.draws):
+            for n in args.sizes:
+                task = pool.sample(n, draw)
+                got = discover_all(model, tok, task, variants, jax.random.key(draw))
+                found[(t, n, draw)] = got
+                for m in names:
+                    auc[t][m][n].append({f"auc_{k}": roc_auc(got[m], ref) for k, ref in refs.items()})
+                print(
+                    f"{t} draw {draw} n {n:2d}: "
+                    + "  ".join(f"{m[:24]} {auc[t][m][n][-1]['auc_reference_100']:.3f}" for m in names[:4])
+                    + f"  attribution {auc[t]['attribution_patching'][n][-1]['auc_reference_100']:.3f}",
+                    flush=True,
+                )
+            write()
+    np.savez_compressed(
+        path.with_suffix(".scores.npz"),
+        **{f"{t}/{n}/{d}/{m}": s for (t, n, d), got in found.items() for m, s in got.items()},
+    )
+    ks = log_grid(H, args.faithful_points)
+    for t in args.tasks:
+        gen = TASKS[t]
+        ft = held_out(tok, gen, args.faithful_prompts)
+        clean = [tok.encode(p) for p in ft.clean]
+        T = max(len(s) for s in clean)
+        c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
+        x, _ = pad_sequences([tok.encode(p) for p in ft.corrupted], tok.pad_id, pad_to=T)
+        _, cache = forward(model, jnp.asarray(x), hooks=capture("result"), lengths=jnp.asarray(lengths), logits=False)
+        source = np.asarray(cache["result"])
+        for draw in args.faithful_draws:
+            for n in args.faithful_sizes:
+                if (t, n, draw) not in found:
+                    continue
+                for m in names:
+                    curve = faithfulness_curve(
+                        model, c, lengths, ft.correct, ft.incorrect, ft.metric, found[(t, n, draw)][m], source, ks
+                    )
+                    auc[t][m][n][draw].update(faithful_area=curve.area, faithful_k80=curve.smallest_k(0.8))
+                print(f"{t} faithfulness draw {draw} done", flush=True)
+                write()
+    results["complete"] = True
+    write()
+    plot(results, args.tasks, path.with_suffix(".png"), n=10 if 10 in args.sizes else args.sizes[0])
+    print(f"wrote {path} and .png")
+    return results
+
+
+def plot(results: dict, tasks, path: Path, n: int) -> None:
+    """Per task, every method's AUC at ``n`` prompts (mean ± sd over draws), sorted; a line at
+    attribution patching's mean."""
+    fig, axes = figure(6.0 * len(tasks), 0.22 * len(results[tasks[0]]) + 1.5, ncols=len(tasks))
+    for ax, t in zip(np.atleast_1d(axes), tasks):
+        rows = [(m, r[str(n)]) for m, r in results[t].items()]
+        rows = [(m, s["auc_reference_100_mean"], s.get("auc_reference_100_sd") or 0.0) for m, s in rows]
+        rows.sort(key=lambda r: r[1])
+        y = np.arange(len(rows))
+        ax.errorbar([r[1] for r in rows], y, xerr=[r[2] for r in rows], fmt="o", ms=3)
+        ax.set_yticks(y, [r[0] for r in rows], fontsize=6)
+        ax.axvline(results[t]["attribution_patching"][str(n)]["auc_reference_100_mean"], ls=":", c="k")
+        ax.set_xlabel(f"AUC vs 100-prompt patching, n = {n} (mean ± sd)")
+        ax.set_title(t)
+    save(fig, path)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=["ioi", "greater_than"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[5, 10, 20])
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--faithful-sizes", nargs="+", type=int, default=[10])
+    ap.add_argument("--faithful-draws", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--faithful-prompts", type=int, default=N_FAITHFUL)
+    ap.add_argument("--faithful-points", type=int, default=10, help="circuit sizes on the log grid")
+    ap.add_argument("--out", default=str(OUT / "circuits_variants.json"))
+    ap.add_argument("--smoke", action="store_true", help="IOI, n = 4, one draw, 3 variants, 4 faithfulness prompts")
+    return ap
+
+
+def parse(argv=None) -> argparse.Namespace:
+    args = parser().parse_args(argv)
+    if args.smoke:
+        args.tasks, args.sizes, args.draws = ["ioi"], [4], 1
+        args.faithful_sizes, args.faithful_draws, args.faithful_prompts, args.faithful_points = [4], [0], 4, 3
+    return args
+
+
+if __name__ == "__main__":
+    run(parse())
