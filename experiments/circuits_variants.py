@@ -20,8 +20,9 @@ AUC against the 100-prompt reference (top 10% by |effect|) and against its heads
 errors. Faithfulness (:mod:`jsae.analysis.faithfulness`) of each ranking at ``--faithful-sizes`` (n = 10),
 draws ``--faithful-draws``: on 20 held-out prompts (seed 4, as ``circuits_faithfulness.py``), heads
 outside the top k patched from the corrupted prompt, area and the smallest k recovering 80%. AUCs for
-every task come first, then faithfulness; the JSON is rewritten after every draw, so a cut run leaves
-every finished number (``"complete": false`` until the end).
+every task come first (draw by draw, each task and n within a draw), then faithfulness; the JSON is
+rewritten after every step, so a cut run leaves every finished number (``"complete": false`` until the
+end). Every ranking's scores go to ``results/circuits_variants.scores.npz`` (key ``task/n/draw/method``).
 
     python experiments/circuits_variants.py --smoke   # tiny: IOI, n = 4, one draw, 3 variants
 """
@@ -79,17 +80,13 @@ VARIANTS: tuple[CodeVariant, ...] = (
     CodeVariant(d_sae=8),
     CodeVariant(d_sae=32),
     # positions (result)
-    *(
-        CodeVariant(positions=p, **kw)
-        for p in ("final", "key")
-        for kw in ({}, {"seeds": 5}, {"code": "active"}, {"weight": "decoder"})
-    ),
+    *(CodeVariant(positions=p) for p in ("final", "key")),
+    *(CodeVariant(positions=p, seeds=5) for p in ("final", "key")),
+    *(CodeVariant(positions=p, code="active") for p in ("final", "key")),
+    *(CodeVariant(positions=p, weight="decoder") for p in ("final", "key")),
     # hook point z
-    *(
-        CodeVariant(point="z", positions=p, **kw)
-        for p in ("mean", "final", "key")
-        for kw in ({}, {"weight": "decoder"})
-    ),
+    *(CodeVariant(point="z", positions=p) for p in ("mean", "final", "key")),
+    *(CodeVariant(point="z", positions=p, weight="decoder") for p in ("mean", "final", "key")),
     CodeVariant(point="z", positions="all"),
     CodeVariant(point="z", positions="all", code="active"),
 )
@@ -200,28 +197,28 @@ def run(args, model=None, tok=None) -> dict:
             results[t] = {m: {str(n): summarise(auc[t][m][n]) for n in args.sizes} for m in names}
         results["settings"]["seconds"] = time.perf_counter() - t_start
         write_json(path, results)
+        np.savez_compressed(
+            path.with_suffix(".scores.npz"),
+            **{f"{t}/{n}/{d}/{m}": s for (t, n, d), got in found.items() for m, s in got.items()},
+        )
 
-    for t in args.tasks:
-        refs = reference_masks(t, H)
-        pool = TASKS[t](tok, POOL_N, seed=POOL_SEED)
-        for draw in range(args.draws):
+    refs = {t: reference_masks(t, H) for t in args.tasks}
+    pools = {t: TASKS[t](tok, POOL_N, seed=POOL_SEED) for t in args.tasks}
+    for draw in range(args.draws):  # draws outermost: a cut run has every task and n for its first draws
+        for t in args.tasks:
             for n in args.sizes:
-                task = pool.sample(n, draw)
+                task = pools[t].sample(n, draw)
                 got = discover_all(model, tok, task, variants, jax.random.key(draw))
                 found[(t, n, draw)] = got
                 for m in names:
-                    auc[t][m][n].append({f"auc_{k}": roc_auc(got[m], ref) for k, ref in refs.items()})
+                    auc[t][m][n].append({f"auc_{k}": roc_auc(got[m], ref) for k, ref in refs[t].items()})
                 print(
                     f"{t} draw {draw} n {n:2d}: "
                     + "  ".join(f"{m[:24]} {auc[t][m][n][-1]['auc_reference_100']:.3f}" for m in names[:4])
                     + f"  attribution {auc[t]['attribution_patching'][n][-1]['auc_reference_100']:.3f}",
                     flush=True,
                 )
-            write()
-    np.savez_compressed(
-        path.with_suffix(".scores.npz"),
-        **{f"{t}/{n}/{d}/{m}": s for (t, n, d), got in found.items() for m, s in got.items()},
-    )
+                write()
     ks = log_grid(H, args.faithful_points)
     for t in args.tasks:
         gen = TASKS[t]
@@ -268,7 +265,7 @@ def plot(results: dict, tasks, path: Path, n: int) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=["ioi", "greater_than"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--draws", type=int, default=5)
