@@ -25,6 +25,7 @@ rewritten after every step, so a cut run leaves every finished number (``"comple
 end). Every ranking's scores go to ``results/circuits_variants.scores.npz`` (key ``task/n/draw/method``).
 
     python experiments/circuits_variants.py --smoke   # tiny: IOI, n = 4, one draw, 3 variants
+    python experiments/circuits_variants.py --faithful-only --faithful-draws 0 --faithful-methods default ...
 """
 
 from __future__ import annotations
@@ -173,35 +174,85 @@ def run(args, model=None, tok=None) -> dict:
     names = [v.name for v in variants] + list(BASELINES)
     H = model.cfg.n_layers * model.cfg.n_heads
     path = Path(args.out)
-    results: dict = {
-        "settings": {
-            "model": "smollm2-135m",
-            "sizes": args.sizes,
-            "draws": args.draws,
-            "pool": f"seed {POOL_SEED}, {POOL_N} prompts; Task.sample(n, draw)",
-            "reference_100": "results/circuits_reference.json: top 10% by |effect| on 100 held-out prompts",
-            "certain_2se": "heads with |effect| >= 2 standard errors on those prompts",
-            "variants": {v.name: v.__dict__ for v in variants},
-            "baselines": list(BASELINES),
-            "faithfulness": f"{args.faithful_prompts} held-out prompts (seed {FAITHFUL_SEED}); heads outside "
-            f"the top k patched from the corrupted prompt; n in {args.faithful_sizes}, draws {args.faithful_draws}",
-            "smoke": args.smoke,
-        },
-        "complete": False,
-    }
     found: dict = {}  # (task, n, draw) -> {method: scores}
-    auc: dict = {t: {m: {n: [] for n in args.sizes} for m in names} for t in args.tasks}
+    if args.faithful_only:  # the rankings of an earlier (possibly cut) run, from its JSON and scores
+        results = json.loads(path.read_text())
+        args.tasks = [t for t in args.tasks if t in results]
+        args.sizes = list(results["settings"]["sizes"])
+        auc = {t: {m: {n: results[t][m][str(n)]["runs"] for n in args.sizes} for m in names} for t in args.tasks}
+        with np.load(path.with_suffix(".scores.npz")) as z:
+            for k in z.files:
+                t, n, d, m = k.split("/", 3)
+                found.setdefault((t, int(n), int(d)), {})[m] = z[k]
+        seconds_before = float(results["settings"].get("seconds", 0.0))
+    else:
+        results = {
+            "settings": {
+                "model": "smollm2-135m",
+                "sizes": args.sizes,
+                "draws": args.draws,
+                "pool": f"seed {POOL_SEED}, {POOL_N} prompts; Task.sample(n, draw)",
+                "reference_100": "results/circuits_reference.json: top 10% by |effect| on 100 held-out prompts",
+                "certain_2se": "heads with |effect| >= 2 standard errors on those prompts",
+                "variants": {v.name: v.__dict__ for v in variants},
+                "baselines": list(BASELINES),
+                "smoke": args.smoke,
+            },
+            "complete": False,
+        }
+        auc = {t: {m: {n: [] for n in args.sizes} for m in names} for t in args.tasks}
+        seconds_before = 0.0
 
     def write():
         for t in args.tasks:
             results[t] = {m: {str(n): summarise(auc[t][m][n]) for n in args.sizes} for m in names}
-        results["settings"]["seconds"] = time.perf_counter() - t_start
+        results["settings"]["draws_done"] = {t: len(auc[t][names[0]][args.sizes[-1]]) for t in args.tasks}
+        results["settings"]["seconds"] = seconds_before + time.perf_counter() - t_start
         write_json(path, results)
         np.savez_compressed(
             path.with_suffix(".scores.npz"),
             **{f"{t}/{n}/{d}/{m}": s for (t, n, d), got in found.items() for m, s in got.items()},
         )
 
+    if not args.faithful_only:
+        auc_pass(model, tok, args, variants, names, found, auc, write)
+    faithful = [m for m in names if m in args.faithful_methods] if args.faithful_methods else names
+    results["settings"]["faithfulness"] = (
+        f"{args.faithful_prompts} held-out prompts (seed {FAITHFUL_SEED}); heads outside the top k patched from "
+        f"the corrupted prompt; k on log_grid(270, {args.faithful_points}); n in {args.faithful_sizes}, draws "
+        f"{args.faithful_draws}, methods: {'all' if faithful == names else faithful}"
+    )
+    ks = log_grid(H, args.faithful_points)
+    for t in args.tasks:
+        ft = held_out(tok, TASKS[t], args.faithful_prompts)
+        clean = [tok.encode(p) for p in ft.clean]
+        T = max(len(s) for s in clean)
+        c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
+        x, _ = pad_sequences([tok.encode(p) for p in ft.corrupted], tok.pad_id, pad_to=T)
+        _, cache = forward(model, jnp.asarray(x), hooks=capture("result"), lengths=jnp.asarray(lengths), logits=False)
+        source = np.asarray(cache["result"])
+        for draw in args.faithful_draws:
+            for n in args.faithful_sizes:
+                if (t, n, draw) not in found:
+                    continue
+                for m in faithful:
+                    curve = faithfulness_curve(
+                        model, c, lengths, ft.correct, ft.incorrect, ft.metric, found[(t, n, draw)][m], source, ks
+                    )
+                    auc[t][m][n][draw].update(faithful_area=curve.area, faithful_k80=curve.smallest_k(0.8))
+                print(f"{t} faithfulness draw {draw} n {n} done", flush=True)
+                write()
+    if not args.faithful_only:
+        results["complete"] = True
+    write()
+    plot(results, args.tasks, path.with_suffix(".png"), n=10 if 10 in args.sizes else args.sizes[0])
+    print(f"wrote {path} and .png")
+    return results
+
+
+def auc_pass(model, tok, args, variants, names, found: dict, auc: dict, write) -> None:
+    """Every draw's rankings (into ``found``) and their AUCs (into ``auc``), writing after each."""
+    H = model.cfg.n_layers * model.cfg.n_heads
     refs = {t: reference_masks(t, H) for t in args.tasks}
     pools = {t: TASKS[t](tok, POOL_N, seed=POOL_SEED) for t in args.tasks}
     for draw in range(args.draws):  # draws outermost: a cut run has every task and n for its first draws
@@ -219,32 +270,6 @@ def run(args, model=None, tok=None) -> dict:
                     flush=True,
                 )
                 write()
-    ks = log_grid(H, args.faithful_points)
-    for t in args.tasks:
-        gen = TASKS[t]
-        ft = held_out(tok, gen, args.faithful_prompts)
-        clean = [tok.encode(p) for p in ft.clean]
-        T = max(len(s) for s in clean)
-        c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
-        x, _ = pad_sequences([tok.encode(p) for p in ft.corrupted], tok.pad_id, pad_to=T)
-        _, cache = forward(model, jnp.asarray(x), hooks=capture("result"), lengths=jnp.asarray(lengths), logits=False)
-        source = np.asarray(cache["result"])
-        for draw in args.faithful_draws:
-            for n in args.faithful_sizes:
-                if (t, n, draw) not in found:
-                    continue
-                for m in names:
-                    curve = faithfulness_curve(
-                        model, c, lengths, ft.correct, ft.incorrect, ft.metric, found[(t, n, draw)][m], source, ks
-                    )
-                    auc[t][m][n][draw].update(faithful_area=curve.area, faithful_k80=curve.smallest_k(0.8))
-                print(f"{t} faithfulness draw {draw} done", flush=True)
-                write()
-    results["complete"] = True
-    write()
-    plot(results, args.tasks, path.with_suffix(".png"), n=10 if 10 in args.sizes else args.sizes[0])
-    print(f"wrote {path} and .png")
-    return results
 
 
 def plot(results: dict, tasks, path: Path, n: int) -> None:
@@ -273,6 +298,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--faithful-draws", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--faithful-prompts", type=int, default=N_FAITHFUL)
     ap.add_argument("--faithful-points", type=int, default=10, help="circuit sizes on the log grid")
+    ap.add_argument("--faithful-methods", nargs="+", default=None, help="rankings to draw curves for (default all)")
+    ap.add_argument(
+        "--faithful-only",
+        action="store_true",
+        help="no discovery: faithfulness of the rankings in --out's scores (.scores.npz), written into --out",
+    )
     ap.add_argument("--out", default=str(OUT / "circuits_variants.json"))
     ap.add_argument("--smoke", action="store_true", help="IOI, n = 4, one draw, 3 variants, 4 faithfulness prompts")
     return ap

@@ -36,6 +36,14 @@ def test_circuits_variants_smoke(smollm2, tmp_path):
     for m, per_n in methods.items():
         row = per_n["4"]["runs"][0]
         assert 0.0 <= row["auc_reference_100"] <= 1.0 and np.isfinite(row["faithful_area"]), m
+    # --faithful-only redraws the curves from the saved rankings: the same numbers
+    again = script.run(
+        script.parse(["--smoke", "--out", str(out), "--faithful-only", "--faithful-methods", "default"]),
+        model=model,
+        tok=tok,
+    )
+    got, want = again["ioi"]["default"]["4"]["runs"][0], methods["default"]["4"]["runs"][0]
+    assert got["faithful_area"] == want["faithful_area"] and got["auc_reference_100"] == want["auc_reference_100"]
     # the all-position z harvest, through W_O and averaged per prompt, is harvest(result, mean)
     task = ioi(tok, 3, seed=1)
     tokens = [tok.encode(p) for p in task.clean + task.corrupted]
