@@ -272,6 +272,34 @@ def auc_pass(model, tok, args, variants, names, found: dict, auc: dict, write) -
                 write()
 
 
+def table(results: dict) -> str:
+    """Markdown: per method, AUC vs the 100-prompt reference (mean ± sd over the draws done) at each n and
+    task, and the faithfulness area / k@80% where measured; sorted by the mean AUC at n = 10."""
+    tasks = [t for t in TASKS if t in results]
+    sizes = [str(n) for n in results["settings"]["sizes"]]
+
+    def cell(s: dict, k: str) -> str:
+        if f"{k}_mean" not in s:
+            return ""
+        sd = s.get(f"{k}_sd")
+        return f"{s[f'{k}_mean']:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+    head = ["method"] + [f"{t} n={n}" for t in tasks for n in sizes] + [f"{t} faithful area / k80" for t in tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mid = "10" if "10" in sizes else sizes[0]
+    order = sorted(
+        results[tasks[0]], key=lambda m: -np.mean([results[t][m][mid].get("auc_reference_100_mean", 0) for t in tasks])
+    )
+    for m in order:
+        row = [m] + [cell(results[t][m][n], "auc_reference_100") for t in tasks for n in sizes]
+        for t in tasks:
+            s = results[t][m][mid]
+            area, k80 = cell(s, "faithful_area"), cell(s, "faithful_k80")
+            row.append(f"{area} / {k80}" if area else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: dict, tasks, path: Path, n: int) -> None:
     """Per task, every method's AUC at ``n`` prompts (mean ± sd over draws), sorted; a line at
     attribution patching's mean."""
@@ -304,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no discovery: faithfulness of the rankings in --out's scores (.scores.npz), written into --out",
     )
+    ap.add_argument("--table", action="store_true", help="print --out's results as a markdown table and stop")
     ap.add_argument("--out", default=str(OUT / "circuits_variants.json"))
     ap.add_argument("--smoke", action="store_true", help="IOI, n = 4, one draw, 3 variants, 4 faithfulness prompts")
     return ap
@@ -318,4 +347,8 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    run(parse())
+    cli = parse()
+    if cli.table:
+        print(table(json.loads(Path(cli.out).read_text())))
+    else:
+        run(cli)
