@@ -223,15 +223,10 @@ def run(args, model=None, tok=None) -> dict:
         f"{args.faithful_draws}, methods: {'all' if faithful == names else faithful}"
     )
     ks = log_grid(H, args.faithful_points)
-    for t in args.tasks:
-        ft = held_out(tok, TASKS[t], args.faithful_prompts)
-        clean = [tok.encode(p) for p in ft.clean]
-        T = max(len(s) for s in clean)
-        c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
-        x, _ = pad_sequences([tok.encode(p) for p in ft.corrupted], tok.pad_id, pad_to=T)
-        _, cache = forward(model, jnp.asarray(x), hooks=capture("result"), lengths=jnp.asarray(lengths), logits=False)
-        source = np.asarray(cache["result"])
-        for draw in args.faithful_draws:
+    held = {t: faithfulness_inputs(model, tok, t, args.faithful_prompts) for t in args.tasks}
+    for draw in args.faithful_draws:  # draws outermost, as the AUC pass
+        for t in args.tasks:
+            c, lengths, ft, source = held[t]
             for n in args.faithful_sizes:
                 if (t, n, draw) not in found:
                     continue
@@ -248,6 +243,18 @@ def run(args, model=None, tok=None) -> dict:
     plot(results, args.tasks, path.with_suffix(".png"), n=10 if 10 in args.sizes else args.sizes[0])
     print(f"wrote {path} and .png")
     return results
+
+
+def faithfulness_inputs(model, tok, name: str, n: int):
+    """The held-out prompts of a faithfulness curve: clean tokens, lengths, the task, the corrupted run's
+    ``result`` (the ablation value)."""
+    ft = held_out(tok, TASKS[name], n)
+    clean = [tok.encode(p) for p in ft.clean]
+    T = max(len(s) for s in clean)
+    c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
+    x, _ = pad_sequences([tok.encode(p) for p in ft.corrupted], tok.pad_id, pad_to=T)
+    _, cache = forward(model, jnp.asarray(x), hooks=capture("result"), lengths=jnp.asarray(lengths), logits=False)
+    return c, lengths, ft, np.asarray(cache["result"])
 
 
 def auc_pass(model, tok, args, variants, names, found: dict, auc: dict, write) -> None:
