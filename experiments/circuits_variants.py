@@ -339,7 +339,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no discovery: faithfulness of the rankings in --out's scores (.scores.npz), written into --out",
     )
-    ap.add_argument("--table", action="store_true", help="print --out's results as a markdown table and stop")
+    ap.add_argument(
+        "--table", action="store_true", help="print --out's results as a markdown table, redraw its plot, and stop"
+    )
     ap.add_argument("--out", default=str(OUT / "circuits_variants.json"))
     ap.add_argument("--smoke", action="store_true", help="IOI, n = 4, one draw, 3 variants, 4 faithfulness prompts")
     return ap
@@ -356,6 +358,9 @@ def parse(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":
     cli = parse()
     if cli.table:
-        print(table(json.loads(Path(cli.out).read_text())))
+        saved = json.loads(Path(cli.out).read_text())
+        print(table(saved))
+        done = [t for t in TASKS if t in saved]
+        plot(saved, done, Path(cli.out).with_suffix(".png"), n=10 if 10 in saved["settings"]["sizes"] else 5)
     else:
         run(cli)
