@@ -217,11 +217,15 @@ def run(args, model=None, tok=None) -> dict:
     if not args.faithful_only:
         auc_pass(model, tok, args, variants, names, found, auc, write)
     faithful = [m for m in names if m in args.faithful_methods] if args.faithful_methods else names
-    results["settings"]["faithfulness"] = (
-        f"{args.faithful_prompts} held-out prompts (seed {FAITHFUL_SEED}); heads outside the top k patched from "
-        f"the corrupted prompt; k on log_grid(270, {args.faithful_points}); n in {args.faithful_sizes}, draws "
-        f"{args.faithful_draws}, methods: {'all' if faithful == names else faithful}"
-    )
+    passes = results["settings"].get("faithfulness", [])  # one entry per faithfulness pass over the rankings
+    results["settings"]["faithfulness"] = [
+        *(passes if isinstance(passes, list) else [passes]),
+        (
+            f"{args.faithful_prompts} held-out prompts (seed {FAITHFUL_SEED}); heads outside the top k patched from "
+            f"the corrupted prompt; k on log_grid(270, {args.faithful_points}); n in {args.faithful_sizes}, draws "
+            f"{args.faithful_draws}, methods: {'all' if faithful == names else faithful}"
+        ),
+    ]
     ks = log_grid(H, args.faithful_points)
     held = {t: faithfulness_inputs(model, tok, t, args.faithful_prompts) for t in args.tasks}
     for draw in args.faithful_draws:  # draws outermost, as the AUC pass
