@@ -1,14 +1,15 @@
 """A circuit reference worth grading against: activation patching of all 270 SmolLM2 heads on many prompts.
 
     python experiments/circuits_reference.py            # -> results/circuits_reference.json (+ .npz)
+    python experiments/circuits_reference.py --tasks docstring   # add a task, keep the others
 
-For IOI and greater-than: 100 prompts (seed 3) that appear in none of the discovery pools (seed 0, the
-200 prompts every method discovers from), each head's ``result`` patched from the corrupted prompt into the
-clean one, one head at a time, at every position. Per prompt ``i`` and head ``h`` the normalised drop
-``(m_clean_i - m_patched_ih) / (mean m_clean - mean m_corrupted)``; a head's effect is its mean over
-prompts, with the standard error of that mean (``jsae.analysis.circuits.patching_effects``), so the
-per-head sd says which heads are certain. The reference circuit is, as before, the top 10% (27 heads) by
-|effect|; ``certain`` is the set of heads at least 2 standard errors from 0.
+For IOI and greater-than (and docstring with ``--tasks``): 100 prompts (seed 3) that appear in none of the discovery
+pools (seed 0, the 200 prompts every method discovers from), each head's ``result`` patched from the corrupted prompt
+into the clean one, one head at a time, at every position. Per prompt ``i`` and head ``h`` the normalised drop
+``(m_clean_i - m_patched_ih) / (mean m_clean - mean m_corrupted)``; a head's effect is its mean over prompts, with the
+standard error of that mean (``jsae.analysis.circuits.patching_effects``), so the per-head sd says which heads are
+certain. The reference circuit is, as before, the top 10% (27 heads) by |effect|; ``certain`` is the set of heads at
+least 2 standard errors from 0.
 
 Prompts go through in chunks of 20, all padded to one length (one compiled program); after every chunk
 the per-prompt metrics are written to ``results/circuits_reference.partial.npz``, and a rerun resumes
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,12 +37,13 @@ from tqdm.auto import tqdm
 from jsae.analysis.circuits import metrics_with_heads_replaced, patching_effects, single_head_masks
 from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
-from jsae.tasks import Task, greater_than, ioi, task_metric
+from jsae.tasks import Task, docstring, greater_than, ioi, task_metric
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 N_PROMPTS, CHUNK, SEED, DISCOVERY_SEED, DISCOVERY_N = 100, 20, 3, 0, 200
 HEADS_PER_FORWARD = 10
-TASKS = {"ioi": ioi, "greater_than": greater_than}
+TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
+DEFAULT_TASKS = ("ioi", "greater_than")
 
 
 @contextmanager
@@ -133,6 +136,13 @@ def run_task(model, tok, name: str, partial: dict, save, lock: Path | None) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lock", type=Path, default=None, help="hold a shared flock on this file during each chunk")
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=tuple(TASKS),
+        default=list(DEFAULT_TASKS),
+        help="tasks to patch (default: %(default)s); tasks already in the JSON and not named are kept",
+    )
     args = ap.parse_args()
     model, tok, _ = load("smollm2-135m")
     partial_path = OUT / "circuits_reference.partial.npz"
@@ -147,7 +157,10 @@ def main() -> None:
         np.savez(tmp, **store)
         tmp.replace(partial_path)
 
-    results = {name: run_task(model, tok, name, store, save, args.lock) for name in TASKS}
+    path = OUT / "circuits_reference.json"
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    results = {name: kept[name] for name in TASKS if name in kept and name not in args.tasks}
+    results.update({name: run_task(model, tok, name, store, save, args.lock) for name in args.tasks})
     results["settings"] = {
         "model": "smollm2-135m",
         "n_prompts": N_PROMPTS,
@@ -157,9 +170,9 @@ def main() -> None:
         "point": "result, every position, patched from the corrupted prompt",
         "reference": "top 10% of heads by |effect|; certain_2se: |effect| >= 2 standard errors",
     }
-    write_json(OUT / "circuits_reference.json", results)
-    print(f"wrote {OUT / 'circuits_reference.json'}")
-    for name in TASKS:
+    write_json(path, results)
+    print(f"wrote {path}")
+    for name in args.tasks:
         r = results[name]
         print(f"{name}: {r['n_prompts']} prompts, {len(r['certain_2se'])} heads certain at 2 se, {r['seconds']:.0f} s")
 

@@ -21,7 +21,8 @@ Typical use::
 The implementation is in private modules: ``_ground_truth`` (published circuits), ``_grading`` (ROC AUC,
 precision/recall), ``_harvest`` (per-head activations of a task), ``_baselines`` (patching, activation
 difference, random), ``_codes`` (the SAE-code methods), ``_methods`` (the registry) and ``_compare``
-(grading several methods, the comparison workflow).
+(grading several methods, the comparison workflow) and ``_variants`` (families of per-head
+SAE-code variants, each family one stack).
 """
 
 from jsae.analysis.circuits._baselines import (
@@ -42,11 +43,13 @@ from jsae.analysis.circuits._codes import (
     SAECodeConfig,
     SAEMethod,
     fit_per_head,
+    fit_stack,
     per_head_codes,
     row_basis,
     sae_code_scores,
     shared_codes,
     standardise_heads,
+    standardise_with_scale,
 )
 from jsae.analysis.circuits._compare import (
     Comparison,
@@ -76,8 +79,30 @@ from jsae.analysis.circuits._methods import (
     discover,
 )
 from jsae.analysis.circuits._scores import HeadScores
+from jsae.analysis.circuits._variants import (
+    CodeVariant,
+    PairedRows,
+    code_change_scores,
+    combine_seeds,
+    decoder_norms,
+    family_scores,
+    key_positions,
+    paired_rows,
+    variant_scores,
+)
 
 __all__ = [
+    "standardise_with_scale",
+    "fit_stack",
+    "variant_scores",
+    "paired_rows",
+    "key_positions",
+    "family_scores",
+    "decoder_norms",
+    "combine_seeds",
+    "code_change_scores",
+    "PairedRows",
+    "CodeVariant",
     "ACTIVATION_METHODS",
     "ATTN_ONLY_4L_DOCSTRING_HEADS",
     "DISCOVERY_METHODS",

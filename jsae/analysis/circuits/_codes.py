@@ -96,12 +96,20 @@ def _draw_rows(key, pos: Int[Array, " P"], neg: Int[Array, " Q"], n_pos: int, n_
 def standardise_heads(acts: Float[np.ndarray, "H n d"], rows: np.ndarray) -> Float[np.ndarray, "H n d"]:
     """Per head ``h``: ``(acts[h] - mu_h) * s_h`` with ``mu_h`` the mean of ``acts[h, rows]`` and ``s_h``
     such that the centred training rows have mean norm ``sqrt(d)`` (a head that never varies stays 0)."""
+    return standardise_with_scale(acts, rows)[0]
+
+
+def standardise_with_scale(
+    acts: Float[np.ndarray, "H n d"], rows: np.ndarray
+) -> tuple[Float[np.ndarray, "H n d"], Float[np.ndarray, " H"]]:
+    """:func:`standardise_heads` and the scale ``s_h`` of each head (0 for a head that never varies): a
+    direction ``v`` of the standardised space is ``v / s_h`` in the head's own."""
     acts = np.asarray(acts, np.float32)
     mu = acts[:, rows].mean(axis=1, keepdims=True)
     centred = acts - mu
     spread = np.linalg.norm(centred[:, rows], axis=-1).mean(axis=1)
     scale = np.where(spread > 0, np.sqrt(acts.shape[-1]) / np.maximum(spread, 1e-30), 0.0)
-    return (centred * scale[:, None, None]).astype(np.float32)
+    return (centred * scale[:, None, None]).astype(np.float32), scale.astype(np.float32)
 
 
 def _code_saes(key, n_saes: int, d_in: int, d_sae: int, rows: int, sparsity, epochs: int, lr: float):
@@ -194,13 +202,46 @@ def _fit_program(backend: str):
 
 
 def _fit_per_head(key, standard, rows, sparsity: float, lr: float, *, d_sae: int, epochs: int, basis: bool):
-    x = jnp.einsum("hnd,hdr->hnr", standard, row_basis(standard)) if basis else standard
+    sae, x, _, metrics = _fit_stack(key[None], standard, rows, (sparsity,), lr, d_sae=d_sae, epochs=epochs, basis=basis)
+    codes = jax.vmap(lambda s, v: jnp.argmax(s.encode(v), axis=-1))(sae, x).T.astype(jnp.int32)
+    return sae, x, codes, metrics
+
+
+def fit_stack(
+    keys, standard: Float[Array, "H n d"], rows: Int[Array, " m"], sparsities: tuple[float, ...], lr: float, **kw
+) -> tuple[SAE, Float[Array, "H n r"], Float[Array, "H d r"] | None, dict[str, Float[Array, " N"]]]:
+    """:func:`fit_per_head` for a family: ``S = len(keys)`` seeds x ``P = len(sparsities)`` sparsity
+    coefficients x ``H`` heads, ``N = S * P * H`` SAEs trained in one program (keyword arguments
+    ``d_sae``, ``epochs``, ``basis`` as there). SAE ``(s * P + p) * H + h`` reads head ``h`` at
+    ``sparsities[p]``, initialised as :func:`fit_per_head` with ``keys[s]`` initialises head ``h``, so each
+    (seed, sparsity) slice is that single run. Returns the stack, the inputs ``[H, n, r]`` (the same for
+    every member), the row bases ``[H, d, r]`` (None without ``basis``) and per-SAE metrics ``[N]``."""
+    program = _stack_program(jax.default_backend())
+    return program(keys, standard, rows, tuple(float(s) for s in sparsities), lr, **kw)
+
+
+@functools.cache
+def _stack_program(backend: str):
+    options = {"xla_backend_optimization_level": 1} if backend == "cpu" else None
+    static = ("sparsities", "lr", "d_sae", "epochs", "basis")
+    return jax.jit(_fit_stack, static_argnames=static, compiler_options=options)
+
+
+def _fit_stack(keys, standard, rows, sparsities, lr: float, *, d_sae: int, epochs: int, basis: bool):
+    q = row_basis(standard) if basis else None
+    x = standard if q is None else jnp.einsum("hnd,hdr->hnr", standard, q)
     H, _, d_in = x.shape
-    sae, tc = _code_saes(key, H, d_in, d_sae, rows.shape[0], sparsity, epochs, lr)
-    group = group_size(jax.default_backend(), H, rows.shape[0], d_in, d_sae)
-    state, metrics = fit(sae, x[:, rows], tc, group=group)  # the trainer's steps, in its order of the rows
-    codes = jax.vmap(lambda s, v: jnp.argmax(s.encode(v), axis=-1))(state.sae, x).T.astype(jnp.int32)
-    return state.sae, x, codes, {k: v.mean(axis=0) for k, v in metrics.items()}
+    S, P = keys.shape[0], len(sparsities)
+    N = S * P * H
+    sae, tc = _code_saes(
+        keys[0], N, d_in, d_sae, rows.shape[0], [c for _ in range(S) for c in sparsities for _ in range(H)], epochs, lr
+    )
+    inits = [init_stack("relu", keys[s], H, d_in, d_sae, unit_norm_decoder=True) for s in range(S)]
+    sae = jax.tree.map(lambda *a: jnp.concatenate(a), *[inits[s] for s in range(S) for _ in range(P)])
+    group = group_size(jax.default_backend(), N, rows.shape[0], d_in, d_sae)
+    data = jnp.tile(x[:, rows], (S * P, 1, 1))
+    state, metrics = fit(sae, data, tc, group=group)  # the trainer's steps, in its order of the rows
+    return state.sae, x, q, {k: v.mean(axis=0) for k, v in metrics.items()}
 
 
 def per_head_codes(key, acts: Float[np.ndarray, "H n d"], rows: np.ndarray, cfg: SAECodeConfig) -> Codes:
