@@ -43,6 +43,14 @@ class _Tensors:
     def opt(self, key: str) -> np.ndarray | None:
         return self.t.get(key)
 
+    def unembedding(self, key: str, cfg: ModelConfig) -> np.ndarray | None:
+        """``W_U [D, V]`` from the untied output matrix ``key`` (``[V, D]``), or None when it is absent and
+        the config ties the embeddings; absent and untied is a clear error."""
+        w = self.opt(key)
+        if w is None and not cfg.tied_embeddings:
+            raise ModelFileError(f"tensor {key!r} is missing from {self.where} and the config says it is untied")
+        return None if w is None else w.T
+
 
 def from_hf(config: dict, tensors: Mapping[str, np.ndarray], name: str = "", dtype: Any = None) -> Transformer:
     """A model from an HF ``config.json`` dict and its tensors (``{name: [out, in] array}``); ``dtype``: the
@@ -57,7 +65,7 @@ def _convert(cfg: ModelConfig, config: dict, tensors: Mapping[str, np.ndarray], 
     if mt == "gpt2":
         return _gpt2(cfg, _Tensors(tensors, "transformer.", where), dtype)
     if mt == "gpt_neox":
-        return _gpt_neox(cfg, _Tensors(tensors, "gpt_neox.", where), tensors, dtype)
+        return _gpt_neox(cfg, _Tensors(tensors, "gpt_neox.", where), dtype)
     if mt == "gemma3":  # multimodal: the text model's tensors, under either of transformers' prefixes
         return _llama_shaped(cfg, "gemma3_text", _Tensors(_gemma3_text(tensors), "", where), dtype)
     return _llama_shaped(cfg, mt, _Tensors(tensors, "model.", where), dtype)
@@ -105,7 +113,7 @@ def _gpt2(cfg: ModelConfig, g: _Tensors, dtype: Any) -> Transformer:
     )
 
 
-def _gpt_neox(cfg: ModelConfig, g: _Tensors, raw: Mapping[str, np.ndarray], dtype: Any) -> Transformer:
+def _gpt_neox(cfg: ModelConfig, g: _Tensors, dtype: Any) -> Transformer:
     D, H, dh = cfg.d_model, cfg.n_heads, cfg.d_head
     layers = []
     for i in range(cfg.n_layers):
@@ -131,16 +139,13 @@ def _gpt_neox(cfg: ModelConfig, g: _Tensors, raw: Mapping[str, np.ndarray], dtyp
         if b is not None:
             lay.update(b_Q=b[:, 0], b_K=b[:, 1], b_V=b[:, 2])
         layers.append(lay)
-    out = raw.get("embed_out.weight")
-    if out is None and not cfg.tied_embeddings:
-        raise ModelFileError(f"tensor 'embed_out.weight' is missing from {g.where}; the checkpoint is incomplete")
     return make_transformer(
         cfg,
         g("embed_in.weight"),
         layers,
         g("final_layer_norm.weight"),
         g("final_layer_norm.bias"),
-        W_U=None if out is None else out.T,
+        W_U=g.unembedding("embed_out.weight", cfg),
         dtype=dtype,
     )
 
@@ -182,14 +187,11 @@ def _llama_shaped(cfg: ModelConfig, mt: str, g: _Tensors, dtype: Any) -> Transfo
             lay["q_norm_w"] = np.broadcast_to(qn.reshape(-1, dh), (H, dh))
             lay["k_norm_w"] = np.broadcast_to(kn.reshape(-1, dh), (K, dh))
         layers.append(lay)
-    lm_head = g.opt("lm_head.weight")
-    if lm_head is None and not cfg.tied_embeddings:
-        raise ModelFileError(f"tensor 'lm_head.weight' is missing from {g.where} and the config says it is untied")
     return make_transformer(
         cfg,
         g("embed_tokens.weight"),
         layers,
         norm("norm.weight"),
-        W_U=None if lm_head is None else lm_head.T,
+        W_U=g.unembedding("lm_head.weight", cfg),
         dtype=dtype,
     )
