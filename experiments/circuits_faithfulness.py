@@ -35,24 +35,12 @@ from jsae.analysis.faithfulness import faithfulness_curve, log_grid
 from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
 from jsae.plots import line_panels
-from jsae.tasks import Task, greater_than, ioi
+from jsae.tasks import greater_than, held_out, ioi
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than}
 N_FAITHFUL, FAITHFUL_SEED = 40, 4
 EXCLUDE = ((0, 200), (3, 400))  # (seed, n) of the discovery pool and of the reference draw
-
-
-def held_out(tok, gen, n: int, seed: int) -> Task:
-    """``n`` prompts of ``seed`` that are in none of the ``EXCLUDE`` draws."""
-    seen = set()
-    for s, m in EXCLUDE:
-        seen |= set(gen(tok, m, seed=s).clean)
-    task = gen(tok, 4 * n, seed=seed)
-    keep = [i for i, p in enumerate(task.clean) if p not in seen][:n]
-    if len(keep) < n:
-        raise RuntimeError(f"only {len(keep)} held-out prompts")
-    return task.subset(np.asarray(keep))
 
 
 def rankings(methods: dict, names: list[str], reference: dict) -> dict[str, np.ndarray]:
@@ -92,7 +80,7 @@ def main() -> None:
             }
             for m, s in ranks.items()
         }
-        task = held_out(tok, gen, N_FAITHFUL, FAITHFUL_SEED)
+        task = held_out(tok, gen, N_FAITHFUL, FAITHFUL_SEED, EXCLUDE)
         clean = [tok.encode(p) for p in task.clean]
         T = max(len(s) for s in clean)
         c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)

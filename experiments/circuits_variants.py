@@ -57,7 +57,7 @@ from jsae.analysis.faithfulness import faithfulness_curve, log_grid
 from jsae.io.run import write_json
 from jsae.models import capture, forward, harvest, load, pad_sequences
 from jsae.plots import figure, save
-from jsae.tasks import Task, docstring, greater_than, ioi
+from jsae.tasks import Task, docstring, greater_than, held_out, ioi
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
@@ -108,18 +108,6 @@ def reference_masks(name: str, n_heads: int) -> dict[str, np.ndarray]:
         m[heads] = True
         out[key] = m
     return out
-
-
-def held_out(tok, gen, n: int) -> Task:
-    """``n`` prompts of ``FAITHFUL_SEED`` in none of the ``EXCLUDE`` draws (as circuits_faithfulness.py)."""
-    seen = set()
-    for s, m in EXCLUDE:
-        seen |= set(gen(tok, m, seed=s).clean)
-    task = gen(tok, 4 * n, seed=FAITHFUL_SEED)
-    keep = [i for i, p in enumerate(task.clean) if p not in seen][:n]
-    if len(keep) < n:
-        raise RuntimeError(f"only {len(keep)} held-out prompts")
-    return task.subset(np.asarray(keep))
 
 
 def discover_all(model, tok, task: Task, variants, key) -> dict[str, np.ndarray]:
@@ -252,7 +240,7 @@ def run(args, model=None, tok=None) -> dict:
 def faithfulness_inputs(model, tok, name: str, n: int):
     """The held-out prompts of a faithfulness curve: clean tokens, lengths, the task, the corrupted run's
     ``result`` (the ablation value)."""
-    ft = held_out(tok, TASKS[name], n)
+    ft = held_out(tok, TASKS[name], n, FAITHFUL_SEED, EXCLUDE)  # prompts in no discovery or reference draw
     clean = [tok.encode(p) for p in ft.clean]
     T = max(len(s) for s in clean)
     c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)

@@ -130,3 +130,15 @@ def test_sample_is_deterministic_nested_and_keeps_pairs():
         assert c.split()[1] == x.split()[1] == str(r)
     with pytest.raises(ValueError, match="choose n in 1..30"):
         task.sample(31, seed=0)
+
+
+def test_held_out_prompts_avoid_every_excluded_draw(tokenizer):
+    from jsae.tasks import held_out
+
+    exclude = ((0, 60), (3, 40))
+    task = held_out(tokenizer, ioi, 10, 4, exclude)
+    seen = {p for s, m in exclude for p in ioi(tokenizer, m, seed=s).clean}
+    draw = ioi(tokenizer, 40, seed=4).clean  # brute force: the first 10 of the seed-4 draw outside `seen`
+    assert list(task.clean) == [p for p in draw if p not in seen][:10]
+    with pytest.raises(ValueError, match="outside the excluded draws"):
+        held_out(tokenizer, ioi, 10, 0, ((0, 40),))  # a draw that is its own exclusion has no prompt left

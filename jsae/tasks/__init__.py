@@ -8,6 +8,7 @@ modules ``_ioi``, ``_greater_than`` and ``_docstring``; ``_base`` holds :class:`
 from jsae.tasks._base import (
     Metric,
     Task,
+    held_out,
     pad_answers,
     predicts_correctly,
     single_token_id,
@@ -27,6 +28,7 @@ __all__ = [
     "Task",
     "docstring",
     "greater_than",
+    "held_out",
     "ioi",
     "pad_answers",
     "predicts_correctly",

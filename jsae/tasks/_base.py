@@ -149,3 +149,16 @@ def predicts_correctly(logits: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """``[n]`` bool: the top-1 token of each row of ``logits [n, V]`` is in that row's ``correct`` set."""
     top = np.asarray(logits).argmax(-1)
     return (np.asarray(correct) == top[:, None]).any(-1)
+
+
+def held_out(tokenizer, generator, n: int, seed: int, exclude: Sequence[tuple[int, int]]) -> Task:
+    """``n`` prompts of ``generator(tokenizer, 4 n, seed=seed)`` whose clean text is in none of the draws
+    ``exclude`` (``(seed, n)`` pairs, e.g. the discovery pool and the reference), in draw order."""
+    seen: set = set()
+    for s, m in exclude:
+        seen |= set(generator(tokenizer, m, seed=s).clean)
+    task = generator(tokenizer, 4 * n, seed=seed)
+    keep = [i for i, p in enumerate(task.clean) if p not in seen][:n]
+    if len(keep) < n:
+        raise ValueError(f"only {len(keep)} of {4 * n} prompts of seed {seed} are outside the excluded draws; need {n}")
+    return task.subset(np.asarray(keep))
