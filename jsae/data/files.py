@@ -193,15 +193,21 @@ class JsonlFile(TextSource):
             raise
 
     def describe(self) -> dict:
-        return {
-            "kind": "jsonl",
-            "name": self.path.name,
-            "path": str(self.path),
-            "field": self.field,
-            "records": len(self),
-            "documents": len(self),
-            "fingerprint": self._sha,
-        }
+        return _one_document_per_record(self, "jsonl")
+
+
+def _one_document_per_record(src: JsonlFile | ParquetFile, kind: str) -> dict:
+    """``describe()`` of a file whose every record is one document (JSON lines, Parquet rows)."""
+    n = len(src)
+    return {
+        "kind": kind,
+        "name": src.path.name,
+        "path": str(src.path),
+        "field": src.field,
+        "records": n,
+        "documents": n,
+        "fingerprint": src._sha,
+    }
 
 
 def import_pyarrow():
@@ -273,12 +279,4 @@ class ParquetFile(TextSource):
         return Record(text or "", True)
 
     def describe(self) -> dict:
-        return {
-            "kind": "parquet",
-            "name": self.path.name,
-            "path": str(self.path),
-            "field": self.field,
-            "records": len(self),
-            "documents": len(self),
-            "fingerprint": self._sha,
-        }
+        return _one_document_per_record(self, "parquet")
