@@ -66,10 +66,11 @@ def test_top_k_matches_a_brute_force_argsort_over_all_positions(setup):
             got = [g for g, v in zip(got, data.top_value[m, j]) if v > 0]
             assert got == want, (m, j)
             np.testing.assert_allclose(data.top_value[m, j][: len(want)], a[order][: len(want)], rtol=1e-4, atol=1e-5)
-            for c, (s, _) in enumerate(got):  # the activation along the whole row
+            for c, (s, _) in enumerate(got):  # the activation along the whole row (0 at the skipped BOS)
                 np.testing.assert_allclose(
-                    data.top_acts[m, j, c, : lengths[s]], acts[s, : lengths[s], j], rtol=1e-4, atol=1e-5
+                    data.top_acts[m, j, c, 1 : lengths[s]], acts[s, 1 : lengths[s], j], rtol=1e-4, atol=1e-5
                 )
+                assert data.top_acts[m, j, c, 0] == 0
 
 
 def test_counts_histograms_and_explained_variance_match_numpy(setup):
