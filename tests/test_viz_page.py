@@ -3,9 +3,6 @@ error (no file left behind) for each bad input. A tiny random Llama with a word-
 
 from __future__ import annotations
 
-import json
-import re
-
 import jax
 import pytest
 
@@ -14,7 +11,7 @@ from jsae.commands.eval import SAMPLE_TEXT
 from jsae.io import save_run
 from jsae.models import load_hf_dir
 from jsae.sae.registry import init_stack
-from jsae.viz import browse
+from jsae.viz import browse, read_payload
 
 N_HEADS_SHOWN = 3
 
@@ -36,9 +33,7 @@ def tiny_run(tiny_llama_tok, tmp_path_factory):
 
 
 def _payload(html: str) -> dict:
-    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S)
-    assert m is not None
-    return json.loads(m.group(1))
+    return read_payload(html)
 
 
 def test_page_of_a_run_has_every_panel_and_source_attributions(tiny_run, tmp_path):
@@ -122,6 +117,6 @@ def test_token_text_cannot_break_out_of_the_page_script():
 
     nasty = "</script><script>alert(1)</script><!--"
     payload = {"title": "<b>t</b>", "info": {}, "n_tokens": 0, "edges": [], "sources": False, "per_head": False}
-    html = render_html({**payload, "vocab": {"0": nasty}, "saes": []})
+    html = render_html({**payload, "window": [24, 6], "rows": [], "vocab": {"0": nasty}, "saes": []})
     assert html.count("</script>") == 2 and "<b>t</b>" not in html  # the data and the code, nothing more
     assert _payload(html)["vocab"]["0"] == nasty
