@@ -353,7 +353,7 @@ def feature_data(
         if not 1 <= latents <= d_sae:
             raise ValueError(f"latents must be a count in 1..{d_sae} (the SAEs' d_sae), got {latents}")
         first = slice(0, min(S, batch_size))  # a probe batch: which latents fire, and how often
-        probe = read(run_model, tokens[first], sources=False)["x"][:M]
+        probe = read(run_model, tokens[first], sources=layout.sources)["x"][:M]  # the pass's own program
         valid = counted(lengths[first], row_ids[first])
         counts = _fire_counts(sae, probe, jnp.asarray(valid.reshape(-1)))
         lat = choose_latents(np.asarray(counts), int(latents), n_tokens=int(valid.sum()))
