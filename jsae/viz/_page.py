@@ -4,8 +4,10 @@ script are the package files ``page.html``, ``page.css`` and ``page.js``."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -131,10 +133,10 @@ def read_payload(html_text: str) -> dict[str, Any]:
     (the sum of those before the window); per latent ``hist`` as ``{"lo", "counts"}``."""
     import re
 
-    found = re.search(r'<script type="application/json" id="data">(.*?)</script>', html_text, re.S)
+    found = re.search(r'<script type="application/x-jsae-deflate-base64" id="data">(.*?)</script>', html_text, re.S)
     if found is None:
         raise ValueError("no feature-page data in this HTML (is it a page written by jsae browse?)")
-    payload = json.loads(found.group(1))
+    payload = json.loads(zlib.decompress(base64.b64decode(found.group(1))).decode("utf-8"))
     left, right = payload["window"]
     for s in payload["saes"]:
         for lat in s["latents"]:
@@ -158,10 +160,12 @@ def read_payload(html_text: str) -> dict[str, Any]:
     return payload
 
 
-def _script_json(payload: dict[str, Any]) -> str:
-    """JSON safe inside a ``<script>`` element: every ``<`` escaped, so no token text (``</script>``, ``<!--``) can
-    end or confuse it."""
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+def _packed(payload: dict[str, Any]) -> str:
+    """The payload as compact JSON, deflated (zlib) and base64-encoded: a few times smaller than the JSON, and
+    safe inside a ``<script>`` element (no token text such as ``</script>`` can end it). The page inflates it
+    with the browser's own ``DecompressionStream``."""
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
 
 
 def render_html(payload: dict[str, Any]) -> str:
@@ -172,7 +176,7 @@ def render_html(payload: dict[str, Any]) -> str:
         template.replace("@@TITLE@@", html.escape(payload["title"]))
         .replace("@@CSS@@", css)
         .replace("@@JS@@", js)
-        .replace("@@DATA@@", _script_json(payload))
+        .replace("@@DATA@@", _packed(payload))
     )
 
 

@@ -1,5 +1,11 @@
-(function () {
-  const D = JSON.parse(document.getElementById('data').textContent);
+// the page's data: JSON, deflated and base64-encoded (jsae.viz.render_html); inflated by the browser itself
+async function jsaePageData() {
+  const bytes = Uint8Array.from(atob(document.getElementById('data').textContent.trim()), (c) => c.charCodeAt(0));
+  const json = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+  return JSON.parse(await new Response(json).text());
+}
+
+jsaePageData().then((D) => {
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; };
   const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(2));
@@ -167,4 +173,7 @@
 
   selectSae(0);
   window.__jsae_page_ready = true;
-})();
+}).catch((e) => {
+  document.getElementById('latent-title').textContent = 'This page could not read its data (' + e + '); open it in a current browser.';
+  throw e;
+});
