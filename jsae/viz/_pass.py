@@ -315,8 +315,12 @@ def feature_data(
       k: top contexts kept per latent. skip: leading positions of each row left out (a prepended BOS).
       batch_size: contexts per forward. n_logits: promoted and suppressed tokens per latent.
 
-    The forward, every SAE's encoder and the top-k merge run as one jitted program per batch; the host only
-    feeds token ids (through :func:`jsae.models.map_batches`), and nothing grows with the number of tokens.
+    Per batch, two jitted programs: the forward of :func:`jsae.activations.capture_rows_and` (the stack's
+    inputs, as the trainer captures them, plus the patterns and value vectors the source panel needs) on one
+    device, then every SAE's encoder, decoder and the top-k merge as a ``shard_map`` over the SAE axis (one
+    device per CPU core). The next batch's forward is dispatched while the statistics of this one run; the host
+    only feeds token ids (through :func:`jsae.models.map_batches`), and nothing grows with the number of tokens.
+    The source contributions are exact (``pattern x (v . w)`` from the same forward), not recomputed.
     """
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2 or tokens.size == 0:
