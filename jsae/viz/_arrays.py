@@ -141,4 +141,3 @@ def logit_effects(
     up, up_ids = jax.lax.top_k(logits, n)
     down, down_ids = jax.lax.top_k(-logits, n)
     return up, up_ids, -down, down_ids
-
