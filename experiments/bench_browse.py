@@ -1,15 +1,17 @@
 """Speed of the feature page: one streamed pass for every head's SAE, against one plain forward pass.
 
     python experiments/bench_browse.py                 # 270 heads x 32 latents over 100k tokens of SmolLM2-135M
+    python experiments/bench_browse.py --tokens 8192   # the same heads and latents over fewer tokens
     python experiments/bench_browse.py --smoke         # a tiny size that checks the script runs (no JSON)
 
 Both sides read the same tokens (contexts of 128 from the offline corpus) in batches of the same size and are
 compiled before they are timed (compile times are reported apart):
 
 - forward: ``forward(model, tokens)`` with logits, the plain model pass (``jsae.models.map_batches``);
-- page: ``jsae.viz.feature_data`` (the forward capturing every head's ``z``, its attention pattern and the
-  residual stream, all SAEs encoded in chunks, the running top-k with source attributions merged on the
-  device, firing counts, histograms, explained variance, direct logit effects), then the JSON and HTML.
+- page: ``jsae.viz.feature_data`` (the forward of ``jsae.activations.capture_rows_and`` capturing every head's
+  ``z`` with the attention patterns and the residual stream on one device; every SAE encoded and decoded, the
+  running top-k with source attributions, firing counts, histograms and explained variance merged on the
+  devices, the stack split over one CPU device per core; direct logit effects), then the JSON and HTML.
 
 The SAEs are random TopK SAEs (d_sae 512, k 16): the cost of the pass does not depend on what they learned.
 Prints the ratio page / forward (target: under 2); writes results/bench_browse.json (not with --smoke).
@@ -115,7 +117,8 @@ def main() -> None:
     }
     print(
         f"{len(inputs)} heads x {args.latents} latents over {n_tokens:,} tokens ({jax.default_backend()}): "
-        f"forward {fwd:.2f} s, page pass {page:.2f} s + render {render:.2f} s -> ratio {ratio:.2f} (target < 2)"
+        f"forward {fwd:.2f} s, page pass {page:.2f} s + render {render:.2f} s -> ratio {ratio:.2f} (target < 2); "
+        f"HTML {result['html_mb']:.1f} MB"
     )
     if not args.smoke:
         print(f"wrote {write_json(Path(args.out), result)}")

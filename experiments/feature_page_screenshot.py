@@ -13,8 +13,6 @@ source-token panel (the latent whose top contexts read most from one earlier tok
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,17 +31,7 @@ from jsae.models import load
 from jsae.pipeline import train_on_model
 from jsae.sae.registry import init_stack
 from jsae.train import TrainConfig
-from jsae.viz import browse
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
+from jsae.viz import browse, launch_chromium, read_payload
 
 FULL = {"context": 128, "contexts": 16, "d_sae": 512, "k": 16, "batch": 1024, "buffer": 8192}
 SMOKE = {"context": 64, "contexts": 4, "d_sae": 64, "k": 4, "batch": 64, "buffer": 512}
@@ -76,9 +64,7 @@ def train_run(out: Path, layers: str, tokens: int, size: dict = FULL) -> Path:
 
 def best_view(html: str) -> tuple[int, int]:
     """(SAE, latent) whose top contexts read most clearly from one earlier token (other than the BOS/self)."""
-    import re
-
-    data = json.loads(re.search(r'id="data">(.*?)</script>', html, re.S).group(1))  # pyright: ignore
+    data = read_payload(html)
     best, where = -1.0, (0, 0)
     for m, s in enumerate(data["saes"]):
         for j, lat in enumerate(s["latents"]):
@@ -99,7 +85,7 @@ def screenshot(page: Path, png: Path, view: tuple[int, int]) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         tab = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
         tab.goto(page.resolve().as_uri())
         tab.wait_for_function("window.__jsae_page_ready === true")

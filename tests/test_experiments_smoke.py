@@ -7,10 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
+
+from jsae.viz import find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ def test_absorption_smollm2_smoke(smollm2, monkeypatch):
 
 
 @pytest.mark.skipif(
-    shutil.which("chromium") is None or importlib.util.find_spec("playwright") is None,
+    find_chromium() is None or importlib.util.find_spec("playwright") is None,
     reason="no chromium on PATH or no playwright (make setup-test installs them)",
 )
 @pytest.mark.heavy  # about 35 s on a loaded 2-core machine: streamed training, the page's feature pass, Chromium
@@ -163,8 +164,10 @@ def test_feature_page_screenshot_smoke(smollm2, monkeypatch):
     png = module.main(["--smoke"])
     assert outside_results(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # a real picture
-    html = (png.parent / "feature_page.html").read_text()
-    assert 'id="data"' in html and "smollm2" in html
+    from jsae.viz import read_payload
+
+    data = read_payload((png.parent / "feature_page.html").read_text())
+    assert "smollm2" in data["info"]["model"] and data["sources"] and data["saes"]
 
 
 @pytest.mark.heavy  # IOI through the full 30-layer model: discovery and patching of 270 heads, per method

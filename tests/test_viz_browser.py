@@ -5,8 +5,6 @@ installs both)."""
 
 from __future__ import annotations
 
-import shutil
-
 import jax
 import pytest
 
@@ -14,19 +12,9 @@ from jsae.commands.eval import SAMPLE_TEXT
 from jsae.io import save_run
 from jsae.models import load_hf_dir
 from jsae.sae.registry import init_stack
-from jsae.viz import browse
+from jsae.viz import browse, find_chromium, launch_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make setup-test installs it)")
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium on PATH (make setup-test installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def test_page_in_headless_chromium(page_file, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra has it)")
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -66,10 +66,11 @@ def test_top_k_matches_a_brute_force_argsort_over_all_positions(setup):
             got = [g for g, v in zip(got, data.top_value[m, j]) if v > 0]
             assert got == want, (m, j)
             np.testing.assert_allclose(data.top_value[m, j][: len(want)], a[order][: len(want)], rtol=1e-4, atol=1e-5)
-            for c, (s, _) in enumerate(got):  # the activation along the whole row
+            for c, (s, _) in enumerate(got):  # the activation along the whole row (0 at the skipped BOS)
                 np.testing.assert_allclose(
-                    data.top_acts[m, j, c, : lengths[s]], acts[s, : lengths[s], j], rtol=1e-4, atol=1e-5
+                    data.top_acts[m, j, c, 1 : lengths[s]], acts[s, 1 : lengths[s], j], rtol=1e-4, atol=1e-5
                 )
+                assert data.top_acts[m, j, c, 0] == 0
 
 
 def test_counts_histograms_and_explained_variance_match_numpy(setup):
@@ -142,11 +143,15 @@ def test_merge_top_k_and_log_histogram_on_small_arrays():
 def test_residual_saes_top_k_and_logits_without_heads(setup):
     model, _, _, tokens, lengths, _, _ = setup
     cfg = model.cfg
-    inputs = [{"layer": 0, "point": "resid_post", "head": None}, {"layer": 1, "point": "mlp_out", "head": None}]
-    sae = init_stack("relu", jax.random.key(1), 2, cfg.d_model, 16)
+    inputs = [  # three SAEs: over two CPU devices the stack is padded to four, the copy dropped again
+        {"layer": 0, "point": "resid_post", "head": None},
+        {"layer": 1, "point": "mlp_out", "head": None},
+        {"layer": 1, "point": "resid_pre", "head": None},
+    ]
+    sae = init_stack("relu", jax.random.key(1), 3, cfg.d_model, 16)
     data = feature_data(model, sae, inputs, tokens, lengths, latents=[1, 2], k=2, batch_size=4)
     assert data.top_sources is None
-    _, cache = forward(model, tokens, hooks=capture("resid_post", "mlp_out"), logits=False)
+    _, cache = forward(model, tokens, hooks=capture("resid_post", "mlp_out", "resid_pre"), logits=False)
     W_U, ln = np.asarray(model.unembed_matrix(), np.float64), np.asarray(model.ln_f_w, np.float64)
     valid = np.arange(T)[None] < lengths[:, None]
     for m, inp in enumerate(inputs):
@@ -186,3 +191,16 @@ def test_gpt2_sources_with_layernorm_and_value_biases_and_centred_logits(tiny_gp
         np.testing.assert_array_equal(data.logit_up_ids[m, :, 0], logits.argmax(1))
         np.testing.assert_allclose(data.logit_down[m, :, 0], logits.min(1), rtol=1e-4, atol=1e-5)
     assert checked >= 6
+
+
+def test_all_heads_z_sae_reads_every_head_of_its_layer_flattened(setup):
+    model, _, _, tokens, lengths, _, _ = setup
+    cfg = model.cfg
+    sae = init_stack("relu", jax.random.key(4), 1, cfg.n_heads * cfg.d_head, 16)
+    data = feature_data(model, sae, [{"layer": 1, "point": "z", "head": None}], tokens, lengths, latents=[3], k=2)
+    assert data.top_sources is None
+    z = _all_z(model, tokens)[1].reshape(S, T, -1)  # [S, T, H * dh], head-major as SAELens hook_z
+    a = np.where(np.arange(T)[None] < lengths[:, None], np.maximum(_pre(sae, 0, z), 0)[..., 3], -np.inf).reshape(-1)
+    best = int(np.argmax(a))
+    assert (data.top_seq[0, 0, 0], data.top_pos[0, 0, 0]) == (best // T, best % T)
+    assert data.top_value[0, 0, 0] == pytest.approx(a[best], rel=1e-4)

@@ -3,7 +3,6 @@ error (no file left behind) for each bad input. A tiny random Llama with a word-
 
 from __future__ import annotations
 
-import json
 import re
 
 import jax
@@ -14,7 +13,7 @@ from jsae.commands.eval import SAMPLE_TEXT
 from jsae.io import save_run
 from jsae.models import load_hf_dir
 from jsae.sae.registry import init_stack
-from jsae.viz import browse
+from jsae.viz import browse, read_payload
 
 N_HEADS_SHOWN = 3
 
@@ -36,9 +35,7 @@ def tiny_run(tiny_llama_tok, tmp_path_factory):
 
 
 def _payload(html: str) -> dict:
-    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S)
-    assert m is not None
-    return json.loads(m.group(1))
+    return read_payload(html)
 
 
 def test_page_of_a_run_has_every_panel_and_source_attributions(tiny_run, tmp_path):
@@ -46,7 +43,8 @@ def test_page_of_a_run_has_every_panel_and_source_attributions(tiny_run, tmp_pat
     out = tmp_path / "page.html"
     page = browse(run, heads="0.1,1.3", latents=4, tokens=256, text=str(text), out=out, k=3, context=16, progress=False)
     assert out.read_text() == page.html
-    assert "<script src" not in page.html and "http" not in page.html.replace("http://www.w3.org/2000/svg", "")
+    code = re.sub(r'id="data">.*?</script>', "", page.html, flags=re.S)  # the page without its (base64) data
+    assert "<script src" not in code and "http" not in code.replace("http://www.w3.org/2000/svg", "")
     data = _payload(page.html)
     assert [s["label"] for s in data["saes"]] == ["L0.H1 z", "L1.H3 z"]
     assert data["sources"] and data["per_head"]
@@ -122,6 +120,6 @@ def test_token_text_cannot_break_out_of_the_page_script():
 
     nasty = "</script><script>alert(1)</script><!--"
     payload = {"title": "<b>t</b>", "info": {}, "n_tokens": 0, "edges": [], "sources": False, "per_head": False}
-    html = render_html({**payload, "vocab": {"0": nasty}, "saes": []})
+    html = render_html({**payload, "window": [24, 6], "rows": [], "vocab": {"0": nasty}, "saes": []})
     assert html.count("</script>") == 2 and "<b>t</b>" not in html  # the data and the code, nothing more
     assert _payload(html)["vocab"]["0"] == nasty

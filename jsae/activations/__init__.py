@@ -16,7 +16,7 @@ from jsae.activations.cache import (
     open_cache,
     open_writer,
 )
-from jsae.activations.capture import capture_rows, capture_rows_jit, model_for
+from jsae.activations.capture import capture_rows, capture_rows_and, capture_rows_jit, model_for
 from jsae.activations.points import TRAINABLE_POINTS, HookInput, input_width, last_layer, parse_inputs
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "TRAINABLE_POINTS",
     "buffer_bytes",
     "capture_rows",
+    "capture_rows_and",
     "capture_rows_jit",
     "drain",
     "exchange",

@@ -36,17 +36,34 @@ def capture_rows(
     ``tokens[:, skip:].reshape(-1)``. ``skip`` leading positions (a prepended BOS) are not text and are
     left out. One forward with ``logits=False`` captures every point at once.
     """
+    return capture_rows_and(model, tokens, inputs, skip)[0]
+
+
+def capture_rows_and(
+    model: Transformer,
+    tokens: Int[Array, "B T"],
+    inputs: tuple[HookInput, ...],
+    skip: int = 0,
+    also: tuple[str, ...] = (),
+) -> tuple[Float[Array, "N R d"], dict[str, Array]]:
+    """:func:`capture_rows` and, from the same forward, the whole cache of the hook points ``also``
+    (``{point: [L, B, T, ...]}``, all positions: e.g. ``("pattern", "resid_pre")`` for what a head reads).
+
+    An input at a head point (``z``/``result``) with ``head=None`` reads every head of its layer, flattened
+    (``d = H * d_head``: all-heads ``z`` SAEs, as SAELens ``hook_z`` SAEs without a head index)."""
     points = tuple(dict.fromkeys(i.point for i in inputs))
     widths = {input_width(model.cfg, p) for p in points}
     if len(widths) != 1:
         raise ValueError(f"inputs read points of different widths {sorted(widths)}; one stack has one width")
-    _, cache = forward(model, tokens, hooks=HookSpec(capture=points), logits=False)
+    _, cache = forward(model, tokens, hooks=HookSpec(capture=tuple(dict.fromkeys(points + tuple(also)))), logits=False)
     parts, order = [], []
     for p in points:
         mine = [n for n, i in enumerate(inputs) if i.point == p]
         layers = np.array([inputs[n].layer for n in mine])
         acts = cache[p][:, :, skip:]  # [L, B, T', (H,) d]
-        if p in HEAD_AXIS:
+        if p in HEAD_AXIS and all(inputs[n].head is None for n in mine):
+            rows = acts[layers].reshape(*acts[layers].shape[:3], -1)  # [n, B, T', H * d]
+        elif p in HEAD_AXIS:
             pairs = [(i.layer, i.head) for i in (inputs[n] for n in mine) if i.head is not None]
             if len(pairs) != len(mine):
                 raise ValueError(f"every input at {p!r} needs a head, got {[inputs[n] for n in mine]}")
@@ -58,7 +75,7 @@ def capture_rows(
     out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
     if order != sorted(order):
         out = out[np.argsort(order)]
-    return out
+    return out, {p: cache[p] for p in also}
 
 
 def _head_rows(acts: Float[Array, "L B T H d"], pairs: list[tuple[int, int]]) -> Float[Array, "n B T d"]:

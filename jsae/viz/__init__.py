@@ -21,8 +21,11 @@ from ._browse import PAGE_NAME as PAGE_NAME
 from ._browse import Page as Page
 from ._browse import browse as browse
 from ._browse import load_saes as load_saes
+from ._browser import find_chromium as find_chromium
+from ._browser import launch_chromium as launch_chromium
 from ._page import head_grid as head_grid
 from ._page import page_payload as page_payload
+from ._page import read_payload as read_payload
 from ._page import render_html as render_html
 from ._pass import FeatureData as FeatureData
 from ._pass import choose_latents as choose_latents
@@ -39,13 +42,16 @@ __all__ = [
     "choose_latents",
     "directions_in_model_space",
     "feature_data",
+    "find_chromium",
     "head_grid",
+    "launch_chromium",
     "load_saes",
     "log_histogram",
     "logit_effects",
     "merge_top_k",
     "page_payload",
     "pre_activation_constant",
+    "read_payload",
     "render_html",
     "source_contributions",
 ]

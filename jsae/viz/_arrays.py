@@ -141,10 +141,3 @@ def logit_effects(
     up, up_ids = jax.lax.top_k(logits, n)
     down, down_ids = jax.lax.top_k(-logits, n)
     return up, up_ids, -down, down_ids
-
-
-def first_occurrence(row_ids: Int[Array, " B"]) -> Bool[Array, " B"]:
-    """True for the first row with each id: a padded batch repeats a real row, counted once."""
-    same = row_ids[:, None] == row_ids[None, :]
-    earlier = jnp.tril(jnp.ones_like(same), -1)
-    return ~jnp.any(same & earlier, axis=1)

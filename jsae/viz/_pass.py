@@ -16,16 +16,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jsae.models import Transformer, capture, forward, layer_range, map_batches
+from jsae.activations import HookInput, capture_rows_and, model_for
+from jsae.models import Transformer, map_batches, value_vectors
 from jsae.sae.base import SAE
+from jsae.train.sharding import AXIS, pad_leading, padded_size, sae_mesh, shard_leading
 
 from ._arrays import (
     HIST_EDGES,
-    attention_values,
     batch_top_k,
     directions_in_model_space,
-    first_occurrence,
     log_histogram,
     logit_effects,
     merge_top_k,
@@ -55,7 +57,7 @@ class FeatureData:
     top_value: np.ndarray  # [M, J, k]
     top_seq: np.ndarray  # [M, J, k] row of ``tokens``
     top_pos: np.ndarray  # [M, J, k] position in that row
-    top_acts: np.ndarray  # [M, J, k, T] the latent's activation along the whole row
+    top_acts: np.ndarray  # [M, J, k, T] the latent's activation along the whole row (0 at skipped positions)
     top_sources: np.ndarray | None  # [M, J, k, T]
     source_constant: np.ndarray | None  # [M, J]
     fires: np.ndarray  # [M, J] tokens on which the latent fired
@@ -146,85 +148,85 @@ def check_inputs(model: Transformer, sae: SAE, inputs: list[dict[str, Any]]) -> 
     return _Layout(kind, points, kind == "head" and points == ("z",), 0, 0)
 
 
-def _sae_inputs(cache, layout: _Layout, layers, heads, point_ids):
-    """Every SAE's input ``[M, B, T, d]`` from the captured cache."""
-    if layout.kind == "head":
-        return cache[layout.points[0]][layers, :, :, heads]  # advanced indices first: [M, B, T, d]
-    if layout.kind == "all_heads":
-        z = cache["z"][layers]
-        return z.reshape(*z.shape[:3], -1)
-    stacked = jnp.stack([cache[p] for p in layout.points])  # [P, L, B, T, D]
-    return stacked[point_ids, layers]
+def _hook_inputs(inputs: list[dict[str, Any]]) -> tuple[HookInput, ...]:
+    return tuple(HookInput(i["layer"], i["point"], i["head"]) for i in inputs)
 
 
-def _captures(layout: _Layout) -> tuple[str, ...]:
-    return layout.points + (("pattern", "resid_pre") if layout.sources else ())
+@functools.partial(jax.jit, static_argnames=("inputs", "skip", "sources", "n_pad"))
+def _batch_inputs(model, tokens, *, inputs: tuple[HookInput, ...], skip: int, sources: bool, n_pad: int):
+    """What the SAEs read from one batch ``tokens [B, T]``, from the one forward of
+    :func:`jsae.activations.capture_rows_and` (on one device, whose large matmuls use every core):
+    ``{"x": [n_pad, B * T', d]}`` (``T' = T - skip``) and, for per-head ``z`` SAEs, each SAE's attention
+    pattern rows ``"p": [n_pad, B, T', T]`` and the value vectors of its key/value head ``"v": [n_pad, B, T, dh]``.
+    The leading SAE axis is padded to ``n_pad`` (a multiple of the devices) with copies of the last SAE's."""
+    rows, cache = capture_rows_and(model, tokens, inputs, skip, ("pattern", "resid_pre") if sources else ())
+    out = {"x": rows}
+    if sources:
+        layers = np.array([i.layer for i in inputs])
+        heads = np.array([i.head for i in inputs])
+        read = np.array(sorted(set(layers.tolist())))
+        values = jax.vmap(lambda r, layer: value_vectors(model, r, layer))(cache["resid_pre"][read], jnp.asarray(read))
+        G = model.cfg.n_heads // model.cfg.n_kv_heads  # query heads per key/value head
+        out["v"] = values[np.searchsorted(read, layers), :, :, heads // G]  # [M, B, T, dh]
+        out["p"] = cache["pattern"][layers, :, heads][:, :, skip:]  # [M, B, T', T]
+    return pad_leading(out, n_pad)
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("layout",))
-def _update(acc, model, sae, latents, layers, heads, point_ids, tokens, lengths, row_ids, layout: _Layout):
-    """Merge one batch ``tokens [B, T]`` into the running statistics ``acc`` of every SAE."""
-    _, cache = forward(model, tokens, hooks=capture(*_captures(layout)), lengths=lengths, logits=False)
-    B, T = tokens.shape
-    pos = jnp.arange(T)[None, :]
-    valid = (pos < lengths[:, None]) & (pos >= layout.skip) & first_occurrence(row_ids)[:, None]
-    x = _sae_inputs(cache, layout, layers, heads, point_ids)
+def _stats_one(args, valid, row_ids, k: int, skip: int, edges):
+    """One SAE's batch merged into its running statistics (``valid [B, T']``: the positions counted)."""
+    s, lat, batch, acc_m = args
+    B, T1 = valid.shape
+    x = batch["x"]  # [R, d]
+    f = s.encode(x)  # [R, d_sae]
+    a = jnp.take(f, lat, axis=-1)  # [R, J]
+    vr = valid.reshape(-1)
+    vm = vr[:, None]
+    out = {
+        "err": acc_m["err"] + jnp.sum(jnp.where(vm, (s.decode(f) - x) ** 2, 0.0)),
+        "sum_x": acc_m["sum_x"] + jnp.sum(jnp.where(vm, x, 0.0), axis=0),
+        "sum_x2": acc_m["sum_x2"] + jnp.sum(jnp.where(vm, x * x, 0.0)),
+        "l0": acc_m["l0"] + jnp.sum(jnp.where(vm, f != 0, False)).astype(jnp.float32),
+        "fires": acc_m["fires"] + jnp.sum((a > 0) & vm, axis=0).astype(jnp.int32),
+        "hist": acc_m["hist"] + log_histogram(a, vr, edges),
+    }
+    a3 = a.reshape(B, T1, -1)
+    value, row, position = batch_top_k(a3, valid, k)
+    cand = {"value": value, "seq": row_ids[row], "pos": position + skip, "acts": rows_at(a3, row)}
+    if "v" in batch:
+        along = batch["v"] @ s.W_enc[:, lat]  # [B, T, J]: v[s] . w for each latent
+        p_rows = batch["p"][row, position]  # [J, k, T]: the attention of each kept query
+        cand["sources"] = source_contributions(p_rows, rows_at(along, row))
+    out.update(merge_top_k({name: acc_m[name] for name in cand}, cand, k))
+    return out
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("k", "skip", "mesh"))
+def _stats(acc, sae, latents, batch, valid, row_ids, *, k: int, skip: int, mesh: Mesh):
+    """Merge one batch's SAE inputs into the running statistics of every SAE: a ``shard_map`` over the SAE
+    axis, so each device (one per CPU core, :func:`jsae.runtime.use_cpu_cores`) encodes its own slice of
+    the stack (XLA:CPU runs a stack's small matmuls and its ``top_k`` on one core)."""
     edges = jnp.asarray(HIST_EDGES, jnp.float32)
-    G = model.cfg.n_heads // model.cfg.n_kv_heads  # query heads per key/value head
-    pattern = cache.get("pattern")  # [L, B, H, T, T] (per-head z only)
-    values, slot = (
-        None,
-        None,
-    )  # [L', B, T, K, dh]: the value vectors of the layers the SAEs read, computed once for all heads
-    if layout.sources:
-        read = np.asarray(sorted(set(layout.layers)), np.int32)
-        slot = jnp.asarray(np.searchsorted(read, np.arange(model.cfg.n_layers)).astype(np.int32))
-        values = jax.vmap(lambda r, layer: attention_values(model, r, layer))(
-            cache["resid_pre"][read], jnp.asarray(read)
-        )
-    k = layout.k
 
-    def one(args):
-        s, lat, a_in, layer, head, acc_m = args
-        f = s.encode(a_in)  # [B, T, d_sae]
-        x_hat = s.decode(f)
-        a = jnp.take(f, lat, axis=-1)  # [B, T, J]
-        vm = valid[..., None]
-        out = {
-            "err": acc_m["err"] + jnp.sum(jnp.where(vm, (x_hat - a_in) ** 2, 0.0)),
-            "sum_x": acc_m["sum_x"] + jnp.sum(jnp.where(vm, a_in, 0.0), axis=(0, 1)),
-            "sum_x2": acc_m["sum_x2"] + jnp.sum(jnp.where(vm, a_in * a_in, 0.0)),
-            "l0": acc_m["l0"] + jnp.sum(jnp.where(valid, jnp.sum(f != 0, axis=-1), 0)).astype(jnp.float32),
-            "fires": acc_m["fires"] + jnp.sum((a > 0) & vm, axis=(0, 1)).astype(jnp.int32),
-            "hist": acc_m["hist"] + log_histogram(a.reshape(-1, a.shape[-1]), valid.reshape(-1), edges),
-        }
-        value, row, position = batch_top_k(a, valid, k)
-        cand = {"value": value, "seq": row_ids[row], "pos": position, "acts": rows_at(a, row)}
-        if pattern is not None and values is not None and slot is not None:
-            v = values[slot[layer], :, :, head // G]  # [B, T, dh]
-            along = v @ s.W_enc[:, lat]  # [B, T, J]: v[s] . w for each latent
-            p_rows = pattern[layer, row, head, position]  # [J, k, T]: attention of each kept query
-            cand["sources"] = source_contributions(p_rows, rows_at(along, row))
-        top = {name: acc_m[name] for name in cand}
-        out.update(merge_top_k(top, cand, k))
-        return out
+    def local(acc, sae, latents, batch, valid, row_ids):
+        one = functools.partial(_stats_one, valid=valid, row_ids=row_ids, k=k, skip=skip, edges=edges)
+        return jax.lax.map(one, (sae, latents, batch, acc), batch_size=SAE_CHUNK)
 
-    new = jax.lax.map(one, (sae, latents, x, layers, heads, acc["per_sae"]), batch_size=SAE_CHUNK)
-    return {"per_sae": new, "n": acc["n"] + jnp.sum(valid).astype(jnp.int32)}
+    by_sae, whole = P(AXIS), P()
+    new = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(by_sae, by_sae, by_sae, by_sae, whole, whole),
+        out_specs=by_sae,
+        check_vma=False,
+    )(acc, sae, latents, batch, valid, row_ids)
+    return new, new["l0"] + 0.0  # (statistics, a small output not donated to the next batch: done when it is)
 
 
-@functools.partial(jax.jit, static_argnames=("layout",))
-def _probe_counts(model, sae, layers, heads, point_ids, tokens, lengths, row_ids, layout: _Layout):
-    """``[M, d_sae]`` tokens of one batch on which each latent of each SAE fires (to choose latents)."""
-    _, cache = forward(model, tokens, hooks=capture(*layout.points), lengths=lengths, logits=False)
-    T = tokens.shape[1]
-    pos = jnp.arange(T)[None, :]
-    valid = (pos < lengths[:, None]) & (pos >= layout.skip) & first_occurrence(row_ids)[:, None]
-    x = _sae_inputs(cache, layout, layers, heads, point_ids)
+@jax.jit
+def _fire_counts(sae, x, valid):
+    """``[M, d_sae]`` tokens of ``x [M, R, d]`` on which each latent of each SAE fires (to choose latents)."""
     return jax.lax.map(
-        lambda args: jnp.sum((args[0].encode(args[1]) > 0) & valid[..., None], axis=(0, 1)),
-        (sae, x),
-        batch_size=SAE_CHUNK,
+        lambda args: jnp.sum((args[0].encode(args[1]) > 0) & valid[:, None], axis=0), (sae, x), batch_size=SAE_CHUNK
     )
 
 
@@ -239,8 +241,9 @@ def choose_latents(counts: np.ndarray, n: int, max_density: float = 0.2, n_token
     return order[:, :n].astype(np.int32)
 
 
-def _init_acc(M: int, J: int, k: int, T: int, d: int, nb: int, sources: bool) -> dict:
-    """The running statistics before the first batch (numpy: put on the device without a compiled op)."""
+def _init_acc(M: int, J: int, k: int, T: int, d: int, nb: int, sources: bool, skip: int) -> dict:
+    """The running statistics before the first batch (numpy: put on the devices without a compiled op);
+    ``acts`` cover the ``T - skip`` positions from ``skip`` on, ``sources`` every source position."""
     f32, i32 = np.float32, np.int32
     per = {
         "err": np.zeros((M,), f32),
@@ -252,11 +255,11 @@ def _init_acc(M: int, J: int, k: int, T: int, d: int, nb: int, sources: bool) ->
         "value": np.full((M, J, k), -np.inf, f32),
         "seq": np.full((M, J, k), -1, i32),
         "pos": np.zeros((M, J, k), i32),
-        "acts": np.zeros((M, J, k, T), f32),
+        "acts": np.zeros((M, J, k, T - skip), f32),
     }
     if sources:
         per["sources"] = np.zeros((M, J, k, T), f32)
-    return jax.device_put({"per_sae": per, "n": np.zeros((), i32)})
+    return per
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "n", "center", "sources"))
@@ -312,8 +315,12 @@ def feature_data(
       k: top contexts kept per latent. skip: leading positions of each row left out (a prepended BOS).
       batch_size: contexts per forward. n_logits: promoted and suppressed tokens per latent.
 
-    The forward, every SAE's encoder and the top-k merge run as one jitted program per batch; the host only
-    feeds token ids (through :func:`jsae.models.map_batches`), and nothing grows with the number of tokens.
+    Per batch, two jitted programs: the forward of :func:`jsae.activations.capture_rows_and` (the stack's
+    inputs, as the trainer captures them, plus the patterns and value vectors the source panel needs) on one
+    device, then every SAE's encoder, decoder and the top-k merge as a ``shard_map`` over the SAE axis (one
+    device per CPU core). The next batch's forward is dispatched while the statistics of this one run; the host
+    only feeds token ids (through :func:`jsae.models.map_batches`), and nothing grows with the number of tokens.
+    The source contributions are exact (``pattern x (v . w)`` from the same forward), not recomputed.
     """
     tokens = np.asarray(tokens, np.int32)
     if tokens.ndim != 2 or tokens.size == 0:
@@ -333,19 +340,30 @@ def feature_data(
         raise ValueError(f"skip must be in 0..{T - 1}, got {skip}")
     layers = jnp.asarray([i["layer"] for i in ins], jnp.int32)
     heads = jnp.asarray([i["head"] or 0 for i in ins], jnp.int32)
-    point_ids = jnp.asarray([layout.points.index(i["point"]) for i in ins], jnp.int32)
-    run_model = layer_range(model, 0, max(i["layer"] for i in ins) + 1)
+    hook_inputs = _hook_inputs(ins)
+    run_model = model_for(model, hook_inputs)
     row_ids = np.arange(S, dtype=np.int32)
+    mesh = sae_mesh(jax.devices()[: max(1, min(len(jax.devices()), M))])
+    n_pad = padded_size(M, mesh)
+    read = functools.partial(_batch_inputs, inputs=hook_inputs, skip=skip, n_pad=n_pad)
 
+    def counted(lens, ids) -> np.ndarray:
+        """``[B, T']`` the positions a batch counts: real, not skipped, first copy of a row."""
+        first = np.zeros(len(ids), bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        return (np.arange(skip, T)[None, :] < lens[:, None]) & first[:, None]
+
+    state: dict[str, Any] = {}
     if isinstance(latents, (int, np.integer)):
         if not 1 <= latents <= d_sae:
             raise ValueError(f"latents must be a count in 1..{d_sae} (the SAEs' d_sae), got {latents}")
         first = slice(0, min(S, batch_size))  # a probe batch: which latents fire, and how often
-        counts = _probe_counts(
-            run_model, sae, layers, heads, point_ids, tokens[first], lengths[first], row_ids[first], layout=layout
-        )
-        n_probe = int(np.maximum(lengths[first] - skip, 0).sum())
-        lat = choose_latents(np.asarray(counts), int(latents), n_tokens=n_probe)
+        probe = read(run_model, tokens[first], sources=layout.sources)  # the pass's own program
+        state["probe"] = (tokens[first], lengths[first], probe)  # the pass's first batch reuses this forward
+        probe = probe["x"][:M]
+        valid = counted(lengths[first], row_ids[first])
+        counts = _fire_counts(sae, probe, jnp.asarray(valid.reshape(-1)))
+        lat = choose_latents(np.asarray(counts), int(latents), n_tokens=int(valid.sum()))
     else:
         lat = np.asarray(latents, np.int64)
         lat = np.broadcast_to(lat.reshape(1, -1) if lat.ndim == 1 else lat, (M, lat.shape[-1]))
@@ -354,13 +372,29 @@ def feature_data(
             raise ValueError(f"latent(s) {bad or 'none given'} do not exist: the SAEs have latents 0..{d_sae - 1}")
         lat = np.ascontiguousarray(lat, np.int32)
     J = lat.shape[1]
-    lat_j = jnp.asarray(lat)
 
-    acc = _init_acc(M, J, k, T, sae.d_in, len(HIST_EDGES) - 1, layout.sources)
-    state = {"acc": acc}
+    sae_sharded, lat_sharded = shard_leading(pad_leading((sae, jnp.asarray(lat)), n_pad), mesh)
+    acc = shard_leading(_init_acc(n_pad, J, k, T, sae.d_in, len(HIST_EDGES) - 1, layout.sources, skip), mesh)
+    state.update(acc=acc, n=0, pending=[])
+    by_sae = NamedSharding(mesh, P(AXIS))
 
     def step(m, tok, lens, ids):
-        state["acc"] = _update(state["acc"], m, sae, lat_j, layers, heads, point_ids, tok, lens, ids, layout)
+        valid = counted(lens, ids)
+        cached = state.pop("probe", None)
+        if cached is not None and np.array_equal(cached[0], tok) and np.array_equal(cached[1], lens):
+            inputs = cached[2]
+        else:
+            inputs = read(m, tok, sources=layout.sources)
+        batch = jax.device_put(inputs, by_sae)  # the forward's rows, split by SAE
+        state["acc"], done = _stats(
+            state["acc"], sae_sharded, lat_sharded, batch, valid, ids, k=int(k), skip=int(skip), mesh=mesh
+        )
+        state["n"] += int(valid.sum())
+        # at most two batches in flight: the next forward overlaps this batch's statistics, and memory stays
+        # bounded (the host would otherwise queue every batch's activations at once)
+        state["pending"].append(done)
+        if len(state["pending"]) > 1:
+            jax.block_until_ready(state["pending"].pop(0))
         return np.zeros(tok.shape[0], np.int8)  # map_batches wants a per-row output; the statistics stay here
 
     map_batches(
@@ -374,8 +408,11 @@ def feature_data(
         progress=progress,
         desc="feature pass",
     )
-    acc = jax.device_get(state["acc"])
-    per, n = acc["per_sae"], int(acc["n"])
+    per = jax.tree.map(lambda a: np.asarray(a)[:M], jax.device_get(state["acc"]))
+    n = state["n"]
+    lat_j = jnp.asarray(lat)
+    if skip:  # the rows' activations over every position (none at the skipped ones)
+        per["acts"] = np.concatenate([np.zeros((*per["acts"].shape[:-1], skip), np.float32), per["acts"]], -1)
 
     sum_x = np.asarray(per["sum_x"], np.float64)
     total = np.asarray(per["sum_x2"], np.float64) - (sum_x**2).sum(-1) / max(n, 1)

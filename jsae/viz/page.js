@@ -1,5 +1,11 @@
-(function () {
-  const D = JSON.parse(document.getElementById('data').textContent);
+// the page's data: JSON, deflated and base64-encoded (jsae.viz.render_html); inflated by the browser itself
+async function jsaePageData() {
+  const bytes = Uint8Array.from(atob(document.getElementById('data').textContent.trim()), (c) => c.charCodeAt(0));
+  const json = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+  return JSON.parse(await new Response(json).text());
+}
+
+jsaePageData().then((D) => {
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; };
   const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(2));
@@ -7,6 +13,22 @@
   const tokStr = (id) => { const s = D.vocab[String(id)]; return s === undefined ? '<' + id + '>' : s; };
   const show = (s) => s.replace(/\n/g, '\u21b5').replace(/\t/g, '\u21e5');
   let cur = { sae: 0, latent: 0 };
+  // a latent's compact contexts ([row, position, acts(, src_scale, src, outside)]: integers of the latent's
+  // scale and of each context's source scale, token ids from the shared rows) as objects, once
+  function decoded(l) {
+    if (l.decoded) return l;
+    const [left, right] = D.window;
+    l.contexts = l.contexts.map((x) => {
+      const row = D.rows[x[0]], t = x[1], lo = Math.max(0, t - left), hi = Math.min(row.length, t + right + 1);
+      const c = { at: t - lo, ids: row.slice(lo, hi), acts: x[2].map((q) => q * l.as) };
+      c.act = c.acts[c.at];
+      if (D.sources) { c.src = x[4].map((q) => q * x[3]); c.src_outside = x[5] * x[3]; }
+      return c;
+    });
+    l.hist = { lo: l.hist[0], counts: l.hist.slice(1) };
+    l.decoded = true;
+    return l;
+  }
 
   $('info').textContent = Object.entries(D.info).map(([k, v]) => k + ': ' + v).join('  \u00b7  ') +
     (Object.keys(D.info).length ? '  \u00b7  ' : '') + D.n_tokens.toLocaleString() + ' tokens read';
@@ -72,7 +94,7 @@
 
   function selectLatent(j) {
     cur.latent = j;
-    const s = D.saes[cur.sae], l = s.latents[j];
+    const s = D.saes[cur.sae], l = decoded(s.latents[j]);
     document.querySelectorAll('#latent-list button').forEach((b) => b.classList.toggle('sel', +b.dataset.latent === j));
     $('latent-title').textContent = s.label + ' \u00b7 latent ' + l.index;
     const st = $('latent-stats'); st.innerHTML = '';
@@ -151,4 +173,7 @@
 
   selectSae(0);
   window.__jsae_page_ready = true;
-})();
+}).catch((e) => {
+  document.getElementById('latent-title').textContent = 'This page could not read its data (' + e + '); open it in a current browser.';
+  throw e;
+});
