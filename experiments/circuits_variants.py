@@ -383,7 +383,7 @@ def parser() -> argparse.ArgumentParser:
         help="keep what --out holds (other tasks, methods, sizes, faithfulness) and add or replace this run's",
     )
     ap.add_argument("--faithful-sizes", nargs="+", type=int, default=[10])
-    ap.add_argument("--faithful-draws", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--faithful-draws", nargs="*", type=int, default=[0, 1, 2, 3, 4], help="none: AUCs only")
     ap.add_argument("--faithful-prompts", type=int, default=N_FAITHFUL)
     ap.add_argument("--faithful-points", type=int, default=10, help="circuit sizes on the log grid")
     ap.add_argument("--faithful-methods", nargs="+", default=None, help="rankings to draw curves for (default all)")
