@@ -26,7 +26,7 @@ end). Every ranking's scores go to ``results/circuits_variants.scores.npz`` (key
 
     python experiments/circuits_variants.py --smoke   # tiny: IOI, n = 4, one draw, 3 variants
     python experiments/circuits_variants.py --faithful-only --faithful-draws 0 --faithful-methods default ...
-    python experiments/circuits_variants.py --add --tasks docstring --variants all combos   # add a task
+    python experiments/circuits_variants.py --add --tasks docstring --variants levers combos   # add a task
     python experiments/circuits_variants.py --add --variants combos --sizes 10    # add variants (COMBOS)
 
 ``--add`` keeps what ``--out`` already holds (other tasks, methods, sizes, and each draw's numbers that
@@ -103,7 +103,8 @@ COMBOS: tuple[CodeVariant, ...] = (
     *(CodeVariant(seeds=10, code="topk", top_k=k) for k in (2, 3)),
 )
 SMOKE_VARIANTS = (_D, CodeVariant(l1=0.04, code="active"), CodeVariant(point="z", positions="key", weight="decoder"))
-VARIANT_SETS = {"all": VARIANTS, "combos": COMBOS}
+LEVERS = (_D, CodeVariant(seeds=5), *(CodeVariant(code="topk", top_k=k) for k in (2, 3)), CodeVariant(code="active"))
+VARIANT_SETS = {"all": VARIANTS, "combos": COMBOS, "levers": LEVERS}  # levers: those that help, alone (one stack)
 BASELINES = ("attribution_patching", "activation_difference", "sae_per_head_paired")
 
 
@@ -170,7 +171,7 @@ def run(args, model=None, tok=None) -> dict:
     if model is None:
         model, tok, _ = load("smollm2-135m")
     assert tok is not None
-    variants = SMOKE_VARIANTS if args.smoke else tuple(v for s in args.variants for v in VARIANT_SETS[s])
+    variants = SMOKE_VARIANTS if args.smoke else tuple(dict.fromkeys(v for s in args.variants for v in VARIANT_SETS[s]))
     names = [v.name for v in variants] + list(BASELINES)
     H = model.cfg.n_layers * model.cfg.n_heads
     path = Path(args.out)
@@ -375,7 +376,8 @@ def parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=tuple(VARIANT_SETS),
         default=["all"],
-        help="variant sets to run: all (VARIANTS, every lever alone) and/or combos (COMBOS) (default: %(default)s)",
+        help="variant sets to run: all (VARIANTS, every lever alone), combos (COMBOS), levers (LEVERS, the levers "
+        "that help, alone) (default: %(default)s)",
     )
     ap.add_argument(
         "--add",
