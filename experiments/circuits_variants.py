@@ -309,8 +309,8 @@ def auc_pass(model, tok, args, variants, names, found: dict, auc: dict, write) -
                         runs.append(row)
                 print(
                     f"{t} draw {draw} n {n:2d}: "
-                    + "  ".join(f"{m[:24]} {auc[t][m][n][-1]['auc_reference_100']:.3f}" for m in names[:4])
-                    + f"  attribution {auc[t]['attribution_patching'][n][-1]['auc_reference_100']:.3f}",
+                    + "  ".join(f"{m[:24]} {auc[t][m][n][draw]['auc_reference_100']:.3f}" for m in names[:4])
+                    + f"  attribution {auc[t]['attribution_patching'][n][draw]['auc_reference_100']:.3f}",
                     flush=True,
                 )
                 write()
