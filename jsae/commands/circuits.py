@@ -179,10 +179,6 @@ def run(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.n_train < 2:
         raise ValueError("--n-train must be >= 2 (at least one positive and one negative prompt)")
-    t0 = time.perf_counter()
-    model, tok, meta = load(args.model)
-    if tok is None:
-        raise ValueError(f"model {args.model!r} has no tokenizer; circuit tasks need one (tokenizer.json)")
     l1 = args.l1 if args.l1 is not None else (DOCSTRING_L1 if task_name == "docstring" else SAECodeConfig().l1)
     if args.per_head_l1 < 0:
         raise ValueError(f"--per-head-l1 must be >= 0, got {args.per_head_l1}")
@@ -204,6 +200,10 @@ def run(args) -> None:
         per_head_weight=args.per_head_weight,
     )
     stack_variant(sae_cfg)  # checks the per-head code settings (one clear error) before the model runs
+    t0 = time.perf_counter()
+    model, tok, meta = load(args.model)
+    if tok is None:
+        raise ValueError(f"model {args.model!r} has no tokenizer; circuit tasks need one (tokenizer.json)")
     gen = TASKS[task_name]
     task = gen(tok, args.prompts, seed=args.seed)
     reference_task = gen(tok, args.reference_prompts, seed=args.seed + 1)
