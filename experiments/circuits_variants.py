@@ -51,11 +51,13 @@ import jax.numpy as jnp
 
 from jsae.analysis.circuits import (
     CodeVariant,
+    SAECodeConfig,
     activation_difference_scores,
     attribution_patching,
     paired_rows,
     roc_auc,
     sae_code_scores,
+    stack_variant,
     variant_scores,
 )
 from jsae.analysis.faithfulness import faithfulness_curve, log_grid
@@ -104,7 +106,8 @@ COMBOS: tuple[CodeVariant, ...] = (
 )
 SMOKE_VARIANTS = (_D, CodeVariant(l1=0.04, code="active"), CodeVariant(point="z", positions="key", weight="decoder"))
 LEVERS = (_D, CodeVariant(seeds=5), *(CodeVariant(code="topk", top_k=k) for k in (2, 3)), CodeVariant(code="active"))
-VARIANT_SETS = {"all": VARIANTS, "combos": COMBOS, "levers": LEVERS}  # levers: those that help, alone (one stack)
+LIBRARY = (stack_variant(SAECodeConfig()),)  # the default method of discover (sae_stack_paired)
+VARIANT_SETS = {"all": VARIANTS, "combos": COMBOS, "levers": LEVERS, "library": LIBRARY}
 BASELINES = ("attribution_patching", "activation_difference", "sae_per_head_paired")
 
 
@@ -377,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
         choices=tuple(VARIANT_SETS),
         default=["all"],
         help="variant sets to run: all (VARIANTS, every lever alone), combos (COMBOS), levers (LEVERS, the levers "
-        "that help, alone) (default: %(default)s)",
+        "that help, alone), library (the default of discover) (default: %(default)s)",
     )
     ap.add_argument(
         "--add",
