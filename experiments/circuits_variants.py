@@ -26,6 +26,11 @@ end). Every ranking's scores go to ``results/circuits_variants.scores.npz`` (key
 
     python experiments/circuits_variants.py --smoke   # tiny: IOI, n = 4, one draw, 3 variants
     python experiments/circuits_variants.py --faithful-only --faithful-draws 0 --faithful-methods default ...
+    python experiments/circuits_variants.py --add --tasks docstring --variants levers combos   # add a task
+    python experiments/circuits_variants.py --add --variants combos --sizes 10    # add variants (COMBOS)
+
+``--add`` keeps what ``--out`` already holds (other tasks, methods, sizes, and each draw's numbers that
+this run does not recompute, faithfulness included) and adds or replaces this run's.
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ import jax.numpy as jnp
 
 from jsae.analysis.circuits import (
     CodeVariant,
+    SAECodeConfig,
     activation_difference_scores,
     attribution_patching,
     paired_rows,
     roc_auc,
     sae_code_scores,
+    stack_variant,
     variant_scores,
 )
 from jsae.analysis.faithfulness import faithfulness_curve, log_grid
@@ -91,7 +98,16 @@ VARIANTS: tuple[CodeVariant, ...] = (
     CodeVariant(point="z", positions="all"),
     CodeVariant(point="z", positions="all", code="active"),
 )
+COMBOS: tuple[CodeVariant, ...] = (
+    # the two levers that help (seeds, top-k codes) together, with decoder weighting; one 10-seed stack
+    *(CodeVariant(seeds=5, code="topk", top_k=k, weight=w) for k in (2, 3) for w in ("none", "decoder")),
+    CodeVariant(seeds=5, code="active"),
+    *(CodeVariant(seeds=10, code="topk", top_k=k) for k in (2, 3)),
+)
 SMOKE_VARIANTS = (_D, CodeVariant(l1=0.04, code="active"), CodeVariant(point="z", positions="key", weight="decoder"))
+LEVERS = (_D, CodeVariant(seeds=5), *(CodeVariant(code="topk", top_k=k) for k in (2, 3)), CodeVariant(code="active"))
+LIBRARY = (stack_variant(SAECodeConfig()),)  # the default method of discover (sae_stack_paired)
+VARIANT_SETS = {"all": VARIANTS, "combos": COMBOS, "levers": LEVERS, "library": LIBRARY}
 BASELINES = ("attribution_patching", "activation_difference", "sae_per_head_paired")
 
 
@@ -158,21 +174,35 @@ def run(args, model=None, tok=None) -> dict:
     if model is None:
         model, tok, _ = load("smollm2-135m")
     assert tok is not None
-    variants = SMOKE_VARIANTS if args.smoke else VARIANTS
+    variants = SMOKE_VARIANTS if args.smoke else tuple(dict.fromkeys(v for s in args.variants for v in VARIANT_SETS[s]))
     names = [v.name for v in variants] + list(BASELINES)
     H = model.cfg.n_layers * model.cfg.n_heads
     path = Path(args.out)
     found: dict = {}  # (task, n, draw) -> {method: scores}
-    if args.faithful_only:  # the rankings of an earlier (possibly cut) run, from its JSON and scores
+    auc: dict = {}  # task -> method -> n -> [one dict per draw]
+    if args.faithful_only or args.add:  # an earlier (possibly cut) run's numbers and rankings
+        if not path.exists():
+            raise SystemExit(f"--add / --faithful-only read {path}, which does not exist: run without them first")
         results = json.loads(path.read_text())
-        args.tasks = [t for t in args.tasks if t in results]
-        args.sizes = list(results["settings"]["sizes"])
-        auc = {t: {m: {n: results[t][m][str(n)]["runs"] for n in args.sizes} for m in names} for t in args.tasks}
+        auc = {
+            t: {m: {int(n): s["runs"] for n, s in per_n.items()} for m, per_n in results[t].items()}
+            for t in TASKS
+            if t in results
+        }
         with np.load(path.with_suffix(".scores.npz")) as z:
             for k in z.files:
                 t, n, d, m = k.split("/", 3)
                 found.setdefault((t, int(n), int(d)), {})[m] = z[k]
         seconds_before = float(results["settings"].get("seconds", 0.0))
+        if args.faithful_only:
+            args.tasks = [t for t in args.tasks if t in results]
+            args.sizes = list(results["settings"]["sizes"])
+        else:
+            settings = results["settings"]
+            settings["sizes"] = sorted(set(settings["sizes"]) | set(args.sizes))
+            settings["draws"] = max(settings["draws"], args.draws)
+            settings["variants"] = {**settings["variants"], **{v.name: v.__dict__ for v in variants}}
+            results["complete"] = False
     else:
         results = {
             "settings": {
@@ -188,13 +218,19 @@ def run(args, model=None, tok=None) -> dict:
             },
             "complete": False,
         }
-        auc = {t: {m: {n: [] for n in args.sizes} for m in names} for t in args.tasks}
         seconds_before = 0.0
+    if not args.faithful_only:
+        for t in args.tasks:
+            for m in names:
+                for n in args.sizes:
+                    auc.setdefault(t, {}).setdefault(m, {}).setdefault(n, [])
 
     def write():
-        for t in args.tasks:
-            results[t] = {m: {str(n): summarise(auc[t][m][n]) for n in args.sizes} for m in names}
-        results["settings"]["draws_done"] = {t: len(auc[t][names[0]][args.sizes[-1]]) for t in args.tasks}
+        for t in auc:
+            results[t] = {m: {str(n): summarise(r) for n, r in sorted(per_n.items())} for m, per_n in auc[t].items()}
+        results["settings"]["draws_done"] = {
+            t: min(len(r) for per_n in auc[t].values() for r in per_n.values()) for t in auc
+        }
         results["settings"]["seconds"] = seconds_before + time.perf_counter() - t_start
         write_json(path, results)
         np.savez_compressed(
@@ -204,7 +240,7 @@ def run(args, model=None, tok=None) -> dict:
 
     if not args.faithful_only:
         auc_pass(model, tok, args, variants, names, found, auc, write)
-    faithful = [m for m in names if m in args.faithful_methods] if args.faithful_methods else names
+    faithful = args.faithful_methods or names
     passes = results["settings"].get("faithfulness", [])  # one entry per faithfulness pass over the rankings
     results["settings"]["faithfulness"] = [
         *(passes if isinstance(passes, list) else [passes]),
@@ -223,6 +259,10 @@ def run(args, model=None, tok=None) -> dict:
                 if (t, n, draw) not in found:
                     continue
                 for m in faithful:
+                    if m not in found[(t, n, draw)] or len(auc[t].get(m, {}).get(n, [])) <= draw:
+                        continue
+                    if args.add and "faithful_area" in auc[t][m][n][draw]:  # kept: the same ranking as before
+                        continue
                     curve = faithfulness_curve(
                         model, c, lengths, ft.correct, ft.incorrect, ft.metric, found[(t, n, draw)][m], source, ks
                     )
@@ -232,7 +272,8 @@ def run(args, model=None, tok=None) -> dict:
     if not args.faithful_only:
         results["complete"] = True
     write()
-    plot(results, args.tasks, path.with_suffix(".png"), n=10 if 10 in args.sizes else args.sizes[0])
+    sizes = results["settings"]["sizes"]
+    plot(results, [t for t in TASKS if t in results], path.with_suffix(".png"), n=10 if 10 in sizes else sizes[0])
     print(f"wrote {path} and .png")
     return results
 
@@ -259,13 +300,20 @@ def auc_pass(model, tok, args, variants, names, found: dict, auc: dict, write) -
             for n in args.sizes:
                 task = pools[t].sample(n, draw)
                 got = discover_all(model, tok, task, variants, jax.random.key(draw))
-                found[(t, n, draw)] = got
+                found.setdefault((t, n, draw), {}).update(got)
                 for m in names:
-                    auc[t][m][n].append({f"auc_{k}": roc_auc(got[m], ref) for k, ref in refs[t].items()})
+                    row = {f"auc_{k}": roc_auc(got[m], ref) for k, ref in refs[t].items()}
+                    runs = auc[t][m][n]
+                    if len(runs) < draw:
+                        raise RuntimeError(f"{t} {m} n={n} holds {len(runs)} draws; cannot add draw {draw}")
+                    if len(runs) > draw:  # --add: this draw's faithfulness (if measured) stays
+                        runs[draw].update(row)
+                    else:
+                        runs.append(row)
                 print(
                     f"{t} draw {draw} n {n:2d}: "
-                    + "  ".join(f"{m[:24]} {auc[t][m][n][-1]['auc_reference_100']:.3f}" for m in names[:4])
-                    + f"  attribution {auc[t]['attribution_patching'][n][-1]['auc_reference_100']:.3f}",
+                    + "  ".join(f"{m[:24]} {auc[t][m][n][draw]['auc_reference_100']:.3f}" for m in names[:4])
+                    + f"  attribution {auc[t]['attribution_patching'][n][draw]['auc_reference_100']:.3f}",
                     flush=True,
                 )
                 write()
@@ -286,13 +334,16 @@ def table(results: dict) -> str:
     head = ["method"] + [f"{t} n={n}" for t in tasks for n in sizes] + [f"{t} faithful area / k80" for t in tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     mid = "10" if "10" in sizes else sizes[0]
-    order = sorted(
-        results[tasks[0]], key=lambda m: -np.mean([results[t][m][mid].get("auc_reference_100_mean", 0) for t in tasks])
-    )
+
+    def at(t: str, m: str, n: str) -> dict:
+        return results[t].get(m, {}).get(n, {})
+
+    methods = list(dict.fromkeys(m for t in tasks for m in results[t]))
+    order = sorted(methods, key=lambda m: -np.mean([at(t, m, mid).get("auc_reference_100_mean", 0) for t in tasks]))
     for m in order:
-        row = [m] + [cell(results[t][m][n], "auc_reference_100") for t in tasks for n in sizes]
+        row = [m] + [cell(at(t, m, n), "auc_reference_100") for t in tasks for n in sizes]
         for t in tasks:
-            s = results[t][m][mid]
+            s = at(t, m, mid)
             area, k80 = cell(s, "faithful_area"), cell(s, "faithful_k80")
             row.append(f"{area} / {k80}" if area else "")
         lines.append("| " + " | ".join(row) + " |")
@@ -302,10 +353,12 @@ def table(results: dict) -> str:
 def plot(results: dict, tasks, path: Path, n: int) -> None:
     """Per task, every method's AUC at ``n`` prompts (mean ± sd over draws), sorted; a line at
     attribution patching's mean."""
-    fig, axes = figure(6.0 * len(tasks), 0.22 * len(results[tasks[0]]) + 1.5, ncols=len(tasks))
+    fig, axes = figure(6.0 * len(tasks), 0.22 * max(len(results[t]) for t in tasks) + 1.5, ncols=len(tasks))
     for ax, t in zip(np.atleast_1d(axes), tasks):
-        rows = [(m, r[str(n)]) for m, r in results[t].items()]
-        rows = [(m, s["auc_reference_100_mean"], s.get("auc_reference_100_sd") or 0.0) for m, s in rows]
+        rows = [(m, r.get(str(n), {})) for m, r in results[t].items()]
+        rows = [
+            (m, s["auc_reference_100_mean"], s.get("auc_reference_100_sd") or 0.0) for m, s in rows if s.get("runs")
+        ]
         rows.sort(key=lambda r: r[1])
         y = np.arange(len(rows))
         ax.errorbar([r[1] for r in rows], y, xerr=[r[2] for r in rows], fmt="o", ms=3)
@@ -321,8 +374,21 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=["ioi", "greater_than"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANT_SETS),
+        default=["all"],
+        help="variant sets to run: all (VARIANTS, every lever alone), combos (COMBOS), levers (LEVERS, the levers "
+        "that help, alone), library (the default of discover) (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--add",
+        action="store_true",
+        help="keep what --out holds (other tasks, methods, sizes, faithfulness) and add or replace this run's",
+    )
     ap.add_argument("--faithful-sizes", nargs="+", type=int, default=[10])
-    ap.add_argument("--faithful-draws", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--faithful-draws", nargs="*", type=int, default=[0, 1, 2, 3, 4], help="none: AUCs only")
     ap.add_argument("--faithful-prompts", type=int, default=N_FAITHFUL)
     ap.add_argument("--faithful-points", type=int, default=10, help="circuit sizes on the log grid")
     ap.add_argument("--faithful-methods", nargs="+", default=None, help="rankings to draw curves for (default all)")

@@ -115,6 +115,28 @@ def test_paired_methods_rank_planted_heads_first(method):
         C.sae_code_scores(jax.random.key(0), acts, positive, method, cfg)
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        C.SAECodeConfig(),  # the default: seeds x top-k codes
+        C.SAECodeConfig(per_head_seeds=1, per_head_code="argmax"),
+        C.SAECodeConfig(per_head_seeds=2, per_head_code="active", per_head_weight="decoder"),
+    ],
+)
+def test_stack_paired_ranks_planted_heads_first(cfg):
+    """The default method, through ``discover``, on planted pairs (every row trains, right or wrong)."""
+    acts, positive, pair, ref = _planted_paired(0, n_pairs=12, d=64)
+    got = C.TaskActivations(acts, positive, 1.0, np.zeros(12), pair)
+    found = C.discover(None, None, None, key=jax.random.key(0), sae_config=cfg, activations=got)  # pyright: ignore[reportArgumentType]
+    assert found.method == "sae_stack_paired" and found.scores.shape == (12,)
+    assert C.roc_auc(found.scores, ref) >= 0.95
+    assert found.info["seeds"] == cfg.per_head_seeds
+    with pytest.raises(ValueError, match="needs pair"):
+        C.discover(None, None, None, sae_config=cfg, activations=C.TaskActivations(acts, positive, 1.0, np.zeros(12)))  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match="top_k must be"):
+        C.stack_variant(C.SAECodeConfig(per_head_top_k=99))
+
+
 def test_activation_difference_matches_loop():
     rng = np.random.default_rng(3)
     acts = rng.normal(size=(4, 10, 5)) * np.array([1.0, 10.0, 0.1, 1.0])[:, None, None]

@@ -44,6 +44,10 @@ def test_circuits_variants_smoke(smollm2, tmp_path):
     )
     got, want = again["ioi"]["default"]["4"]["runs"][0], methods["default"]["4"]["runs"][0]
     assert got["faithful_area"] == want["faithful_area"] and got["auc_reference_100"] == want["auc_reference_100"]
+    # --add recomputes the draw in place: the same AUCs, one run per draw, the faithfulness kept
+    added = script.run(script.parse(["--smoke", "--out", str(out), "--add", "--faithful-draws"]), model=model, tok=tok)
+    for m, per_n in methods.items():
+        assert added["ioi"][m]["4"]["runs"] == per_n["4"]["runs"], m
     # the all-position z harvest, through W_O and averaged per prompt, is harvest(result, mean)
     task = ioi(tok, 3, seed=1)
     tokens = [tok.encode(p) for p in task.clean + task.corrupted]

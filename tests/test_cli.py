@@ -74,6 +74,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     [
         (["circuits", "--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["circuits", "--prompts", "0"], "--prompts must be >= 1"),
+        (["circuits", "--per-head-top-k", "99"], "top_k must be in 1..d_sae (16), got 99"),
     ],
 )
 def test_circuits_bad_input_is_one_line(argv, message, tmp_path, capsys):

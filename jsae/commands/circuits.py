@@ -10,12 +10,12 @@ import jax
 from jsae.io.run import new_run_dir, write_json
 
 TASK_NAMES = ("ioi", "greater_than", "docstring")
-DEFAULT_METHODS = ("sae_per_head_paired", "sae_shared", "attribution_patching", "random")
+DEFAULT_METHODS = ("sae_stack_paired", "sae_per_head_paired", "sae_shared", "attribution_patching", "random")
 DOCSTRING_L1 = 0.05  # O'Neill & Bui's lambda for the docstring task
 
 
 def register(sub) -> None:
-    from jsae.analysis.circuits import DISCOVERY_METHODS, SAECodeConfig
+    from jsae.analysis.circuits import CODES, DISCOVERY_METHODS, WEIGHTS, SAECodeConfig
 
     default = SAECodeConfig()  # the SAE options' defaults are the library's
 
@@ -102,6 +102,32 @@ def register(sub) -> None:
         help="learning rate of the per-head SAEs (default: %(default)s)",
     )
     p.add_argument(
+        "--per-head-seeds",
+        type=int,
+        default=default.per_head_seeds,
+        help="per-head SAEs per head (independent seeds, one stack) of sae_stack_paired (default: %(default)s)",
+    )
+    p.add_argument(
+        "--per-head-code",
+        default=default.per_head_code,
+        choices=CODES,
+        help="each row's code in sae_stack_paired: its argmax latent, its top-k latents, or every active one "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--per-head-top-k",
+        type=int,
+        default=default.per_head_top_k,
+        help="latents in a top-k code (default: %(default)s)",
+    )
+    p.add_argument(
+        "--per-head-weight",
+        default=default.per_head_weight,
+        choices=WEIGHTS,
+        help="how a code change counts in sae_stack_paired: none (Jaccard distance of the latent sets) or "
+        "decoder (the changed latents' decoder norms in the residual stream) (default: %(default)s)",
+    )
+    p.add_argument(
         "--per-head-full-width",
         action="store_true",
         help="train the per-head SAEs at the head's full width even when the prompts are few (default: with "
@@ -143,7 +169,7 @@ def _published(meta: dict, model, task: str):
 
 
 def run(args) -> None:
-    from jsae.analysis.circuits import ACTIVATION_METHODS, SAECodeConfig, plot_roc, run_comparison
+    from jsae.analysis.circuits import ACTIVATION_METHODS, SAECodeConfig, plot_roc, run_comparison, stack_variant
     from jsae.models import load
     from jsae.tasks import TASKS
 
@@ -153,10 +179,6 @@ def run(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.n_train < 2:
         raise ValueError("--n-train must be >= 2 (at least one positive and one negative prompt)")
-    t0 = time.perf_counter()
-    model, tok, meta = load(args.model)
-    if tok is None:
-        raise ValueError(f"model {args.model!r} has no tokenizer; circuit tasks need one (tokenizer.json)")
     l1 = args.l1 if args.l1 is not None else (DOCSTRING_L1 if task_name == "docstring" else SAECodeConfig().l1)
     if args.per_head_l1 < 0:
         raise ValueError(f"--per-head-l1 must be >= 0, got {args.per_head_l1}")
@@ -172,7 +194,16 @@ def run(args) -> None:
         per_head_epochs=args.per_head_epochs,
         per_head_lr=args.per_head_lr,
         per_head_basis=not args.per_head_full_width,
+        per_head_seeds=args.per_head_seeds,
+        per_head_code=args.per_head_code,
+        per_head_top_k=args.per_head_top_k,
+        per_head_weight=args.per_head_weight,
     )
+    stack_variant(sae_cfg)  # checks the per-head code settings (one clear error) before the model runs
+    t0 = time.perf_counter()
+    model, tok, meta = load(args.model)
+    if tok is None:
+        raise ValueError(f"model {args.model!r} has no tokenizer; circuit tasks need one (tokenizer.json)")
     gen = TASKS[task_name]
     task = gen(tok, args.prompts, seed=args.seed)
     reference_task = gen(tok, args.reference_prompts, seed=args.seed + 1)

@@ -77,9 +77,12 @@ from jsae.analysis.circuits._methods import (
     CircuitMethod,
     MethodInputs,
     discover,
+    stack_variant,
 )
 from jsae.analysis.circuits._scores import HeadScores
 from jsae.analysis.circuits._variants import (
+    CODES,
+    WEIGHTS,
     CodeVariant,
     PairedRows,
     code_change_scores,
@@ -92,6 +95,8 @@ from jsae.analysis.circuits._variants import (
 )
 
 __all__ = [
+    "CODES",
+    "WEIGHTS",
     "standardise_with_scale",
     "fit_stack",
     "variant_scores",
@@ -128,6 +133,7 @@ __all__ = [
     "average_ranks",
     "compare_methods",
     "discover",
+    "stack_variant",
     "evaluate",
     "fit_per_head",
     "harvest_task",

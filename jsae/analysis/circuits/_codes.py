@@ -51,6 +51,14 @@ class SAECodeConfig:
       rows: train at full width).
     normalise_heads: scale each head's activations to unit mean norm before the shared SAE (jsae
       addition; off = the paper).
+    per_head_seeds / per_head_code / per_head_top_k / per_head_weight: the code of ``sae_stack_paired``
+      (jsae addition, the default method): ``per_head_seeds`` per-head SAEs per head from independent
+      initialisations, trained as one stack, their scores averaged; each row's code is its ``"argmax"``
+      latent, its ``"topk"`` (``per_head_top_k``) latents or its ``"active"`` ones; a code change counts
+      ``"none"`` (Jaccard distance of the two latent sets) or ``"decoder"`` (their decoder rows' norm in
+      the residual stream). :class:`~jsae.analysis.circuits.CodeVariant` has the details; the defaults
+      are the variant with the best mean AUC over IOI, greater-than and docstring at 10 prompts
+      (experiments/circuits_variants.py, docs/BENCHMARKS.md).
     """
 
     d_sae: int = 200
@@ -59,6 +67,10 @@ class SAECodeConfig:
     per_head_epochs: int = 100
     per_head_lr: float = 5e-3
     per_head_basis: bool = True
+    per_head_seeds: int = 5
+    per_head_code: str = "topk"
+    per_head_top_k: int = 2
+    per_head_weight: str = "none"
     normalise_heads: bool = False
     l1: float = 0.02
     epochs: int = 500

@@ -21,6 +21,7 @@ class TaskActivations:
     clean_metric: ``[n_clean]`` task metric on the clean prompts.
     pair: ``[n_pos]`` for each positive row ``i`` (rows ``0 .. n_pos-1``), the row of its own corrupted
       prompt, so ``(i, pair[i])`` is a clean/corrupted pair (used by the ``*_paired`` scores).
+    point: the hook point the rows come from, ``"result"`` or ``"z"``.
     """
 
     acts: np.ndarray
@@ -28,6 +29,7 @@ class TaskActivations:
     accuracy: float
     clean_metric: np.ndarray
     pair: np.ndarray | None = None
+    point: str = "result"
 
 
 _task_metric = jax.jit(task_metric, static_argnums=3)  # one program, not one per operation
@@ -69,4 +71,4 @@ def harvest_task(
     keep = np.concatenate([right, n_clean + np.arange(n_clean)])
     positive = np.concatenate([np.ones(len(right), bool), np.zeros(n_clean, bool)])
     pair = len(right) + right  # the corrupted row of each kept clean prompt
-    return TaskActivations(acts[:, keep], positive, float(correct.mean()), metric, pair)
+    return TaskActivations(acts[:, keep], positive, float(correct.mean()), metric, pair, point)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import numpy as np
 
 from jsae.analysis.circuits._baselines import (
     activation_difference_scores,
@@ -17,6 +18,7 @@ from jsae.analysis.circuits._baselines import (
 from jsae.analysis.circuits._codes import SAE_METHODS, SAECodeConfig, sae_code_scores
 from jsae.analysis.circuits._harvest import TaskActivations, harvest_task
 from jsae.analysis.circuits._scores import HeadScores
+from jsae.analysis.circuits._variants import CodeVariant, PairedRows, family_scores
 from jsae.models.hooks import Reduce
 from jsae.tasks import Task
 
@@ -61,7 +63,38 @@ def _sae_method(name: str) -> CircuitMethod:
     return CircuitMethod(run, needs_activations=True)
 
 
+def stack_variant(cfg: SAECodeConfig) -> CodeVariant:
+    """The :class:`CodeVariant` that ``sae_stack_paired`` runs under ``cfg`` (its ``per_head_*`` fields)."""
+    return CodeVariant(
+        d_sae=cfg.per_head_d_sae,
+        l1=cfg.per_head_l1,
+        epochs=cfg.per_head_epochs,
+        lr=cfg.per_head_lr,
+        seeds=cfg.per_head_seeds,
+        code=cfg.per_head_code,
+        top_k=cfg.per_head_top_k,
+        weight=cfg.per_head_weight,
+    )
+
+
+def _stack_paired(x: MethodInputs) -> HeadScores:
+    """Per-head SAEs over ``per_head_seeds`` seeds, one stack, trained on every row (the right clean
+    prompts and all corruptions; ``n_train`` does not apply), heads scored by how much each pair's code
+    changes (:func:`~jsae.analysis.circuits.family_scores`)."""
+    a = x.acts()
+    if a.pair is None or len(a.pair) != int(a.positive.sum()):
+        raise ValueError("sae_stack_paired needs pair: harvest the activations with harvest_task")
+    w_o = None
+    if a.point == "z":  # a z row's decoder directions reach the residual stream through W_O
+        cfg = x.model.cfg
+        w_o = np.asarray(x.model.blocks.W_O).reshape(cfg.n_layers * cfg.n_heads, cfg.d_head, cfg.d_model)
+    rows = PairedRows(np.asarray(a.acts), np.flatnonzero(a.positive), np.asarray(a.pair), w_o)
+    scores, info = family_scores(x.key, rows, [stack_variant(x.sae_config)])
+    return HeadScores("sae_stack_paired", scores[0], info)
+
+
 METHODS: dict[str, CircuitMethod] = {
+    "sae_stack_paired": CircuitMethod(_stack_paired, needs_activations=True),
     **{name: _sae_method(name) for name in SAE_METHODS},
     "activation_difference": CircuitMethod(
         lambda x: activation_difference_scores(x.acts().acts, x.acts().positive, x.acts().pair),
@@ -79,7 +112,7 @@ def discover(
     model,
     tokenizer,
     task: Task,
-    method: str = "sae_shared",
+    method: str = "sae_stack_paired",
     *,
     key=None,
     sae_config: SAECodeConfig = SAECodeConfig(),
@@ -87,7 +120,9 @@ def discover(
     positions: Reduce = "mean",
     activations: TaskActivations | None = None,
 ) -> HeadScores:
-    """Per-head circuit scores ``[n_layers * n_heads]`` for ``task`` by ``method`` (a key of :data:`METHODS`).
+    """Per-head circuit scores ``[n_layers * n_heads]`` for ``task`` by ``method`` (a key of :data:`METHODS`;
+    the default, ``sae_stack_paired``, is the SAE-code variant that ``sae_config``'s ``per_head_*`` fields
+    name).
 
     Methods that score activations use ``activations`` (or harvest them with :func:`harvest_task` at
     ``point``/``positions``); the patching methods run on all of ``task``'s prompts; ``random`` is the
