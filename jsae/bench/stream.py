@@ -10,7 +10,7 @@ contexts x 128 tokens from the offline corpus. Measured in one run, one after an
     from the same contexts, as ``jsae train --cache`` does (``train_from_cache``: bf16 batches to the
     device); the marginal rate between two run lengths, so compilation cancels out.
 (d) ``step_tokens_per_s``: the SAE steps alone, R: the same stack trained on rows already on the device
-    (the first two batches' captured rows; no reading, no forward), marginal as in (c). It bounds the
+    (the first batch's captured rows; no reading, no forward), marginal as in (c). It bounds the
     others: a stream that runs the forward (rate F) and then the steps reaches at most
     ``1 / (1/F + 1/R)`` (``stream_bound_tokens_per_s``), the cache at most R.
     ``encode_and_select_tokens_per_s``: the part of a step no TopK training can skip, the pre-activations
@@ -210,12 +210,12 @@ def run(args: argparse.Namespace) -> Path | None:
             config={"bench": "stream"},
         )
         t = time.perf_counter()
-        resident = []  # the first two batches' rows, for (d)
+        on_device = None  # the first batch's rows, for (d)
         for i, b in enumerate(batches):
             rows = capture_rows_jit(run_model, jnp.asarray(b), inputs, contexts.bos_positions)
             writer.write_chunk(i, rows)
-            if i < 2:
-                resident.append(rows)
+            if i == 0:
+                on_device = rows
         writer.finish()
         cache_write_s = time.perf_counter() - t
         cache = open_cache(root / "cache")
@@ -231,8 +231,7 @@ def run(args: argparse.Namespace) -> Path | None:
     print(f"(c) from the cache: {cache_rate:,.0f} tokens/s ({cache_rate / stream_rate:.2f} x the stream)")
 
     # (d) the steps alone: the same stack on rows already on the device
-    on_device = jnp.concatenate(resident, axis=1)  # [N, 2 R, d]
-    del resident
+    assert on_device is not None  # [N, R, d]
     select_rate = encode_and_select_rate(make_sae(), on_device[:, :B], k, args.reps)
     times = []
     for steps in args.cache_steps:
