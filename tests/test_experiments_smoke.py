@@ -77,9 +77,10 @@ def test_bench_stream_smoke(smollm2, monkeypatch):
     assert out is not None and outside_results(out)
     res = strict_json(out)
     assert res["case"]["smoke"] and res["n_saes"] == 18  # 2 layers x 9 heads
-    for key in ("forward_tokens_per_s", "stream_train_tokens_per_s", "peak_rss_gb"):
+    for key in ("forward_tokens_per_s", "stream_train_tokens_per_s", "encode_and_select_tokens_per_s", "peak_rss_gb"):
         assert res[key] > 0, key
-    assert math.isfinite(res["cache_train_tokens_per_s"])  # a marginal rate: at smoke size, noise can flip its sign
+    for key in ("cache_train_tokens_per_s", "step_tokens_per_s"):  # marginal rates: noise can flip a sign
+        assert math.isfinite(res[key]), key
     assert res["flop_estimate"]["gflop_per_token"] > res["flop_estimate"]["forward_gflop_per_token"] > 0
 
 

@@ -101,6 +101,50 @@ def test_iterator_data_matches_explicit_batches():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_prefetching_the_next_chunk_reads_only_the_run_and_changes_nothing():
+    """The iterator source reads the next chunk on a thread while the device trains: the same batches in
+    the same order (bit-identical to reading them in turn), never a batch past ``steps`` (a one-shot
+    iterator of exactly ``steps`` batches suffices), and a bad batch is reported at its step."""
+    from jsae.train import IteratorSource
+
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(size=(2, 8, 4)).astype(np.float32) for _ in range(12)]
+    sae = stack(relu.init, jax.random.split(jax.random.key(9), 2), 4, 6)
+    cfg = TrainConfig(steps=12, batch_size=8, lr=1e-2, sparsity_coef=0.3, chunk_steps=5)
+    read = []
+
+    def one_shot():
+        for i, b in enumerate(batches):
+            read.append(i)
+            yield b
+
+    ahead = train(sae, IteratorSource(one_shot()), cfg, progress=False)
+    assert read == list(range(12))
+    in_turn = train(sae, IteratorSource(lambda: iter(batches), prefetch=False), cfg, progress=False)
+    for a, b in zip(jax.tree.leaves(ahead.sae), jax.tree.leaves(in_turn.sae), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    bad = [b.copy() for b in batches]
+    bad[8][1, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"batch at step 8 contains NaN or inf \(SAE 1\)"):
+        train(sae, lambda: iter(bad), cfg, progress=False)
+
+
+def test_non_finite_reads_bfloat16_bits_as_isfinite_does():
+    """The bit test for bfloat16 agrees with ``np.isfinite`` of the float32 widening (NaN, +-inf, the
+    largest finite values, subnormals, zeros)."""
+    import ml_dtypes
+
+    from jsae.train.data import non_finite
+
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 3.3895e38, -3.3895e38, 1e-40, -1e-40, 1.0], np.float32)
+    x = np.concatenate([special, np.random.default_rng(0).normal(size=1000).astype(np.float32) * 1e30])
+    b = x.astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(non_finite(b), ~np.isfinite(b.astype(np.float32)))
+    np.testing.assert_array_equal(non_finite(x), ~np.isfinite(x))
+    assert non_finite(b).sum() == 3
+
+
 def test_lr_schedule_closed_form():
     cfg = TrainConfig(steps=100, lr_warmup_steps=10, lr_decay="linear", lr_decay_start=0.8)
     mult = lr_multiplier(cfg)

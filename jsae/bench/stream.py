@@ -9,6 +9,12 @@ contexts x 128 tokens from the offline corpus. Measured in one run, one after an
 (c) ``cache_train_tokens_per_s``: training the same stack from an on-disk bf16 activation cache written
     from the same contexts, as ``jsae train --cache`` does (``train_from_cache``: bf16 batches to the
     device); the marginal rate between two run lengths, so compilation cancels out.
+(d) ``step_tokens_per_s``: the SAE steps alone, R: the same stack trained on rows already on the device
+    (the first batch's captured rows; no reading, no forward), marginal as in (c). It bounds the
+    others: a stream that runs the forward (rate F) and then the steps reaches at most
+    ``1 / (1/F + 1/R)`` (``stream_bound_tokens_per_s``), the cache at most R.
+    ``encode_and_select_tokens_per_s``: the part of a step no TopK training can skip, the pre-activations
+    of a batch and their top-k (every SAE of the stack, each device its slice; best of ``--reps``).
 
 ``--smoke`` checks that the benchmark runs: SmolLM2's first 2 layers (18 heads), tiny SAEs and batches, the
 JSON in a new temporary directory (never ``results/``); its timings mean nothing.
@@ -79,6 +85,35 @@ def sae_gflop_per_token(n: int, d: int, m: int, k: int, sparse: bool) -> float:
     return n * per / 1e9
 
 
+def encode_and_select_rate(sae, x, k: int, reps: int) -> float:
+    """Tokens per second of the pre-activations ``x W_enc`` of a batch ``x [N, B, d]`` and their top-k
+    for every SAE of the stack, spread over the devices as training spreads it (``shard_map`` over the
+    SAE mesh, the SAEs of a device one after another)."""
+    from jax.sharding import PartitionSpec as P
+
+    from jsae.train.sharding import AXIS, pad_leading, padded_size, sae_mesh, shard_leading
+
+    mesh = sae_mesh()
+    n_pad = padded_size(x.shape[0], mesh)
+    x, sae = shard_leading(pad_leading((x, sae), n_pad), mesh)
+
+    def local(x, sae):
+        def one(args):
+            s, xx = args
+            return jnp.sum(jax.lax.top_k(s.pre_acts(xx), k)[1])
+
+        return jax.lax.map(one, (sae, x))
+
+    run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS)))
+    jax.block_until_ready(run(x, sae))
+    best = float("inf")
+    for _ in range(max(reps, 1)):
+        t = time.perf_counter()
+        jax.block_until_ready(run(x, sae))
+        best = min(best, time.perf_counter() - t)
+    return x.shape[1] / best
+
+
 SMOKE = {"exchanges": 4, "buffer_tokens": 64, "reps": 1, "cache_steps": (2, 4)}
 SMOKE_SIZES = {"layers": 2, "d_sae": 32, "k": 4, "batch_size": 16, "contexts": (2, 16)}
 
@@ -94,7 +129,7 @@ def run(args: argparse.Namespace) -> Path | None:
     from jsae.pipeline.cached import train_from_cache
     from jsae.runtime import prepare_process
     from jsae.sae.registry import init_stack
-    from jsae.train import TrainConfig
+    from jsae.train import TrainConfig, train
 
     if args.exchanges < 4:
         raise ValueError(f"--exchanges {args.exchanges}: give at least 4 (the first two compile, the rest are timed)")
@@ -175,8 +210,12 @@ def run(args: argparse.Namespace) -> Path | None:
             config={"bench": "stream"},
         )
         t = time.perf_counter()
+        on_device = None  # the first batch's rows, for (d)
         for i, b in enumerate(batches):
-            writer.write_chunk(i, capture_rows_jit(run_model, jnp.asarray(b), inputs, contexts.bos_positions))
+            rows = capture_rows_jit(run_model, jnp.asarray(b), inputs, contexts.bos_positions)
+            writer.write_chunk(i, rows)
+            if i == 0:
+                on_device = rows
         writer.finish()
         cache_write_s = time.perf_counter() - t
         cache = open_cache(root / "cache")
@@ -190,6 +229,24 @@ def run(args: argparse.Namespace) -> Path | None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"(c) from the cache: {cache_rate:,.0f} tokens/s ({cache_rate / stream_rate:.2f} x the stream)")
+
+    # (d) the steps alone: the same stack on rows already on the device
+    assert on_device is not None  # [N, R, d]
+    select_rate = encode_and_select_rate(make_sae(), on_device[:, :B], k, args.reps)
+    times = []
+    for steps in args.cache_steps:
+        c = TrainConfig(steps=steps, batch_size=B, lr=1e-3, chunk_steps=min(16, *args.cache_steps))
+        t = time.perf_counter()
+        train(make_sae(), on_device, c, progress=False)
+        times.append(time.perf_counter() - t)
+    del on_device
+    step_rate = B * (args.cache_steps[1] - args.cache_steps[0]) / (times[1] - times[0])
+    stream_bound = 1.0 / (1.0 / forward_rate + 1.0 / step_rate)
+    print(
+        f"(d) the SAE steps alone: {step_rate:,.0f} tokens/s; bounds: stream <= {stream_bound:,.0f} "
+        f"({stream_bound / forward_rate:.2f} x the forward), cache <= {step_rate:,.0f}"
+    )
+    print(f"    of which the pre-activations and their top-k alone: {select_rate:,.0f} tokens/s")
 
     forward_gflop = forward_gflop_per_token(model, contexts.context_size)
     flops_token = forward_gflop + sae_gflop_per_token(n, d, m, k, sparse)
@@ -219,6 +276,9 @@ def run(args: argparse.Namespace) -> Path | None:
         "forward_tokens_per_s": forward_rate,
         "stream_train_tokens_per_s": stream_rate,
         "cache_train_tokens_per_s": cache_rate,
+        "step_tokens_per_s": step_rate,
+        "stream_bound_tokens_per_s": stream_bound,
+        "encode_and_select_tokens_per_s": select_rate,
         "cache_write_s": cache_write_s,
         "stream_over_forward": stream_rate / forward_rate,
         "cache_over_stream": cache_rate / stream_rate,

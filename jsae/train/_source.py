@@ -21,6 +21,7 @@ the NaN checks, the scale folding and the result.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -179,15 +180,30 @@ class IteratorSource:
     ``start_step=`` starts there itself). A one-shot iterable cannot be resumed, so a run on one refuses
     a checkpoint directory. ``sample``: ``[N, n, d_in]`` rows for the normalisation scales and a
     data-dependent initialisation (e.g. a cache's first chunk); without it ``normalise_activations``
-    is refused."""
+    is refused.
 
-    def __init__(self, batches: Batches, *, sample: np.ndarray | None = None, d_in: int | None = None):
+    ``prefetch`` (default on): while the device trains on a chunk, a background thread reads, checks and
+    places the next one, so the host's work (a cache's reads and shuffle, the NaN checks, the copy to the
+    device) overlaps the steps instead of running between them. It reads only the batches the run will
+    use (never past ``cfg.steps``), in the same order, so results are the same with it on or off; the
+    cost is one more chunk held in memory."""
+
+    def __init__(
+        self,
+        batches: Batches,
+        *,
+        sample: np.ndarray | None = None,
+        d_in: int | None = None,
+        prefetch: bool = True,
+    ):
         self.batches = batches
         self.sample = sample
         self.n_inputs = None if sample is None else int(sample.shape[0])
         self.d_in = d_in if d_in is not None else (None if sample is None else int(sample.shape[-1]))
         self.checkpointable: bool = bool(callable(batches))
+        self.prefetch = prefetch
         self._it: Iterator[np.ndarray] | None = None
+        self._ahead: _Ahead | None = None
 
     def plan(self, cfg: TrainConfig) -> TrainConfig:
         return cfg
@@ -196,6 +212,7 @@ class IteratorSource:
         start = int((resume or {}).get("step", 0))
         self._it = data_mod.iterator_from(self.batches, start)
         self._n, self._d_in, self._n_pad, self._mesh = n, d_in, n_pad, mesh
+        self._steps, self._chunk_steps, self._ahead = cfg.steps, cfg.chunk_steps, None
         return 0
 
     def warm_up(self, advance):
@@ -206,17 +223,59 @@ class IteratorSource:
 
     def next_chunk(self, step, n_steps):
         assert self._it is not None, "open the source first"
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.step, ahead.n_steps) == (step, n_steps):
+            xs = ahead.result()
+        else:
+            if ahead is not None:  # asked for another chunk than the one read ahead: not the engine's order
+                raise RuntimeError(
+                    f"IteratorSource read ahead steps {ahead.step}.. ({ahead.n_steps}) but was asked for {step}.. "
+                    f"({n_steps}); ask for chunks in order, or pass prefetch=False"
+                )
+            xs = self._read(step, n_steps)
+        after = step + n_steps
+        if self.prefetch and after < self._steps:
+            self._ahead = _Ahead(self._read, after, min(self._chunk_steps, self._steps - after))
+        return Chunk(n_steps, BatchFeed(), xs, n_steps * xs.shape[2])
+
+    def _read(self, step: int, n_steps: int) -> jax.Array:
+        """The batches of steps ``step .. step + n_steps - 1``, checked, padded and placed by SAE."""
+        assert self._it is not None, "open the source first"
         xs = data_mod.next_chunk(self._it, n_steps, self._n, self._d_in, step)  # [N, steps, B, d]
         if self._n_pad > self._n:  # on the host: the chunk goes to each device once, already split
             xs = np.concatenate([xs, np.repeat(xs[-1:], self._n_pad - self._n, axis=0)], axis=0)
-        xs = jax.device_put(xs, NamedSharding(self._mesh, P(AXIS)))
-        return Chunk(n_steps, BatchFeed(), xs, n_steps * xs.shape[2])
+        return jax.device_put(xs, NamedSharding(self._mesh, P(AXIS)))
 
     def total_tokens(self, cfg):
         return 0  # unknown until the batches arrive
 
     def state(self):
         return {}
+
+
+class _Ahead:
+    """``read(step, n_steps)`` running on a daemon thread; ``result()`` waits for it and re-raises its error
+    (a bad batch is reported when the engine asks for that chunk, as without prefetching)."""
+
+    def __init__(self, read: Callable[[int, int], jax.Array], step: int, n_steps: int):
+        self.step, self.n_steps = step, n_steps
+        self._value: jax.Array | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(read,), daemon=True)
+        self._thread.start()
+
+    def _run(self, read) -> None:
+        try:
+            self._value = read(self.step, self.n_steps)
+        except BaseException as e:  # noqa: BLE001 - handed to the engine's thread by result()
+            self._error = e
+
+    def result(self) -> jax.Array:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def as_source(data: Any) -> Source:

@@ -103,11 +103,20 @@ def next_chunk(it: Iterator[np.ndarray], n_steps: int, n: int, d_in: int, step: 
             raise ValueError(f"batch at step {step + i} has shape {b.shape}; expected [B, {d_in}] or [{n}, B, {d_in}]")
         if out and b.shape != out[0].shape:
             raise ValueError(f"batch at step {step + i} has shape {b.shape}, unlike {out[0].shape} before it")
-        if not np.all(np.isfinite(b)):
-            sae = int(np.argwhere(~np.isfinite(b))[0][0])
+        bad = non_finite(b)
+        if bad.any():
+            sae = int(np.argwhere(bad)[0][0])
             raise ValueError(f"batch at step {step + i} contains NaN or inf (SAE {sae}); clean the data source")
         out.append(b)
     return np.stack(out, axis=1)
+
+
+def non_finite(b: np.ndarray) -> np.ndarray:
+    """Where ``b`` (float32 or bfloat16) holds NaN or inf. bfloat16 is read as its bits (exponent all
+    ones), an integer test: NumPy's ``isfinite`` on ml_dtypes' bfloat16 converts element by element."""
+    if b.dtype == ml_dtypes.bfloat16:
+        return (b.view(np.uint16) & 0x7F80) == 0x7F80
+    return ~np.isfinite(b)
 
 
 def sample_rows(data, n_max: int = 8192) -> np.ndarray:
