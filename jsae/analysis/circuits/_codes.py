@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
 from jsae.analysis import codes as codes_mod
@@ -185,7 +186,15 @@ def row_basis(x: Float[Array, "H n d"]) -> Float[Array, "H d n"]:
 
 
 def fit_per_head(
-    key, standard: Float[Array, "H n d"], rows: Int[Array, " m"], sparsity: float, lr: float, *, d_sae, epochs, basis
+    key,
+    standard: Float[ArrayLike, "H n d"],
+    rows: Int[ArrayLike, " m"],
+    sparsity: float,
+    lr: float,
+    *,
+    d_sae,
+    epochs,
+    basis,
 ) -> tuple[SAE, Float[Array, "H n r"], Int[Array, "n H"], dict[str, Float[Array, " H"]]]:
     """One program: a unit-norm ReLU SAE per head trained full-batch on its ``rows`` (``epochs`` Adam
     steps of the trainer's own step, :func:`jsae.train.fit`), and every row's code (argmax
