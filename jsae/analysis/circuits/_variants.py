@@ -232,8 +232,9 @@ def decoder_norms(
     """Residual-stream norm of each latent's decoder row: from the SAE's input coordinates back to the
     head's own space (the row basis ``[H, d, r]``, then ``/ scale[h]``, :func:`standardise_with_scale`),
     then through ``w_o [H, d, D]`` for ``z`` heads. A head that never varies (scale 0) gets 0."""
-    as_array = None if basis is None else jnp.asarray(basis), None if w_o is None else jnp.asarray(w_o)
-    return np.asarray(_decoder_norms(jnp.asarray(w_dec), as_array[0], jnp.asarray(scale), as_array[1]))
+    q = None if basis is None else jnp.asarray(basis)
+    out = None if w_o is None else jnp.asarray(w_o)
+    return np.asarray(_decoder_norms(jnp.asarray(w_dec), q, jnp.asarray(scale), out))
 
 
 def _decoder_norms(w, basis, scale, w_o) -> jax.Array:
