@@ -1,6 +1,8 @@
 """Per-SAE absorption evaluation: the old float64 host path against the stacked jnp one, side by side.
 
     flock -x /tmp/jsae-cpu.lock python experiments/bench_absorption.py
+    python experiments/bench_absorption.py --smoke   # checks that it runs: 100/50 words, 2 SAEs of width 64,
+                                                     # a temporary folder; its seconds mean nothing
 
 SmolLM2-135M, layer 3, the experiment's probe data (3000 train / 1000 test words) and metric settings
 (k-sparse probing k <= 10, 2 IG candidates per letter, 4 IG steps), on a few quickly trained ReLU SAEs of
@@ -11,7 +13,9 @@ as the old path's compilations were shared by its SAEs too). Writes results/benc
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,14 +44,23 @@ sys.path.insert(0, str(ROOT / "tests"))
 from absorption_reference import evaluate_sae
 
 LAYER, SPARSITY, WIDTH = 3, [1.0, 4.0, 16.0], 1152
+FULL = {"n_train": 3000, "n_test": 1000, "tokens": 30_000, "width": WIDTH, "sparsity": SPARSITY, "steps": 300}
+SMOKE = {"n_train": 100, "n_test": 50, "tokens": 2048, "width": 64, "sparsity": [1.0, 4.0], "steps": 20}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run the benchmark (``argv``: ``[]`` or ``["--smoke"]``, default ``sys.argv``); returns the JSON written."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="check that it runs: tiny sizes, a temporary folder")
+    smoke = ap.parse_args(argv).smoke
+    size = SMOKE if smoke else FULL
+    out = Path(tempfile.mkdtemp(prefix="jsae-bench-absorption-smoke-")) if smoke else ROOT / "results"
     model, tok, _ = load("smollm2-135m")
-    data = prepare_probe_data(model, tok, LAYER, n_train=3000, n_test=1000, seed=0)
+    data = prepare_probe_data(model, tok, LAYER, n_train=size["n_train"], n_test=size["n_test"], seed=0)
     answer_ids = answer_token_ids(tok)
-    acts = training_activations(model, tok, LAYER, max_tokens=30_000)
-    saes = [e["sae"] for e in train_relu_sweep(acts, [WIDTH], SPARSITY, steps=300, batch=256, lr=1e-3, seed=0)]
+    acts = training_activations(model, tok, LAYER, max_tokens=size["tokens"])
+    sweep = train_relu_sweep(acts, [size["width"]], size["sparsity"], steps=size["steps"], batch=256, lr=1e-3, seed=0)
+    saes = [e["sae"] for e in sweep]
     cfg = AbsorptionConfig()
 
     old, old_s = [], []
@@ -65,14 +78,15 @@ def main() -> None:
     new_s = (time.perf_counter() - t0) / len(saes)
     ratio = float(np.mean(old_s[1:] or old_s)) / new_s
     keys = ("absorption_fraction", "full_absorption", "paper_absorption_rate", "mean_split_latents", "n_letters")
-    diff = {k: float(np.max(np.abs([new.summary[k][i] - old[i][k] for i in range(len(saes))]))) for k in keys}
+    diff = {k: _max_difference([new.summary[k][i] for i in range(len(saes))], [o[k] for o in old]) for k in keys}
     print(f"old {np.mean(old_s):.1f} s/SAE (first {old_s[0]:.1f}), new {new_s:.1f} s/SAE; ratio {ratio:.1f}x")
     print(f"new first call (with compilation) {first_s / len(saes):.1f} s/SAE; max |new - old| per summary: {diff}")
     write_json(
-        ROOT / "results" / "bench_absorption.json",
+        out / "bench_absorption.json",
         {
-            "setting": f"smollm2-135m layer {LAYER}, 3000/1000 words, {len(saes)} ReLU SAEs width {WIDTH}, "
-            "2 IG candidates per letter, 4 IG steps",
+            "smoke": smoke,
+            "setting": f"smollm2-135m layer {LAYER}, {size['n_train']}/{size['n_test']} words, {len(saes)} ReLU SAEs "
+            f"width {size['width']}, 2 IG candidates per letter, 4 IG steps",
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "machine": machine(),
             "old_seconds_per_sae": old_s,
@@ -84,6 +98,14 @@ def main() -> None:
             "new_summary": [{k: float(new.summary[k][i]) for k in keys} for i in range(len(saes))],
         },
     )
+    return out / "bench_absorption.json"
+
+
+def _max_difference(a: list[float], b: list[float]) -> float:
+    """max |a - b|, where both NaN (a metric with nothing to measure, e.g. no IG candidate) agree."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    both_nan = np.isnan(x) & np.isnan(y)
+    return float(np.max(np.where(both_nan, 0.0, np.abs(x - y))))
 
 
 if __name__ == "__main__":

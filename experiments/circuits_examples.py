@@ -13,12 +13,16 @@ by |effect|), against its heads certain at 2 standard errors, and against the ol
     python experiments/circuits_examples.py --methods sae_per_head_paired   # rerun one method
 
 reruns only the named methods and keeps every other method's results from the JSON.
+
+    python experiments/circuits_examples.py --smoke   # checks that it runs: IOI, n = 4, 2 seeds,
+                                                      # a temporary folder
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +46,9 @@ SIZES = (5, 10, 20, 50, 200)
 SEEDS = (0, 1, 2, 3, 4)
 METHODS = ("sae_shared", "sae_per_head_paired", "activation_difference")
 POOL_SEED, POOL_N = 0, 200
+FULL = {"tasks": tuple(TASKS), "sizes": SIZES, "seeds": SEEDS}
+SMOKE = {"tasks": ("ioi",), "sizes": (4,), "seeds": (0, 1)}
+SMOKE_METHODS = ("sae_per_head_paired", "activation_difference")  # the shared SAE's 500 steps are not tiny
 
 
 def masks(name: str, names: list[str]) -> dict[str, np.ndarray]:
@@ -57,19 +64,30 @@ def masks(name: str, names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def main(methods: tuple[str, ...] = METHODS) -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment (``argv`` as on the command line, default ``sys.argv``); returns the JSON written."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to (re)run")
+    ap.add_argument("--smoke", action="store_true", help="check that it runs: tiny sizes, a temporary folder")
+    args = ap.parse_args(argv)
+    methods = SMOKE_METHODS if args.smoke else tuple(args.methods)
+    size = SMOKE if args.smoke else FULL
+    sizes, seeds = size["sizes"], size["seeds"]
+    out_dir = Path(tempfile.mkdtemp(prefix="jsae-circuits-examples-smoke-")) if args.smoke else OUT
     t_start = time.perf_counter()
     model, tok, _ = load("smollm2-135m")
     names = head_names(model.cfg.n_layers, model.cfg.n_heads)
-    path = OUT / "circuits_examples.json"
-    kept = json.loads(path.read_text()) if set(methods) != set(METHODS) else {}
+    path = out_dir / "circuits_examples.json"
+    kept = json.loads(path.read_text()) if set(methods) != set(METHODS) and not args.smoke else {}
+    shown = [m for m in METHODS if m in methods or kept]  # the methods the JSON and the plot hold
     results, panels = {}, {}
-    for name, gen in TASKS.items():
+    for name in size["tasks"]:
+        gen = TASKS[name]
         refs = masks(name, names)
         pool = gen(tok, POOL_N, seed=POOL_SEED)
-        runs = {m: {n: [] for n in SIZES} for m in methods}
-        for seed in SEEDS:
-            for n in SIZES:
+        runs = {m: {n: [] for n in sizes} for m in methods}
+        for seed in seeds:
+            for n in sizes:
                 task = pool.sample(n, seed)
                 t0 = time.perf_counter()
                 acts = harvest_task(model, tok, task)
@@ -99,20 +117,22 @@ def main(methods: tuple[str, ...] = METHODS) -> None:
             }
             for m, per_n in runs.items()
         }
-        results[name] = {m: summary[m] if m in summary else kept[name][m] for m in METHODS}
+        results[name] = {m: summary[m] if m in summary else kept[name][m] for m in shown}
         summary = results[name]
         panels[name] = {
             m: (
-                np.asarray(SIZES, float),
-                np.asarray([summary[m][str(n)]["auc_reference_100_mean"] for n in SIZES]),
-                np.asarray([summary[m][str(n)]["auc_reference_100_sd"] for n in SIZES]),
+                np.asarray(sizes, float),
+                np.asarray([summary[m][str(n)]["auc_reference_100_mean"] for n in sizes]),
+                np.asarray([summary[m][str(n)]["auc_reference_100_sd"] for n in sizes]),
             )
-            for m in METHODS
+            for m in shown
         }
     results["settings"] = {
         "model": "smollm2-135m",
-        "sizes": SIZES,
-        "seeds": SEEDS,
+        "smoke": args.smoke,
+        "tasks_run": list(size["tasks"]),
+        "sizes": sizes,
+        "seeds": seeds,
         "pool": f"seed {POOL_SEED}, {POOL_N} prompts; Task.sample(n, seed)",
         "reference_100": "results/circuits_reference.json: top 10% by |effect| on 100 held-out prompts",
         "certain_2se": "heads with |effect| >= 2 standard errors on those prompts",
@@ -127,7 +147,7 @@ def main(methods: tuple[str, ...] = METHODS) -> None:
         }
     write_json(path, results)
     line_panels(
-        OUT / "circuits_examples.png",
+        out_dir / "circuits_examples.png",
         panels,
         xlabel="discovery prompts (clean + corrupted pairs)",
         ylabel="AUC vs 100-prompt patching (mean ± sd, 5 seeds)",
@@ -135,10 +155,9 @@ def main(methods: tuple[str, ...] = METHODS) -> None:
         hline=0.5,
         title="SmolLM2-135M: how many examples does discovery need?",
     )
-    print(f"wrote {OUT / 'circuits_examples.json'} and .png")
+    print(f"wrote {path} and .png")
+    return path
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to (re)run")
-    main(tuple(ap.parse_args().methods))
+    main()

@@ -3,6 +3,8 @@
     python experiments/circuits_reference.py     # first: results/circuits_reference.json
     python experiments/circuits_smollm2.py       # and the methods' rankings: results/circuits_smollm2.json
     python experiments/circuits_faithfulness.py  # -> results/circuits_faithfulness.json + .png
+    python experiments/circuits_faithfulness.py --smoke  # checks that it runs: IOI, 4 prompts, 3 rankings,
+                                                         # 4 circuit sizes, a temporary folder
 
 Grading: each method's ranking (discovered from 200 prompts, seed 0) as an AUC against three references:
 the 12-prompt activation patching of circuits_smollm2.json (the old column), the top 10% by |effect| of
@@ -18,7 +20,9 @@ recovered, the area under the curve and the smallest k recovering 80%. activatio
 
 from __future__ import annotations
 
+import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +45,8 @@ OUT = Path(__file__).resolve().parent.parent / "results"
 TASKS = {"ioi": ioi, "greater_than": greater_than}
 N_FAITHFUL, FAITHFUL_SEED = 40, 4
 EXCLUDE = ((0, 200), (3, 400))  # (seed, n) of the discovery pool and of the reference draw
+FULL = {"tasks": tuple(TASKS), "n_prompts": N_FAITHFUL, "k_points": 16, "methods": None}
+SMOKE = {"tasks": ("ioi",), "n_prompts": 4, "k_points": 3, "methods": ("activation_difference", "random")}
 
 
 def rankings(methods: dict, names: list[str], reference: dict) -> dict[str, np.ndarray]:
@@ -54,22 +60,36 @@ def rankings(methods: dict, names: list[str], reference: dict) -> dict[str, np.n
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment (``argv`` as on the command line, default ``sys.argv``); returns the JSON written."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from the JSON")
+    ap.add_argument("--smoke", action="store_true", help="check that it runs: tiny sizes, a temporary folder")
+    args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((OUT / "circuits_faithfulness.json").read_text()), OUT)
+        return OUT / "circuits_faithfulness.json"
+    size = SMOKE if args.smoke else FULL
+    out_dir = Path(tempfile.mkdtemp(prefix="jsae-circuits-faithfulness-smoke-")) if args.smoke else OUT
     t_start = time.perf_counter()
     main_results = json.loads((OUT / "circuits_smollm2.json").read_text())
     reference = json.loads((OUT / "circuits_reference.json").read_text())
     model, tok, _ = load("smollm2-135m")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = head_names(L, H)
-    ks = log_grid(L * H, 16)
+    ks = log_grid(L * H, size["k_points"])
     out = {}
-    for name, gen in TASKS.items():
+    for name in size["tasks"]:
+        gen = TASKS[name]
         ref = reference[name]
         top10 = np.zeros(L * H, bool)
         top10[ref["reference_top10"]] = True
         certain = np.zeros(L * H, bool)
         certain[ref["certain_2se"]] = True
-        ranks = rankings(main_results[name]["methods"], names, ref)
+        methods = main_results[name]["methods"]
+        if size["methods"] is not None:
+            methods = {m: methods[m] for m in size["methods"]}
+        ranks = rankings(methods, names, ref)
         grading = {
             m: {
                 "auc_reference_12": main_results[name]["methods"][m]["auc"]
@@ -80,7 +100,7 @@ def main() -> None:
             }
             for m, s in ranks.items()
         }
-        task = held_out(tok, gen, N_FAITHFUL, FAITHFUL_SEED, EXCLUDE)
+        task = held_out(tok, gen, size["n_prompts"], FAITHFUL_SEED, EXCLUDE)
         clean = [tok.encode(p) for p in task.clean]
         T = max(len(s) for s in clean)
         c, lengths = pad_sequences(clean, tok.pad_id, pad_to=T)
@@ -109,29 +129,33 @@ def main() -> None:
             "metric_all_patched": curve.metric_ablated,
             "n_reference_top10": int(top10.sum()),
             "n_certain_2se": int(certain.sum()),
-            "faithfulness_prompts": N_FAITHFUL,
+            "faithfulness_prompts": size["n_prompts"],
         }
     out["settings"] = {
         "model": "smollm2-135m",
         "rankings_from": "results/circuits_smollm2.json (200 discovery prompts, seed 0)",
         "reference_from": "results/circuits_reference.json (100 prompts, seed 3)",
-        "faithfulness_prompts": f"{N_FAITHFUL} held-out prompts, seed {FAITHFUL_SEED}",
+        "smoke": args.smoke,
+        "tasks_run": list(size["tasks"]),
+        "faithfulness_prompts": f"{size['n_prompts']} held-out prompts, seed {FAITHFUL_SEED}",
         "ablation": "every head outside the top k patched from the corrupted prompt (result, all positions)",
         "ks": ks.tolist(),
         "total_seconds": time.perf_counter() - t_start,
     }
-    write_json(OUT / "circuits_faithfulness.json", out)
-    plot(out)
-    print(f"wrote {OUT / 'circuits_faithfulness.json'} and .png")
+    write_json(out_dir / "circuits_faithfulness.json", out)
+    plot(out, out_dir)
+    print(f"wrote {out_dir / 'circuits_faithfulness.json'} and .png")
+    return out_dir / "circuits_faithfulness.json"
 
 
-def plot(out: dict) -> None:
+def plot(out: dict, out_dir: Path) -> None:
     panels = {
         name: {m: (np.asarray(v["ks"]), np.asarray(v["recovered"]), None) for m, v in out[name]["faithfulness"].items()}
         for name in TASKS
+        if name in out
     }
     line_panels(
-        OUT / "circuits_faithfulness.png",
+        out_dir / "circuits_faithfulness.png",
         panels,
         xlabel="heads kept (k, symlog)",
         ylabel="fraction of clean metric recovered",
@@ -142,9 +166,4 @@ def plot(out: dict) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    if "--plot-only" in sys.argv:  # redraw the PNG from the JSON
-        plot(json.loads((OUT / "circuits_faithfulness.json").read_text()))
-    else:
-        main()
+    main()

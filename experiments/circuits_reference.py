@@ -2,6 +2,8 @@
 
     python experiments/circuits_reference.py            # -> results/circuits_reference.json (+ .npz)
     python experiments/circuits_reference.py --tasks docstring   # add a task, keep the others
+    python experiments/circuits_reference.py --smoke     # checks that it runs: IOI, 4 prompts, 9 heads,
+                                                         # a temporary folder
 
 For IOI and greater-than (and docstring with ``--tasks``): 100 prompts (seed 3) that appear in none of the discovery
 pools (seed 0, the 200 prompts every method discovers from), each head's ``result`` patched from the corrupted prompt
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,13 +40,15 @@ from tqdm.auto import tqdm
 from jsae.analysis.circuits import metrics_with_heads_replaced, patching_effects, single_head_masks
 from jsae.io.run import write_json
 from jsae.models import capture, forward, load, pad_sequences
-from jsae.tasks import Task, docstring, greater_than, ioi, task_metric
+from jsae.tasks import Task, docstring, greater_than, held_out, ioi, task_metric
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 N_PROMPTS, CHUNK, SEED, DISCOVERY_SEED, DISCOVERY_N = 100, 20, 3, 0, 200
 HEADS_PER_FORWARD = 10
 TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
 DEFAULT_TASKS = ("ioi", "greater_than")
+FULL = {"n_prompts": N_PROMPTS, "chunk": CHUNK, "heads": None}
+SMOKE = {"n_prompts": 4, "chunk": 4, "heads": 9}  # heads: layer 0's instead of all
 
 
 @contextmanager
@@ -61,16 +66,6 @@ def shared_cpu(lock: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def held_out(tok, gen, n: int) -> Task:
-    """``n`` prompts of seed ``SEED`` none of which is in the discovery pool (seed 0, 200 prompts)."""
-    pool = set(gen(tok, DISCOVERY_N, seed=DISCOVERY_SEED).clean)
-    task = gen(tok, 4 * n, seed=SEED)
-    keep = [i for i, p in enumerate(task.clean) if p not in pool][:n]
-    if len(keep) < n:
-        raise RuntimeError(f"only {len(keep)} held-out prompts; raise the oversampling")
-    return task.subset(np.asarray(keep))
-
-
 def encode(tok, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     clean = [tok.encode(p) for p in task.clean]
     corrupted = [tok.encode(p) for p in task.corrupted]
@@ -82,17 +77,18 @@ def encode(tok, task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return c, x, lengths
 
 
-def run_task(model, tok, name: str, partial: dict, save, lock: Path | None) -> dict:
-    task = held_out(tok, TASKS[name], N_PROMPTS)
+def run_task(model, tok, name: str, partial: dict, save, lock: Path | None, size: dict = FULL) -> dict:
+    n_prompts, chunk = size["n_prompts"], size["chunk"]
+    task = held_out(tok, TASKS[name], n_prompts, SEED, ((DISCOVERY_SEED, DISCOVERY_N),))
     clean, corrupted, lengths = encode(tok, task)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    masks = jnp.asarray(single_head_masks(L, H))
+    masks = jnp.asarray(single_head_masks(L, H)[: size["heads"]])
     done = {k: partial[k] for k in partial if k.startswith(f"{name}/")}
     seconds = float(partial.get(f"{name}.seconds", 0.0))
-    for s in tqdm(range(0, N_PROMPTS, CHUNK), desc=f"{name}: patching {L * H} heads", unit="chunk"):
+    for s in tqdm(range(0, n_prompts, chunk), desc=f"{name}: patching {len(masks)} heads", unit="chunk"):
         if f"{name}/{s}/patched" in done:
             continue
-        rows = slice(s, s + CHUNK)
+        rows = slice(s, s + chunk)
         with shared_cpu(lock):
             t0 = time.perf_counter()
             args = (jnp.asarray(lengths[rows]), jnp.asarray(task.correct[rows]), jnp.asarray(task.incorrect[rows]))
@@ -112,7 +108,7 @@ def run_task(model, tok, name: str, partial: dict, save, lock: Path | None) -> d
             done[f"{name}/{s}/corrupted"] = metric(corrupted[rows])
             seconds += time.perf_counter() - t0
         save({**done, f"{name}.seconds": np.asarray(seconds)})
-    starts = range(0, N_PROMPTS, CHUNK)
+    starts = range(0, n_prompts, chunk)
     eff = patching_effects(
         np.concatenate([done[f"{name}/{s}/clean"] for s in starts]),
         np.concatenate([done[f"{name}/{s}/corrupted"] for s in starts]),
@@ -133,7 +129,8 @@ def run_task(model, tok, name: str, partial: dict, save, lock: Path | None) -> d
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
+    """Run the experiment (``argv`` as on the command line, default ``sys.argv``); returns the JSON written."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lock", type=Path, default=None, help="hold a shared flock on this file during each chunk")
     ap.add_argument(
@@ -143,9 +140,14 @@ def main() -> None:
         default=list(DEFAULT_TASKS),
         help="tasks to patch (default: %(default)s); tasks already in the JSON and not named are kept",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--smoke", action="store_true", help="check that it runs: IOI, 4 prompts, 9 heads, temporary folder"
+    )
+    args = ap.parse_args(argv)
+    size, tasks = (SMOKE, ["ioi"]) if args.smoke else (FULL, args.tasks)
+    out = Path(tempfile.mkdtemp(prefix="jsae-circuits-reference-smoke-")) if args.smoke else OUT
     model, tok, _ = load("smollm2-135m")
-    partial_path = OUT / "circuits_reference.partial.npz"
+    partial_path = out / "circuits_reference.partial.npz"
     partial = dict(np.load(partial_path)) if partial_path.exists() else {}
     if partial:
         print(f"resuming from {partial_path} ({len(partial)} arrays)")
@@ -157,24 +159,26 @@ def main() -> None:
         np.savez(tmp, **store)
         tmp.replace(partial_path)
 
-    path = OUT / "circuits_reference.json"
+    path = out / "circuits_reference.json"
     kept = json.loads(path.read_text()) if path.exists() else {}
-    results = {name: kept[name] for name in TASKS if name in kept and name not in args.tasks}
-    results.update({name: run_task(model, tok, name, store, save, args.lock) for name in args.tasks})
+    results = {name: kept[name] for name in TASKS if name in kept and name not in tasks}
+    results.update({name: run_task(model, tok, name, store, save, args.lock, size) for name in tasks})
     results["settings"] = {
         "model": "smollm2-135m",
-        "n_prompts": N_PROMPTS,
+        "smoke": args.smoke,
+        "n_prompts": size["n_prompts"],
         "prompt_seed": SEED,
         "held_out_from": f"seed {DISCOVERY_SEED}, {DISCOVERY_N} prompts",
-        "chunk": CHUNK,
+        "chunk": size["chunk"],
         "point": "result, every position, patched from the corrupted prompt",
         "reference": "top 10% of heads by |effect|; certain_2se: |effect| >= 2 standard errors",
     }
     write_json(path, results)
     print(f"wrote {path}")
-    for name in args.tasks:
+    for name in tasks:
         r = results[name]
         print(f"{name}: {r['n_prompts']} prompts, {len(r['certain_2se'])} heads certain at 2 se, {r['seconds']:.0f} s")
+    return path
 
 
 if __name__ == "__main__":

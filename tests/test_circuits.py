@@ -269,6 +269,75 @@ def test_paired_codes_in_the_row_basis_rank_planted_heads_first():
     assert found.info["explained_variance"] > 0.5
 
 
+def test_per_head_method_is_its_pieces_composed():
+    """``sae_code_scores`` runs the per-head method in few programs (the key split inside the row draw);
+    its scores and info are exactly those of the public pieces called one by one: the key split, the
+    rows drawn eagerly, the standardised rows, :func:`fit_per_head` and the paired code change."""
+    acts, positive, pair, _ = _planted_paired(1, n_pairs=12, d=64)
+    cfg = C.SAECodeConfig(per_head_d_sae=16, n_train=10)
+    key = jax.random.key(4)
+    found = C.sae_code_scores(key, acts, positive, "sae_per_head_paired", cfg, pair=pair)
+    k_rows, k_sae = jax.random.split(key)
+    k1, k2, k3 = jax.random.split(k_rows, 3)
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
+    drawn = np.concatenate(
+        [jax.random.choice(k1, pos, (5,), replace=False), jax.random.choice(k2, neg, (5,), replace=False)]
+    )
+    rows = drawn[np.asarray(jax.random.permutation(k3, 10))]
+    d = acts.shape[2]
+    _, _, codes, metrics = C.fit_per_head(
+        k_sae,
+        jnp.asarray(C.standardise_heads(acts, rows)),
+        jnp.asarray(rows),
+        cfg.per_head_l1 * d,
+        cfg.per_head_lr,
+        d_sae=cfg.per_head_d_sae,
+        epochs=cfg.per_head_epochs,
+        basis=True,
+    )
+    np.testing.assert_array_equal(found.scores, np.asarray(K.paired_code_changes(codes, pos, pair), np.float64))
+    assert found.info == {
+        "n_train": 10,
+        **{k: float(np.mean(metrics[k])) for k in ("l0", "explained_variance", "dead_fraction")},
+    }
+
+
+def test_family_program_is_its_pieces_composed():
+    """``family_scores`` trains the stack and reads every variant's scores in one program; the numbers
+    are exactly those of the public pieces called one by one (:func:`fit_stack` on ``fold_in`` keys,
+    every SAE's latents, :func:`decoder_norms`, :func:`code_change_scores`, :func:`combine_seeds`)."""
+    acts, positive, pair, _ = _planted_paired(2, n_pairs=10, d=48)
+    rows = C.PairedRows(acts, np.flatnonzero(positive), pair)
+    variants = [
+        C.CodeVariant(epochs=30, seeds=3, code="topk", top_k=2),
+        C.CodeVariant(epochs=30, seeds=2, code="argmax", weight="decoder", l1=0.03),
+        C.CodeVariant(epochs=30, seeds=3, code="active", combine="vote"),
+    ]
+    key = jax.random.key(7)
+    got, info = C.family_scores(key, rows, variants)
+    H, m, d = acts.shape
+    standard, scale = C.standardise_with_scale(acts, np.arange(m))
+    l1s = (0.01, 0.03)
+    sae, x, q, _ = C.fit_stack(
+        jnp.stack([jax.random.fold_in(key, s) for s in range(3)]),
+        jnp.asarray(standard),
+        jnp.arange(m),
+        tuple(c * d for c in l1s),
+        5e-3,
+        d_sae=16,
+        epochs=30,
+        basis=True,
+    )
+    latents = np.asarray(jax.vmap(lambda e, v: e.encode(v))(sae, jnp.tile(x, (6, 1, 1)))).reshape(3, 2, H, m, 16)
+    w_dec = np.asarray(sae.W_dec).reshape(3, 2, H, 16, -1)
+    assert q is not None and info["basis"] and info["l1"] == list(l1s)
+    for v, scores in zip(variants, got):
+        p = l1s.index(v.l1)
+        norms = np.stack([C.decoder_norms(w_dec[s, p], np.asarray(q), scale, None) for s in range(v.seeds)])
+        per_seed = C.code_change_scores(latents[: v.seeds, p], rows.clean, rows.corrupted, v, norms)
+        np.testing.assert_array_equal(scores, C.combine_seeds(per_seed, v.combine, v.vote_fraction))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Patching baselines on a tiny random Llama, against one-head-at-a-time loops
 

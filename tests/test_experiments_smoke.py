@@ -184,3 +184,67 @@ def test_circuits_speed_smoke(smollm2, monkeypatch):
     assert set(res["table"]) == {f"in_process/{c}/{m}" for c in ("first", "warm") for m in module.METHODS}
     for row in res["table"].values():
         assert row["discovery_seconds"] > 0 and row["activation_patching_seconds"] > 0 and row["speedup"] > 0
+
+
+def test_circuits_reference_smoke(smollm2, monkeypatch):
+    module = script("circuits_reference")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    out = module.main(["--smoke"])
+    assert outside_results(out) and out.with_suffix(".partial.npz").exists()  # the resumable per-chunk metrics
+    res = strict_json(out)
+    assert res["settings"]["smoke"] and set(res) == {"ioi", "settings"}
+    ioi = res["ioi"]
+    n_heads = module.SMOKE["heads"]
+    assert ioi["n_prompts"] == module.SMOKE["n_prompts"] and len(ioi["effect"]) == len(ioi["stderr"]) == n_heads
+    assert all(math.isfinite(e) for e in ioi["effect"]) and all(s >= 0 for s in ioi["stderr"])
+    assert ioi["metric_clean"] > ioi["metric_corrupted"]  # IOI: the corruption removes the answer
+    assert 1 <= len(ioi["reference_top10"]) <= n_heads and set(ioi["certain_2se"]) <= set(range(n_heads))
+
+
+def test_circuits_faithfulness_smoke(smollm2, monkeypatch):
+    module = script("circuits_faithfulness")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    out = module.main(["--smoke"])
+    assert outside_results(out) and out.with_suffix(".png").exists()
+    res = strict_json(out)
+    assert res["settings"]["smoke"] and set(res) == {"ioi", "settings"}
+    ioi = res["ioi"]
+    rankings = {*module.SMOKE["methods"], "activation_patching_100"}
+    assert set(ioi["faithfulness"]) == set(ioi["grading"]) == rankings
+    for curve in ioi["faithfulness"].values():
+        assert curve["ks"] == res["settings"]["ks"] and curve["ks"][0] == 0 and curve["ks"][-1] == 270
+        assert len(curve["recovered"]) == len(curve["ks"]) and all(math.isfinite(r) for r in curve["recovered"])
+        # keeping every head patches nothing: the clean metric, all of it recovered
+        assert curve["recovered"][-1] == pytest.approx(1.0, abs=1e-4)
+    for grade in ioi["grading"].values():
+        assert 0 <= grade["auc_reference_100"] <= 1 and 0 <= grade["auc_certain_2se"] <= 1
+
+
+def test_circuits_examples_smoke(smollm2, monkeypatch):
+    module = script("circuits_examples")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    out = module.main(["--smoke"])
+    assert outside_results(out) and out.with_suffix(".png").exists()
+    res = strict_json(out)
+    assert res["settings"]["smoke"] and set(res) == {"ioi", "settings"}
+    assert set(res["ioi"]) == set(module.SMOKE_METHODS)
+    for per_n in res["ioi"].values():
+        assert set(per_n) == {str(n) for n in module.SMOKE["sizes"]}
+        for row in per_n.values():
+            assert len(row["runs"]) == len(module.SMOKE["seeds"])
+            assert 0 <= row["auc_reference_100_mean"] <= 1 and math.isfinite(row["auc_reference_100_sd"])
+            assert all(r["seconds"] > 0 and r["n_positive"] >= 1 for r in row["runs"])
+
+
+@pytest.mark.heavy  # 50-95 s on a loaded 2-core machine: absorption_smollm2's pipeline and the old path beside it
+def test_bench_absorption_smoke(smollm2, monkeypatch):
+    module = script("bench_absorption")
+    monkeypatch.setattr(module, "load", lambda name: smollm2)
+    out = module.main(["--smoke"])
+    assert outside_results(out)
+    res = strict_json(out)
+    n = len(module.SMOKE["sparsity"])
+    assert res["smoke"] and len(res["old_seconds_per_sae"]) == len(res["old_summary"]) == len(res["new_summary"]) == n
+    assert res["new_seconds_per_sae"] > 0 and res["ratio_old_over_new"] > 0
+    # the stacked path computes what the per-SAE float64 reference computes (the benchmark's own check)
+    assert all(d < 1e-3 for d in res["max_abs_summary_difference"].values()), res["max_abs_summary_difference"]

@@ -8,9 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
 from jsae.analysis import codes as codes_mod
@@ -81,8 +83,9 @@ class SAECodeConfig:
     node_score: str = "softmax"
 
 
-def _training_rows(key, positive: np.ndarray, n_train: int) -> np.ndarray:
-    """Indices of ``n_train`` prompts: half positives, half negatives, shuffled."""
+def _training_rows(key, positive: np.ndarray, n_train: int) -> tuple[np.ndarray, jax.Array]:
+    """Indices of ``n_train`` prompts (half positives, half negatives, shuffled) and the key the SAEs
+    train with: ``key`` split in two, the first half drawing the rows."""
     pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
     n_pos = min(len(pos), n_train // 2)
     n_neg = min(len(neg), n_train - n_pos)
@@ -91,18 +94,22 @@ def _training_rows(key, positive: np.ndarray, n_train: int) -> np.ndarray:
             f"need positive and negative prompts to train on; got {len(pos)} positives "
             f"(the model is right on none of the clean prompts?) and {len(neg)} negatives"
         )
-    return np.asarray(_draw_rows(key, jnp.asarray(pos), jnp.asarray(neg), n_pos, n_neg))
+    rows, k_sae = _draw_rows(key, pos.astype(np.int32), neg.astype(np.int32), n_pos, n_neg)
+    return np.asarray(rows), k_sae
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
-def _draw_rows(key, pos: Int[Array, " P"], neg: Int[Array, " Q"], n_pos: int, n_neg: int) -> Int[Array, " n"]:
-    """``n_pos`` of ``pos`` and ``n_neg`` of ``neg`` without replacement, shuffled: one program (three
-    eager random calls would be three, each traced and loaded on a process's first call)."""
-    k1, k2, k3 = jax.random.split(key, 3)
+def _draw_rows(key, pos: Int[Array, " P"], neg: Int[Array, " Q"], n_pos: int, n_neg: int):
+    """``(rows, k_sae)``: ``key`` split into ``(k_rows, k_sae)``, then ``n_pos`` of ``pos`` and ``n_neg`` of
+    ``neg`` drawn without replacement from ``k_rows`` and shuffled. One program: eagerly, the splits,
+    draws and shuffle would be a program each, each traced, compiled and loaded on a process's first
+    call."""
+    k_rows, k_sae = jax.random.split(key)
+    k1, k2, k3 = jax.random.split(k_rows, 3)
     rows = jnp.concatenate(
         [jax.random.choice(k1, pos, (n_pos,), replace=False), jax.random.choice(k2, neg, (n_neg,), replace=False)]
     )
-    return rows[jax.random.permutation(k3, n_pos + n_neg)]
+    return rows[jax.random.permutation(k3, n_pos + n_neg)], k_sae
 
 
 def standardise_heads(acts: Float[np.ndarray, "H n d"], rows: np.ndarray) -> Float[np.ndarray, "H n d"]:
@@ -124,11 +131,10 @@ def standardise_with_scale(
     return (centred * scale[:, None, None]).astype(np.float32), scale.astype(np.float32)
 
 
-def _code_saes(key, n_saes: int, d_in: int, d_sae: int, rows: int, sparsity, epochs: int, lr: float):
-    """The untrained stack of ``n_saes`` unit-norm ReLU SAEs and the full-batch run (``epochs`` Adam
-    steps on ``rows`` rows, no dead latents) that every code SAE trains with."""
-    sae = init_stack("relu", key, n_saes, d_in, d_sae, unit_norm_decoder=True)
-    tc = TrainConfig(
+def _code_config(rows: int, sparsity, epochs: int, lr: float) -> TrainConfig:
+    """The full-batch run every code SAE trains with: ``epochs`` Adam steps on ``rows`` rows, no dead
+    latents."""
+    return TrainConfig(
         steps=epochs,
         batch_size=rows,
         lr=lr,
@@ -137,7 +143,12 @@ def _code_saes(key, n_saes: int, d_in: int, d_sae: int, rows: int, sparsity, epo
         chunk_steps=epochs,
         dead_after_tokens=rows * epochs + 1,
     )
-    return sae, tc
+
+
+def _code_saes(key, n_saes: int, d_in: int, d_sae: int, rows: int, sparsity, epochs: int, lr: float):
+    """The untrained stack of ``n_saes`` unit-norm ReLU SAEs and their run (:func:`_code_config`)."""
+    sae = init_stack("relu", key, n_saes, d_in, d_sae, unit_norm_decoder=True)
+    return sae, _code_config(rows, sparsity, epochs, lr)
 
 
 def _train_saes(key, data, n_saes: int, sparsity, d_sae: int, epochs: int, lr: float):
@@ -151,7 +162,7 @@ class Codes:
     """Discrete codes of every (prompt, head): ``codes [M, n, H]`` from ``M`` SAEs (M = 1 except for the
     ensemble) with ``n_codes`` latents each, and the SAEs' training metrics (``info``)."""
 
-    codes: jax.Array
+    codes: jax.Array | np.ndarray
     n_codes: int
     info: dict[str, Any]
 
@@ -187,7 +198,15 @@ def row_basis(x: Float[Array, "H n d"]) -> Float[Array, "H d n"]:
 
 
 def fit_per_head(
-    key, standard: Float[Array, "H n d"], rows: Int[Array, " m"], sparsity: float, lr: float, *, d_sae, epochs, basis
+    key,
+    standard: Float[ArrayLike, "H n d"],
+    rows: Int[ArrayLike, " m"],
+    sparsity: float,
+    lr: float,
+    *,
+    d_sae,
+    epochs,
+    basis,
 ) -> tuple[SAE, Float[Array, "H n r"], Int[Array, "n H"], dict[str, Float[Array, " H"]]]:
     """One program: a unit-norm ReLU SAE per head trained full-batch on its ``rows`` (``epochs`` Adam
     steps of the trainer's own step, :func:`jsae.train.fit`), and every row's code (argmax
@@ -202,21 +221,30 @@ def fit_per_head(
     On a CPU the program compiles at XLA's backend optimisation level 1 (of 3): about half the compile
     time of level 3 for this small training loop, and no slower to run (figures in docs/BENCHMARKS.md).
     """
-    program = _fit_program(jax.default_backend())
+    program = _program(_fit_per_head, ("sparsity", "lr", "d_sae", "epochs", "basis"))
     return program(key, standard, rows, sparsity, lr, d_sae=d_sae, epochs=epochs, basis=basis)
 
 
+def _program(fn: Callable, static: tuple[str, ...]) -> Callable:
+    """``fn`` jitted with the ``static`` arguments, on a CPU at XLA's backend optimisation level 1 (see
+    :func:`fit_per_head`); one per function and backend, kept for the process."""
+    return _jitted(fn, static, jax.default_backend())
+
+
 @functools.cache
-def _fit_program(backend: str):
+def _jitted(fn: Callable, static: tuple[str, ...], backend: str) -> Callable:
     options = {"xla_backend_optimization_level": 1} if backend == "cpu" else None
-    static = ("sparsity", "lr", "d_sae", "epochs", "basis")
-    return jax.jit(_fit_per_head, static_argnames=static, compiler_options=options)
+    return jax.jit(fn, static_argnames=static, compiler_options=options)
 
 
 def _fit_per_head(key, standard, rows, sparsity: float, lr: float, *, d_sae: int, epochs: int, basis: bool):
     sae, x, _, metrics = _fit_stack(key[None], standard, rows, (sparsity,), lr, d_sae=d_sae, epochs=epochs, basis=basis)
-    codes = jax.vmap(lambda s, v: jnp.argmax(s.encode(v), axis=-1))(sae, x).T.astype(jnp.int32)
-    return sae, x, codes, metrics
+    return sae, x, _argmax_codes(sae, x), metrics
+
+
+def _argmax_codes(sae: SAE, x: Float[Array, "H n r"]) -> Int[Array, "n H"]:
+    """Codes ``[n, H]``: head ``h``'s rows encoded by SAE ``h`` of the stack, the argmax latent of each."""
+    return jax.vmap(lambda s, v: jnp.argmax(s.encode(v), axis=-1))(sae, x).T.astype(jnp.int32)
 
 
 def fit_stack(
@@ -228,15 +256,8 @@ def fit_stack(
     ``sparsities[p]``, initialised as :func:`fit_per_head` with ``keys[s]`` initialises head ``h``, so each
     (seed, sparsity) slice is that single run. Returns the stack, the inputs ``[H, n, r]`` (the same for
     every member), the row bases ``[H, d, r]`` (None without ``basis``) and per-SAE metrics ``[N]``."""
-    program = _stack_program(jax.default_backend())
+    program = _program(_fit_stack, ("sparsities", "lr", "d_sae", "epochs", "basis"))
     return program(keys, standard, rows, tuple(float(s) for s in sparsities), lr, **kw)
-
-
-@functools.cache
-def _stack_program(backend: str):
-    options = {"xla_backend_optimization_level": 1} if backend == "cpu" else None
-    static = ("sparsities", "lr", "d_sae", "epochs", "basis")
-    return jax.jit(_fit_stack, static_argnames=static, compiler_options=options)
 
 
 def _fit_stack(keys, standard, rows, sparsities, lr: float, *, d_sae: int, epochs: int, basis: bool):
@@ -245,15 +266,21 @@ def _fit_stack(keys, standard, rows, sparsities, lr: float, *, d_sae: int, epoch
     H, _, d_in = x.shape
     S, P = keys.shape[0], len(sparsities)
     N = S * P * H
-    sae, tc = _code_saes(
-        keys[0], N, d_in, d_sae, rows.shape[0], [c for _ in range(S) for c in sparsities for _ in range(H)], epochs, lr
-    )
-    inits = [init_stack("relu", keys[s], H, d_in, d_sae, unit_norm_decoder=True) for s in range(S)]
-    sae = jax.tree.map(lambda *a: jnp.concatenate(a), *[inits[s] for s in range(S) for _ in range(P)])
+    tc = _code_config(rows.shape[0], [c for _ in range(S) for c in sparsities for _ in range(H)], epochs, lr)
+    # every seed's H SAEs in one batched draw: the values of one init_stack per key, one program part
+    seeds = eqx.filter_vmap(lambda k: init_stack("relu", k, H, d_in, d_sae, unit_norm_decoder=True))(keys)
+    sae = jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (S, P, *a.shape[1:])).reshape(N, *a.shape[2:]), seeds)
     group = group_size(jax.default_backend(), N, rows.shape[0], d_in, d_sae)
     data = jnp.tile(x[:, rows], (S * P, 1, 1))
     state, metrics = fit(sae, data, tc, group=group)  # the trainer's steps, in its order of the rows
     return state.sae, x, q, {k: v.mean(axis=0) for k, v in metrics.items()}
+
+
+def _in_basis(shape: tuple[int, ...], cfg: SAECodeConfig) -> bool:
+    """Whether per-head SAEs on ``[H, n, d]`` rows train in the rows' basis: ``cfg.per_head_basis`` and
+    ``n <= d / 2``."""
+    _, n, d = shape
+    return cfg.per_head_basis and 2 * n <= d
 
 
 def per_head_codes(key, acts: Float[np.ndarray, "H n d"], rows: np.ndarray, cfg: SAECodeConfig) -> Codes:
@@ -262,14 +289,12 @@ def per_head_codes(key, acts: Float[np.ndarray, "H n d"], rows: np.ndarray, cfg:
     With ``cfg.per_head_basis`` and ``n <= d / 2`` rows the SAEs train in the rows' own coordinates
     (:func:`row_basis`, ``d / n`` times narrower) in one program (:func:`fit_per_head`); otherwise at
     full width by ``train`` (its stack split over the devices)."""
-    _, n, d = acts.shape
+    d = acts.shape[2]
     standard = standardise_heads(acts, rows)
     sparsity, d_sae, epochs, lr = cfg.per_head_l1 * d, cfg.per_head_d_sae, cfg.per_head_epochs, cfg.per_head_lr
-    if cfg.per_head_basis and 2 * n <= d:
-        _, _, codes, metrics = fit_per_head(
-            key, jnp.asarray(standard), jnp.asarray(rows), sparsity, lr, d_sae=d_sae, epochs=epochs, basis=True
-        )
-        return Codes(codes[None], d_sae, _train_info(metrics, rows))
+    if _in_basis(acts.shape, cfg):
+        _, _, codes, metrics = fit_per_head(key, standard, rows, sparsity, lr, d_sae=d_sae, epochs=epochs, basis=True)
+        return Codes(np.asarray(codes)[None], d_sae, _train_info(metrics, rows))  # on the host: no program to index
     result = _train_saes(key, standard[:, rows], acts.shape[0], sparsity, d_sae, epochs, lr)
     codes = codes_mod.discretise(result.sae, standard, per_head=True)
     return Codes(codes[None], d_sae, _train_info(result.metrics, rows))
@@ -360,8 +385,7 @@ def sae_code_scores(
     acts = np.asarray(acts)
     if cfg.normalise_heads:
         acts = acts / np.maximum(np.linalg.norm(acts, axis=-1).mean(axis=1), 1e-12)[:, None, None]
-    k_rows, k_sae = jax.random.split(key)
-    rows = _training_rows(k_rows, positive, cfg.n_train)
+    rows, k_sae = _training_rows(key, positive, cfg.n_train)
     if spec.saes == "per_head":
         codes = per_head_codes(k_sae, acts, rows, cfg)
     elif spec.saes == "ensemble":

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
-from jsae.analysis.circuits._codes import fit_stack, standardise_with_scale
+from jsae.analysis.circuits._codes import _fit_stack, _program, standardise_with_scale
 
 POINTS = ("result", "z")
 POSITIONS = ("mean", "final", "key", "all")
@@ -185,17 +185,30 @@ def code_change_scores(
     """Per seed and head, the mean over pairs of how much the code changes between ``clean[i]`` and
     ``corrupted[i]``: with ``weight="none"`` ``|A ^ B| / |A | B|`` for the two rows' latent sets (0 when
     both are empty); with ``"decoder"`` the sum of ``decoder_norms`` over ``A ^ B``."""
-    member = _members(jnp.asarray(latents), variant)
-    a, b = member[:, :, np.asarray(clean)], member[:, :, np.asarray(corrupted)]  # [S, H, p, k]
+    if variant.weight == "decoder" and decoder_norms is None:
+        raise ValueError("weight='decoder' needs decoder_norms [S, H, d_sae]")
+    norms = None if decoder_norms is None else jnp.asarray(decoder_norms)
+    per_pair = _pair_changes(jnp.asarray(latents), np.asarray(clean), np.asarray(corrupted), variant, norms)
+    return _mean_over_pairs(per_pair)
+
+
+def _mean_over_pairs(per_pair: Float[jax.Array, "S H p"]) -> Float[np.ndarray, "S H"]:
+    """The mean over pairs, as its own program (inside a larger one XLA may sum in another order)."""
+    return np.asarray(per_pair.mean(-1), np.float64)
+
+
+def _pair_changes(latents, clean, corrupted, variant: CodeVariant, norms) -> Float[jax.Array, "S H p"]:
+    """How much each pair's code changes (:func:`code_change_scores` before the mean over pairs), as jax
+    operations to run inside a program."""
+    member = _members(latents, variant)
+    a, b = member[:, :, clean], member[:, :, corrupted]  # [S, H, p, k]
     changed = a ^ b
     if variant.weight == "decoder":
-        if decoder_norms is None:
-            raise ValueError("weight='decoder' needs decoder_norms [S, H, d_sae]")
-        per_pair = jnp.einsum("shpk,shk->shp", changed.astype(jnp.float32), jnp.asarray(decoder_norms))
+        per_pair = jnp.einsum("shpk,shk->shp", changed.astype(jnp.float32), norms)
     else:
         union = (a | b).sum(-1)
         per_pair = changed.sum(-1) / jnp.maximum(union, 1)
-    return np.asarray(per_pair.mean(-1), np.float64)
+    return per_pair
 
 
 def combine_seeds(scores: Float[np.ndarray, "S H"], combine: str, vote_fraction: float = 0.1) -> np.ndarray:
@@ -219,24 +232,31 @@ def decoder_norms(
     """Residual-stream norm of each latent's decoder row: from the SAE's input coordinates back to the
     head's own space (the row basis ``[H, d, r]``, then ``/ scale[h]``, :func:`standardise_with_scale`),
     then through ``w_o [H, d, D]`` for ``z`` heads. A head that never varies (scale 0) gets 0."""
-    w = jnp.asarray(w_dec)
+    q = None if basis is None else jnp.asarray(basis)
+    out = None if w_o is None else jnp.asarray(w_o)
+    return np.asarray(_decoder_norms(jnp.asarray(w_dec), q, jnp.asarray(scale), out))
+
+
+def _decoder_norms(w, basis, scale, w_o) -> jax.Array:
+    """:func:`decoder_norms` as jax operations, to run inside a program."""
     if basis is not None:
-        w = jnp.einsum("hkr,hdr->hkd", w, jnp.asarray(basis))
-    inv = jnp.where(jnp.asarray(scale) > 0, 1.0 / jnp.maximum(jnp.asarray(scale), 1e-30), 0.0)
+        w = jnp.einsum("hkr,hdr->hkd", w, basis)
+    inv = jnp.where(scale > 0, 1.0 / jnp.maximum(scale, 1e-30), 0.0)
     w = w * inv[:, None, None]
     if w_o is not None:
-        w = jnp.einsum("hkd,hdD->hkD", w, jnp.asarray(w_o))
-    return np.asarray(jnp.linalg.norm(w, axis=-1))
+        w = jnp.einsum("hkd,hdD->hkD", w, w_o)
+    return jnp.linalg.norm(w, axis=-1)
 
 
 def family_scores(key, rows: PairedRows, variants: Sequence[CodeVariant]) -> tuple[np.ndarray, dict]:
     """Head scores ``[len(variants), H]`` of variants that share one stack (equal :meth:`stack_key`).
 
     One program trains ``max(seeds)`` seeds x the distinct ``l1`` values x ``H`` heads on every row of
-    ``rows`` (standardised per head; in the rows' basis when they number at most half the head width);
-    each variant then reads its seeds' and sparsity's latents. Seed ``s`` is keyed ``fold_in(key, s)``
-    for every variant, so a 1-seed variant is the first seed of a many-seed one. Also returns the
-    stack's per-SAE metrics (``l0``, ``explained_variance``) as lists over (seed, l1)."""
+    ``rows`` (standardised per head; in the rows' basis when they number at most half the head width)
+    and reads every variant's per-seed scores from its seeds' and sparsity's latents; the seeds'
+    scores are then combined on the host. Seed ``s`` is keyed ``fold_in(key, s)`` for every variant, so
+    a 1-seed variant is the first seed of a many-seed one. Also returns the stack's per-SAE metrics
+    (``l0``, ``explained_variance``) as lists over (seed, l1)."""
     if not variants:
         raise ValueError("family_scores needs at least one variant")
     stack = {v.stack_key() for v in variants}
@@ -247,42 +267,54 @@ def family_scores(key, rows: PairedRows, variants: Sequence[CodeVariant]) -> tup
     H, m, d = acts.shape
     if v0.point == "z" and rows.w_o is None and any(v.weight == "decoder" for v in variants):
         raise ValueError("weight='decoder' on z rows needs rows.w_o, each head's W_O [H, d_head, d_model]")
-    train_rows = np.arange(m)
-    standard, scale = standardise_with_scale(acts, train_rows)
+    standard, scale = standardise_with_scale(acts, np.arange(m))
     S = max(v.seeds for v in variants)
     l1s = tuple(sorted({v.l1 for v in variants}))
     basis = 2 * m <= d
-    sae, x, q, metrics = fit_stack(
-        jnp.stack([jax.random.fold_in(key, s) for s in range(S)]),
-        jnp.asarray(standard),
-        jnp.asarray(train_rows),
-        tuple(c * d for c in l1s),
-        v0.lr,
-        d_sae=v0.d_sae,
-        epochs=v0.epochs,
+    w_o = None if rows.w_o is None or not any(v.weight == "decoder" for v in variants) else rows.w_o
+    program = _program(_family, ("seeds", "sparsities", "variants", "basis"))
+    per_pair, metrics = program(
+        key,
+        standard,
+        scale,
+        np.asarray(rows.clean, np.int32),
+        np.asarray(rows.corrupted, np.int32),
+        None if w_o is None else np.asarray(w_o, np.float32),
+        seeds=S,
+        sparsities=tuple(c * d for c in l1s),
+        variants=tuple((v, l1s.index(v.l1)) for v in variants),
         basis=basis,
     )
-    P = len(l1s)
-    latents = jax.vmap(lambda s, v: s.encode(v))(sae, jnp.tile(x, (S * P, 1, 1)))  # [N, m, k]
-    latents = np.asarray(latents).reshape(S, P, H, m, v0.d_sae)
-    norms = None
-    if any(v.weight == "decoder" for v in variants):
-        w_dec = np.asarray(sae.W_dec).reshape(S, P, H, v0.d_sae, -1)
-        qq = None if q is None else np.asarray(q)
-        norms = np.stack([[decoder_norms(w_dec[s, p], qq, scale, rows.w_o) for p in range(P)] for s in range(S)])
-    out = []
-    for v in variants:
-        p = l1s.index(v.l1)
-        per_seed = code_change_scores(
-            latents[: v.seeds, p], rows.clean, rows.corrupted, v, None if norms is None else norms[: v.seeds, p]
-        )
-        out.append(combine_seeds(per_seed, v.combine, v.vote_fraction))
+    out = [combine_seeds(_mean_over_pairs(p), v.combine, v.vote_fraction) for v, p in zip(variants, per_pair)]
     info = {
-        k: np.asarray(metrics[k]).reshape(S, P, H).mean(-1).tolist()
+        k: np.asarray(metrics[k]).reshape(S, len(l1s), H).mean(-1).tolist()
         for k in ("l0", "explained_variance")
         if k in metrics
     }
     return np.stack(out), {"l1": list(l1s), "seeds": S, "rows": m, "basis": basis, **info}
+
+
+def _family(key, standard, scale, clean, corrupted, w_o, *, seeds: int, sparsities, variants, basis: bool):
+    """:func:`family_scores`' program: the stack of ``seeds`` x ``len(sparsities)`` x ``H`` SAEs trained on
+    every row, and for each ``(variant, sparsity index)`` of ``variants`` how much each pair's code
+    changes, ``[seeds_v, H, pairs]``, with the stack's per-SAE metrics."""
+    v0 = variants[0][0]
+    H, m, _ = standard.shape
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(seeds))
+    sae, x, q, metrics = _fit_stack(
+        keys, standard, jnp.arange(m), sparsities, v0.lr, d_sae=v0.d_sae, epochs=v0.epochs, basis=basis
+    )
+    S, P = seeds, len(sparsities)
+    latents = jax.vmap(lambda s, v: s.encode(v))(sae, jnp.tile(x, (S * P, 1, 1))).reshape(S, P, H, m, v0.d_sae)
+    norms = None
+    if any(v.weight == "decoder" for v, _ in variants):
+        w_dec = sae.W_dec.reshape(S, P, H, v0.d_sae, -1)
+        norms = jax.vmap(jax.vmap(lambda w: _decoder_norms(w, q, scale, w_o)))(w_dec)  # [S, P, H, k]
+    per_pair = [
+        _pair_changes(latents[: v.seeds, p], clean, corrupted, v, None if norms is None else norms[: v.seeds, p])
+        for v, p in variants
+    ]
+    return per_pair, metrics
 
 
 def variant_scores(key, rows: dict[tuple[str, str], PairedRows], variants: Sequence[CodeVariant]) -> np.ndarray:
