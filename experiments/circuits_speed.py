@@ -11,9 +11,8 @@ Each measurement is a fresh Python process per discovery method that does what a
 SmolLM2-135M, build 10 IOI prompts and their corruptions, discover the circuit with one method, then
 run activation patching of all 270 heads on the same 10 prompts, then both once more (warm: compiled in
 this process). Methods: ``sae_per_head_paired`` (harvest + per-head SAEs + paired codes),
-``stack_seeds5_topk`` (harvest + 5 seeds x 270 per-head SAEs as one stack, top-2 codes, paired
-changes averaged over seeds: :func:`jsae.analysis.circuits.family_scores` of ``CodeVariant(seeds=5,
-code="topk")``) and ``activation_difference`` (no SAE). One process per method, so each method's first
+``sae_stack_paired`` (the default of ``discover``: harvest + 5 seeds x 270 per-head SAEs as one stack,
+top-2 codes, paired changes averaged over seeds) and ``activation_difference`` (no SAE). One process per method, so each method's first
 call compiles everything it needs. Processes run in two settings:
 
 - ``empty_cache``: JAX's persistent compilation cache points at a new, empty folder (a first run ever;
@@ -37,7 +36,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 N_PROMPTS = 10
-METHODS = ("sae_per_head_paired", "stack_seeds5_topk", "activation_difference")
+METHODS = ("sae_per_head_paired", "sae_stack_paired", "activation_difference")
 SETTINGS = ("empty_cache", "cached")
 JAX_EVENTS = {  # what a first call spends in JAX, summed over programs
     "/jax/core/compile/jaxpr_trace_duration": "trace",
@@ -54,17 +53,11 @@ def child(method: str, expect_empty: bool) -> None:
 def discover_once(model, tok, task, method: str) -> None:
     """Harvest and discovery by ``method``, as a user calls them."""
     import jax
-    import numpy as np
 
-    from jsae.analysis.circuits import CodeVariant, PairedRows, discover, family_scores, harvest_task
+    from jsae.analysis.circuits import discover, harvest_task
 
     acts = harvest_task(model, tok, task)
-    if method == "stack_seeds5_topk":
-        assert acts.pair is not None
-        rows = PairedRows(acts.acts, np.flatnonzero(acts.positive), acts.pair)
-        family_scores(jax.random.key(0), rows, [CodeVariant(seeds=5, code="topk")])
-    else:
-        discover(model, tok, task, method, key=jax.random.key(0), activations=acts)
+    discover(model, tok, task, method, key=jax.random.key(0), activations=acts)
 
 
 def session(method: str, n_prompts: int, expect_empty: bool = False) -> dict:
