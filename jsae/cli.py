@@ -1,6 +1,6 @@
 """The ``jsae`` command line. Every subcommand writes a run directory (config, JSON, PNG plots).
 
-Each subcommand lives in ``jsae/commands/<name>.py`` with two functions: ``register(subparsers)`` adds
+Each subcommand lives in ``jsae/commands/<name>.py`` (listed in ``jsae.commands.__all__``) with two functions: ``register(subparsers)`` adds
 its parser (with ``--help`` text for every option) and ``run(args)`` does the work. Errors the user can
 fix (ValueError and its kin) print as one line plus what to do, not a traceback.
 """
@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "train", "cache", "circuits", "absorption", "eval", "bench", "plan", "browse")
+import jsae.commands
+
+COMMANDS = tuple(jsae.commands.__all__)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict]:

@@ -142,7 +142,7 @@ def read_model_config(name_or_path: str | os.PathLike) -> tuple[ModelConfig, lis
 
     key = str(name_or_path)
     if key.lower() == "smollm2-135m" or key.endswith(".gguf"):
-        return _gguf_config(models.smollm2_gguf_path() if key.lower() == "smollm2-135m" else Path(key)), []
+        return models.read_gguf_config(models.smollm2_gguf_path() if key.lower() == "smollm2-135m" else Path(key)), []
     path = Path(key).expanduser()
     if path.is_dir():
         path = path / "config.json"
@@ -157,15 +157,6 @@ def read_model_config(name_or_path: str | os.PathLike) -> tuple[ModelConfig, lis
         return models.config_from_hf(c, name=name), []
     except models.UnsupportedArchitectureError as e:
         return _shapes_only(c, name), [f"jsae cannot load this model yet ({e}); the plan uses its shapes only"]
-
-
-def _gguf_config(path: Path) -> ModelConfig:
-    from jsae.models.gguf_reader import metadata, open_gguf
-    from jsae.models.llama import config_from_gguf
-
-    reader = open_gguf(path)
-    names: dict = {t.name: None for t in reader.tensors}  # tensor names only (tied or not), no data read
-    return config_from_gguf(metadata(reader), names, name=path.stem)
 
 
 def _shapes_only(c: dict, name: str) -> ModelConfig:

@@ -1,43 +1,28 @@
 """Analysis of SAEs on language models: circuits of attention heads from discrete SAE codes, feature
 absorption, evaluations, steering, faithfulness, max-activating examples, probes and k-sparse probing.
 
-The names researchers use most are here; each submodule holds the rest of its area::
+Everything is imported from here; the circuit-discovery package keeps its own namespace for the rest of
+that area::
 
     from jsae.analysis import discover, harvest_task, compare_methods   # circuits
     from jsae.analysis import prepare_probe_data, evaluate_saes          # absorption
     from jsae.analysis import activation_metrics, spliced_losses         # evals
-    jsae.analysis.circuits.roc_auc(...)                                   # the rest of an area
+    jsae.analysis.circuits.roc_auc(...)                                   # the rest of circuits
 
-Submodules: :mod:`~jsae.analysis.circuits` (discovery, baselines, grading, the comparison workflow),
-:mod:`~jsae.analysis.codes` (discrete codes and their scores), :mod:`~jsae.analysis.absorption` (the
-absorption metrics) and :mod:`~jsae.analysis.absorption_run` (a whole run on a model: probe data, every
-metric for a stack; its function ``absorption_run`` is reached through the module, whose name it shares),
-:mod:`~jsae.analysis.toy_absorption`, :mod:`~jsae.analysis.evals`, :mod:`~jsae.analysis.steering`,
-:mod:`~jsae.analysis.faithfulness`, :mod:`~jsae.analysis.max_activating`, :mod:`~jsae.analysis.probes`,
-:mod:`~jsae.analysis.sparse_probing` and :mod:`~jsae.analysis.dictionary`.
+The implementation is in private modules (``_absorption``, ``_absorption_run``, ``_evals``, ...).
 """
 
-from jsae.analysis import (
-    absorption,
-    absorption_run,
-    circuits,
-    codes,
-    dictionary,
-    evals,
-    faithfulness,
-    max_activating,
-    probes,
-    sparse_probing,
-    steering,
-    toy_absorption,
-)
+from jsae.analysis import circuits
 from jsae.analysis.absorption import paper_absorption, saebench_absorption
 from jsae.analysis.absorption_run import (
     AbsorptionConfig,
     AbsorptionResult,
     ProbeData,
+    absorption_run,
     evaluate_saes,
+    plot_absorption,
     prepare_probe_data,
+    text_windows,
     train_relu_sweep,
     training_activations,
 )
@@ -57,15 +42,21 @@ from jsae.analysis.circuits import (
 )
 from jsae.analysis.codes import discretise, edge_scores, node_scores
 from jsae.analysis.dictionary import mean_max_cosine
-from jsae.analysis.evals import activation_metrics, density_histogram, spliced_losses
-from jsae.analysis.faithfulness import FaithfulnessCurve, faithfulness_curve
-from jsae.analysis.max_activating import ActivatingExample, max_activating_examples
+from jsae.analysis.evals import activation_metrics, density_histogram, hook_activations, hook_width, spliced_losses
+from jsae.analysis.faithfulness import FaithfulnessCurve, faithfulness_curve, log_grid
+from jsae.analysis.max_activating import ActivatingExample, contexts_from_stream, max_activating_examples
 from jsae.analysis.probes import LinearProbe, train_probe
 from jsae.analysis.sparse_probing import SparseProbingResult, k_sparse_probing
 from jsae.analysis.steering import decoder_direction, generate, next_token_probs, steering_hooks
+from jsae.analysis.toy_absorption import (
+    ToyHierarchy,
+    toy_absorption_scores,
+    toy_activations,
+    toy_features,
+    train_toy_saes,
+)
 
 __all__ = [
-    "METHODS",
     "AbsorptionConfig",
     "AbsorptionResult",
     "ActivatingExample",
@@ -73,48 +64,50 @@ __all__ = [
     "FaithfulnessCurve",
     "HeadScores",
     "LinearProbe",
+    "METHODS",
     "ProbeData",
     "SAECodeConfig",
     "SparseProbingResult",
     "TaskActivations",
-    "absorption",
+    "ToyHierarchy",
     "absorption_run",
     "activation_metrics",
     "activation_patching",
     "attribution_patching",
     "circuits",
-    "codes",
     "compare_methods",
+    "contexts_from_stream",
     "decoder_direction",
     "density_histogram",
-    "dictionary",
     "discover",
     "discretise",
     "edge_scores",
-    "evals",
     "evaluate_saes",
-    "faithfulness",
     "faithfulness_curve",
     "generate",
     "harvest_task",
+    "hook_activations",
+    "hook_width",
     "k_sparse_probing",
-    "max_activating",
+    "log_grid",
     "max_activating_examples",
     "mean_max_cosine",
     "next_token_probs",
     "node_scores",
     "paper_absorption",
+    "plot_absorption",
     "prepare_probe_data",
-    "probes",
     "reference_mask",
     "run_comparison",
     "saebench_absorption",
-    "sparse_probing",
     "spliced_losses",
-    "steering",
     "steering_hooks",
-    "toy_absorption",
+    "text_windows",
+    "toy_absorption_scores",
+    "toy_activations",
+    "toy_features",
     "train_probe",
     "train_relu_sweep",
+    "train_toy_saes",
     "training_activations",
 ]

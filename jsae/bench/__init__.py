@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import platform
 
+__all__ = ["machine", "evals", "models", "stream", "train"]  # the benchmark programs are public modules
+
 
 def machine() -> dict:
     """What the figures were measured on: CPU model (development machines differ), cores, backend."""

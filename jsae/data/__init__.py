@@ -15,6 +15,7 @@ from .files import JsonlFile, ParquetFile, TxtFile
 from .hf import HFDataset
 from .paths import open_text
 from .pycorpus import PythonCorpus
+from .sample import SAMPLE_TEXT
 from .source import ConcatSource, Record, TextSource
 from .stream import ContextStream
 
@@ -26,6 +27,7 @@ __all__ = [
     "JsonlFile",
     "ParquetFile",
     "PythonCorpus",
+    "SAMPLE_TEXT",
     "Record",
     "TextSource",
     "TxtFile",

@@ -2,6 +2,7 @@
 run directories of trained stacks (:func:`save_run` / :func:`load_run`)."""
 
 from jsae.io.run import (
+    UNKNOWN_INPUT,
     RunFormatError,
     is_run_dir,
     load_run,
@@ -12,6 +13,8 @@ from jsae.io.run import (
     write_json,
 )
 from jsae.io.saelens import (
+    HEAD_POINTS,
+    RESIDUAL_POINTS,
     SAELensFormatError,
     hook_name,
     load_saelens,
@@ -23,6 +26,9 @@ from jsae.io.saelens import (
 )
 
 __all__ = [
+    "HEAD_POINTS",
+    "RESIDUAL_POINTS",
+    "UNKNOWN_INPUT",
     "RunFormatError",
     "SAELensFormatError",
     "hook_name",

@@ -39,7 +39,8 @@ from .hooks import (
     patch,
     zero_ablate,
 )
-from .penzai import from_penzai, to_penzai
+from .llama import read_gguf_config
+from .penzai import HookPoint, ReplaceHeads, add_hook_points, from_penzai, from_penzai_edited, penzai_logits, to_penzai
 from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
 from .sharding import load_sharded, shard_model
 from .tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
@@ -51,12 +52,14 @@ __all__ = [
     "Blocks",
     "Edit",
     "HookError",
+    "HookPoint",
     "HookSpec",
     "ModelConfig",
     "ModelError",
     "ModelFileError",
     "POINTS",
     "Replace",
+    "ReplaceHeads",
     "SequenceTooLongError",
     "PAD",
     "TokenBatch",
@@ -66,6 +69,7 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedArchitectureError",
     "add",
+    "add_hook_points",
     "available",
     "cache_dir",
     "capture",
@@ -73,6 +77,7 @@ __all__ = [
     "edit",
     "forward",
     "from_penzai",
+    "from_penzai_edited",
     "harvest",
     "head_mask",
     "head_means",
@@ -85,6 +90,8 @@ __all__ = [
     "mean_ablate",
     "pad_sequences",
     "patch",
+    "penzai_logits",
+    "read_gguf_config",
     "load_sharded",
     "shard_model",
     "smollm2_gguf_path",

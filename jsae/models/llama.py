@@ -7,6 +7,7 @@ or untied embeddings. GGUF files store Q/K rows permuted for llama.cpp's interle
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,16 @@ def _get(t: dict, key: str, where: str) -> np.ndarray:
     if key not in t:
         raise ModelFileError(f"tensor {key!r} is missing from {where}; the checkpoint is incomplete")
     return t[key]
+
+
+def read_gguf_config(path: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` of a Llama-architecture GGUF file, from its header and tensor names (no
+    tensor data is read)."""
+    from .gguf_reader import metadata, open_gguf
+
+    reader = open_gguf(path)
+    names: dict = {t.name: None for t in reader.tensors}  # tied or not: the names say
+    return config_from_gguf(metadata(reader), names, name=Path(path).stem)
 
 
 def config_from_gguf(meta: dict, t: dict | None = None, name: str = "") -> ModelConfig:

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from . import llama
+from . import build, config, gguf_reader, llama, tokenizer
 from .build import flat_params, from_flat_params
 from .config import ModelConfig
 from .errors import ModelFileError, UnknownModelError
@@ -42,11 +42,12 @@ GPT2_NAMES = {
 }
 _CACHE_VERSION = "v2"
 # the code that turns a GGUF file into the cached float32 weights and tokenizer
-LOADER_FILES = ("gguf_reader.py", "llama.py", "build.py", "config.py", "tokenizer.py", "registry.py")
+LOADER_FILES = tuple(Path(str(m.__file__)) for m in (gguf_reader, llama, build, config, tokenizer)) + (Path(__file__),)
 
 
 def loader_version(files: tuple[str | Path, ...] = LOADER_FILES) -> str:
-    """12 hex digits of the SHA-256 of the loader's source files (relative paths: in ``jsae/models``)."""
+    """12 hex digits of the SHA-256 of the loader's source files (relative paths: in ``jsae/models``;
+    by default the modules that read a GGUF file, this one included)."""
     h = hashlib.sha256()
     for f in files:
         h.update(Path(__file__).parent.joinpath(f).read_bytes())

@@ -9,7 +9,7 @@ the activation layer (capture + shuffle buffer) and the trainer's engine: the mo
 
 from .cached import cache_source, cached_inputs, train_from_cache, write_cache
 from .contexts import ArrayContexts, ContextBatches
-from .memory import MemoryEstimate, available_bytes, check_fits, estimate
+from .memory import MemoryEstimate, available_bytes, check_fits, estimate, n_params
 from .stream import ModelSource, StreamFeed, StreamPlan, plan, train_on_model
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "available_bytes",
     "check_fits",
     "estimate",
+    "n_params",
 ]

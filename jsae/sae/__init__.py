@@ -8,7 +8,8 @@ its record, ``ARCHITECTURE`` (a :class:`jsae.sae.record.Architecture`: name, ``i
 """
 
 from jsae.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk
-from jsae.sae.base import SAE, Hyper, geometric_median, normalisation_scale, reconstruction_metrics
+from jsae.sae.auxk import use_sparse
+from jsae.sae.base import SAE, Hyper, Metrics, geometric_median, normalisation_scale, reconstruction_metrics
 from jsae.sae.batchtopk import BatchTopKSAE, to_jumprelu
 from jsae.sae.gated import GatedSAE
 from jsae.sae.jumprelu import JumpReLUSAE
@@ -21,6 +22,7 @@ from jsae.sae.topk import TopKSAE
 __all__ = [
     "SAE",
     "Hyper",
+    "Metrics",
     "Architecture",
     "SAELensForm",
     "relu",
@@ -29,6 +31,7 @@ __all__ = [
     "jumprelu",
     "gated",
     "matryoshka",
+    "registry",
     "ReLUSAE",
     "TopKSAE",
     "BatchTopKSAE",
@@ -44,4 +47,5 @@ __all__ = [
     "geometric_median",
     "normalisation_scale",
     "reconstruction_metrics",
+    "use_sparse",
 ]

@@ -24,6 +24,7 @@ TASKS = {"ioi": ioi, "greater_than": greater_than, "docstring": docstring}
 
 __all__ = [
     "TASKS",
+    "first_letter",
     "Metric",
     "Task",
     "docstring",

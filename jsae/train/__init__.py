@@ -12,10 +12,10 @@ from jsae.train._fit import fit
 from jsae.train._source import ArraySource, Chunk, Feed, IteratorSource, Source, as_source
 from jsae.train.checkpoint import CheckpointError
 from jsae.train.config import TrainConfig
-from jsae.train.grouping import group_size
+from jsae.train.grouping import free_device_bytes, group_size
 from jsae.train.loop import TrainingDiverged, TrainResult, train
 from jsae.train.optim import make_optimizer, set_hyperparams
-from jsae.train.sharding import PerformanceWarning, sae_mesh
+from jsae.train.sharding import AXIS, PerformanceWarning, pad_leading, replicate, sae_mesh
 from jsae.train.step import (
     LossFn,
     TrainState,
@@ -56,4 +56,8 @@ __all__ = [
     "group_size",
     "use_cpu_cores",
     "PerformanceWarning",
+    "AXIS",
+    "pad_leading",
+    "replicate",
+    "free_device_bytes",
 ]
