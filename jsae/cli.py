@@ -1,7 +1,8 @@
 """The ``jsae`` command line. Every subcommand writes a run directory (config, JSON, PNG plots).
 
-Each subcommand lives in ``jsae/commands/<name>.py`` (listed in ``jsae.commands.__all__``) with two functions: ``register(subparsers)`` adds
-its parser (with ``--help`` text for every option) and ``run(args)`` does the work. Errors the user can
+Each subcommand lives in ``jsae/commands/<name>.py`` (listed in ``jsae.commands.__all__``) with two
+functions: ``register(subparsers)`` adds its parser (with ``--help`` text for every option) and ``run(args)``
+does the work. Errors the user can
 fix (ValueError and its kin) print as one line plus what to do, not a traceback.
 """
 
