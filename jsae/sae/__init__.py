@@ -7,7 +7,7 @@ its record, ``ARCHITECTURE`` (a :class:`jsae.sae.record.Architecture`: name, ``i
 (``registry.get(name)``, ``registry.of(sae)``, ``registry.register(record)``).
 """
 
-from jsae.sae import batchtopk, gated, jumprelu, matryoshka, relu, topk
+from jsae.sae import batchtopk, gated, jumprelu, matryoshka, registry, relu, topk
 from jsae.sae.auxk import use_sparse
 from jsae.sae.base import SAE, Hyper, Metrics, geometric_median, normalisation_scale, reconstruction_metrics
 from jsae.sae.batchtopk import BatchTopKSAE, to_jumprelu

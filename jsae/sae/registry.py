@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from types import ModuleType
 
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-import jsae.sae
 from jsae.sae.base import SAE
 from jsae.sae.record import Architecture
 from jsae.sae.stack import stack
@@ -26,7 +26,7 @@ _FIRST = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")  # the
 
 def _builtin() -> tuple[Architecture, ...]:
     """The records of the modules of ``jsae/sae`` that export ``ARCHITECTURE`` (``_FIRST`` first)."""
-    names = sorted((m.name for m in pkgutil.iter_modules(jsae.sae.__path__)), key=_order)
+    names = sorted((m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])), key=_order)
     modules = [importlib.import_module(f"jsae.sae.{name}") for name in names]
     return tuple(m.ARCHITECTURE for m in modules if isinstance(getattr(m, "ARCHITECTURE", None), Architecture))
 

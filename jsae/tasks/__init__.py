@@ -5,6 +5,7 @@ The generators are functions (``ioi(tokenizer, n, seed=...)`` -> :class:`Task`),
 modules ``_ioi``, ``_greater_than`` and ``_docstring``; ``_base`` holds :class:`Task` and the metric.
 """
 
+from jsae.tasks import first_letter
 from jsae.tasks._base import (
     Metric,
     Task,
