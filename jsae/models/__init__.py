@@ -8,6 +8,9 @@ Phi-3 and OLMo-2 load from a directory or a hub id; :func:`config_from_hf` reads
 >>> logits, cache = forward(model, batch, hooks=capture("result"))   # cache["result"]: [L, B, T, H, D]
 >>> pz_model = to_penzai(model)          # the same model as penzai layers, with HookPoint layers
 >>> model2 = from_penzai(pz_model)       # penzai llamalike / Gemma / GPT-NeoX models -> jsae
+
+Two modules are namespaces of their own: :mod:`jsae.models.hooks` (hook points and edits, also exported
+here) and :mod:`jsae.models.flax` (per-head outputs of flax models; needs the ``flax`` extra).
 """
 
 from . import hooks
@@ -75,6 +78,7 @@ __all__ = [
     "capture",
     "config_from_hf",
     "edit",
+    "flax",  # pyright: ignore[reportUnsupportedDunderAll]  # a module, imported on use: it needs the flax extra
     "forward",
     "from_penzai",
     "from_penzai_edited",
