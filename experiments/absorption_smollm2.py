@@ -34,7 +34,7 @@ from jsae.runtime import prepare_process
 prepare_process()  # one CPU device per core, persistent compilation cache
 
 
-from jsae.analysis.absorption_run import (
+from jsae.analysis import (
     AbsorptionConfig,
     evaluate_saes,
     plot_absorption,
@@ -42,7 +42,7 @@ from jsae.analysis.absorption_run import (
     train_relu_sweep,
     training_activations,
 )
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import load
 from jsae.tasks.first_letter import answer_token_ids
 

@@ -26,7 +26,7 @@ prepare_process()
 import jax
 import numpy as np
 
-from jsae.analysis.absorption_run import (
+from jsae.analysis import (
     AbsorptionConfig,
     absorption_run,
     prepare_probe_data,
@@ -34,7 +34,7 @@ from jsae.analysis.absorption_run import (
     training_activations,
 )
 from jsae.bench import machine
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import load
 from jsae.sae import concat
 from jsae.tasks.first_letter import answer_token_ids

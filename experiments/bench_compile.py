@@ -48,9 +48,8 @@ def measure(args: argparse.Namespace) -> Path:
     from penzai import pz
 
     from jsae.bench import machine
-    from jsae.io.run import write_json
-    from jsae.models import forward, layer_range, load, to_penzai
-    from jsae.models.penzai import penzai_logits
+    from jsae.io import write_json
+    from jsae.models import forward, layer_range, load, penzai_logits, to_penzai
 
     model, _, _ = load("smollm2-135m")
     if args.smoke:

@@ -35,7 +35,7 @@ prepare_process()  # one CPU device per core, persistent compilation cache
 import jax
 
 from jsae.analysis.circuits import discover, harvest_task, head_names, roc_auc
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import load
 from jsae.plots import line_panels
 from jsae.tasks import greater_than, ioi

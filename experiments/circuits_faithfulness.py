@@ -11,7 +11,7 @@ the 12-prompt activation patching of circuits_smollm2.json (the old column), the
 the 100-prompt activation patching (seed 3, held out), and the heads whose 100-prompt effect is at least
 2 standard errors from 0.
 
-Faithfulness (``jsae.analysis.faithfulness``): on 40 more held-out prompts (seed 4, in neither the
+Faithfulness (``jsae.analysis._faithfulness``): on 40 more held-out prompts (seed 4, in neither the
 discovery nor the reference set), keep each ranking's top-k heads and patch every other head's ``result``
 from the corrupted prompt, for k on a log grid from 0 to 270; report the fraction of the clean metric
 recovered, the area under the curve and the smallest k recovering 80%. activation patching's own
@@ -34,9 +34,9 @@ prepare_process()  # one CPU device per core, persistent compilation cache
 
 import jax.numpy as jnp
 
+from jsae.analysis import faithfulness_curve, log_grid
 from jsae.analysis.circuits import head_names, roc_auc
-from jsae.analysis.faithfulness import faithfulness_curve, log_grid
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import capture, forward, load, pad_sequences
 from jsae.plots import line_panels
 from jsae.tasks import greater_than, held_out, ioi

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from jsae.analysis.circuits import metrics_with_heads_replaced, patching_effects, single_head_masks
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import capture, forward, load, pad_sequences
 from jsae.tasks import Task, docstring, greater_than, held_out, ioi, task_metric
 

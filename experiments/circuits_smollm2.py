@@ -47,7 +47,7 @@ from jsae.analysis.circuits import (
     roc_auc,
     run_comparison,
 )
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import load
 from jsae.tasks import docstring, greater_than, ioi
 

@@ -12,8 +12,8 @@ SmolLM2-135M, build 10 IOI prompts and their corruptions, discover the circuit w
 run activation patching of all 270 heads on the same 10 prompts, then both once more (warm: compiled in
 this process). Methods: ``sae_per_head_paired`` (harvest + per-head SAEs + paired codes),
 ``sae_stack_paired`` (the default of ``discover``: harvest + 5 seeds x 270 per-head SAEs as one stack,
-top-2 codes, paired changes averaged over seeds) and ``activation_difference`` (no SAE). One process per method, so each method's first
-call compiles everything it needs. Processes run in two settings:
+top-2 codes, paired changes averaged over seeds) and ``activation_difference`` (no SAE). One process per
+method, so each method's first call compiles everything it needs. Processes run in two settings:
 
 - ``empty_cache``: JAX's persistent compilation cache points at a new, empty folder (a first run ever;
   the process checks that it starts empty);
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> Path:
         "runs": settings,
         "table": table,
     }
-    from jsae.io.run import write_json
+    from jsae.io import write_json
 
     write_json(out_dir / "circuits_speed.json", result)
     print(f"wrote {out_dir / 'circuits_speed.json'}")

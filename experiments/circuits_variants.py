@@ -17,7 +17,7 @@ prompts and all corruptions.
 
 Grading, side by side with attribution patching (|effect|, on the same draw) and activation difference:
 AUC against the 100-prompt reference (top 10% by |effect|) and against its heads certain at 2 standard
-errors. Faithfulness (:mod:`jsae.analysis.faithfulness`) of each ranking at ``--faithful-sizes`` (n = 10),
+errors. Faithfulness (:mod:`jsae.analysis._faithfulness`) of each ranking at ``--faithful-sizes`` (n = 10),
 draws ``--faithful-draws``: on 20 held-out prompts (seed 4, as ``circuits_faithfulness.py``), heads
 outside the top k patched from the corrupted prompt, area and the smallest k recovering 80%. AUCs for
 every task come first (draw by draw, each task and n within a draw), then faithfulness; the JSON is
@@ -49,6 +49,7 @@ prepare_process()  # one CPU device per core, persistent compilation cache
 import jax
 import jax.numpy as jnp
 
+from jsae.analysis import faithfulness_curve, log_grid
 from jsae.analysis.circuits import (
     CodeVariant,
     SAECodeConfig,
@@ -60,8 +61,7 @@ from jsae.analysis.circuits import (
     stack_variant,
     variant_scores,
 )
-from jsae.analysis.faithfulness import faithfulness_curve, log_grid
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import capture, forward, harvest, load, pad_sequences
 from jsae.plots import figure, save
 from jsae.tasks import Task, docstring, greater_than, held_out, ioi

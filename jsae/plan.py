@@ -34,9 +34,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jsae.activations.points import input_width, parse_inputs
-from jsae.models.config import ModelConfig
-from jsae.models.errors import UnknownModelError
+from jsae.activations import input_width, parse_inputs
+from jsae.models import ModelConfig, UnknownModelError
 
 GiB = 1 << 30
 HEADROOM = 0.9  # of a device's memory a plan may fill (as the trainer's own check)
@@ -112,7 +111,7 @@ def _local() -> Device:
     devs = jax.devices()
     d = devs[0]
     if d.platform == "cpu":
-        from jsae.pipeline.memory import available_bytes
+        from jsae.pipeline import available_bytes
 
         cpu = _cpu(available_bytes(d))
         return dataclasses.replace(cpu, name="local", note=cpu.note.replace("host RAM", "available host RAM"))

@@ -1,6 +1,6 @@
 """The float64 host implementation of the absorption metrics, kept as the oracle of the jnp ones.
 
-This is ``jsae/analysis/absorption.py`` as it was before the metrics moved to the device (formulas:
+This is ``jsae/analysis/_absorption.py`` as it was before the metrics moved to the device (formulas:
 that module's docstring): numpy in float64 for SAEBench's metrics and the paper's decision, one SAE at
 a time, and integrated gradients through the full model with the SAE's latents spliced in at the word
 token (every layer, every position, all logits). ``letter_absorption`` and ``evaluate_sae`` are the old
@@ -318,7 +318,7 @@ def evaluate_sae(
     seed: int = 0,
 ) -> dict:
     """The old ``jsae.commands.absorption.evaluate_sae``: k-sparse probing + both metrics for one SAE."""
-    from jsae.analysis.sparse_probing import k_sparse_probing
+    from jsae.analysis import k_sparse_probing
 
     t0 = time.perf_counter()
     lat_train = np.asarray(_encode(sae, jnp.asarray(data.train_acts)))

@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jsae.models import ModelConfig, capture, forward, shard_model
-from jsae.models.build import make_transformer
+from jsae.models._build import make_transformer
 
 D, DH, V, L = 16, 4, 37, 2
 

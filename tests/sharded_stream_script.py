@@ -12,8 +12,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from sharded_model_script import V, random_model
 
-from jsae.activations import parse_inputs
-from jsae.activations.capture import capture_rows
+from jsae.activations import capture_rows, parse_inputs
 from jsae.models import capture, forward, shard_model
 from jsae.pipeline import ArrayContexts, ModelSource
 from jsae.sae.registry import init_stack

@@ -97,7 +97,7 @@ def test_forward_from_a_layer_continues_the_full_forward(request, model_dir):
 
 
 def test_truncated_residual_equals_full_forward(tiny_llama):
-    from jsae.analysis.absorption_run import residual_at_positions
+    from jsae.analysis._absorption_run import residual_at_positions
     from jsae.models import capture, forward
 
     rng = np.random.default_rng(0)
@@ -114,7 +114,7 @@ def test_integrated_gradients_are_complete(tiny_llama):
     the test measures directly with two patched forwards (no gradients)."""
     from absorption_reference import integrated_gradient_effects
 
-    from jsae.analysis.absorption_run import residual_at_positions
+    from jsae.analysis._absorption_run import residual_at_positions
     from jsae.models import add, forward
     from jsae.sae import relu
 
@@ -152,8 +152,8 @@ def test_ig_gradients_equal_the_full_spliced_forward(tiny_llama, layer):
     full-model splice with an ``add`` hook (the oracle, tests/absorption_reference.py)."""
     from absorption_reference import integrated_gradient_effects
 
-    from jsae.analysis.absorption import ablation_effects, ig_alphas, ig_gradients
-    from jsae.analysis.absorption_run import residual_at_positions
+    from jsae.analysis._absorption import ablation_effects, ig_alphas, ig_gradients
+    from jsae.analysis._absorption_run import residual_at_positions
     from jsae.sae import relu
 
     rng = np.random.default_rng(2)

@@ -9,7 +9,7 @@ from absorption_reference import main_latents_inactive as ref_main_inactive
 from absorption_reference import paper_absorption as ref_paper
 from absorption_reference import saebench_absorption as ref_saebench
 
-from jsae.analysis import absorption as ab
+from jsae.analysis import _absorption as ab
 from jsae.sae import ReLUSAE
 
 S2 = np.sqrt(0.5)
@@ -176,8 +176,7 @@ def test_stacked_run_matches_the_oracle_per_sae():
     import jax
     from absorption_reference import letter_absorption
 
-    from jsae.analysis.absorption_run import AbsorptionConfig, ProbeData, absorption_run
-    from jsae.analysis.sparse_probing import k_sparse_probing
+    from jsae.analysis import AbsorptionConfig, ProbeData, absorption_run, k_sparse_probing
     from jsae.sae import concat, index, relu
 
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jsae.analysis.sparse_probing import accepted_splits, k_sparse_probing, select_latents
+from jsae.analysis._sparse_probing import accepted_splits, k_sparse_probing, select_latents
 
 
 def planted_latents(rng, n):

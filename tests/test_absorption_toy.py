@@ -11,13 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jsae.analysis.toy_absorption import (
-    ToyHierarchy,
-    toy_absorption_scores,
-    toy_activations,
-    toy_features,
-    train_toy_saes,
-)
+from jsae.analysis import ToyHierarchy, toy_absorption_scores, toy_activations, toy_features, train_toy_saes
 
 STEPS = 1500
 

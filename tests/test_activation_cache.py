@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from jsae.activations import cache as C
+from jsae.activations import _cache as C
 
 N, CT, D, NC = 3, 8, 4, 5  # inputs, tokens per chunk, features, chunks
 CFG = {"model": "toy", "points": ["z"], "heads": [[0, 1], [1, 0], [1, 1]], "context": 16, "text": "unit test"}

@@ -245,9 +245,9 @@ def test_training_from_a_bf16_cache_equals_scaling_the_batches_yourself(tmp_path
     import equinox as eqx
     import ml_dtypes
 
-    from jsae.activations.cache import create
-    from jsae.pipeline.cached import train_from_cache
-    from jsae.sae.base import normalisation_scale
+    from jsae.activations import create
+    from jsae.pipeline import train_from_cache
+    from jsae.sae import normalisation_scale
     from jsae.train import train
 
     rng = np.random.default_rng(0)

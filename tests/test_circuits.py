@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jsae.analysis import _codes as K
 from jsae.analysis import circuits as C
-from jsae.analysis import codes as K
 from jsae.tasks import Task, pad_answers
 
 

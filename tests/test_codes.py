@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsae.analysis import codes as K
+from jsae.analysis import _codes as K
 from jsae.sae.registry import init_stack
 
 

@@ -78,7 +78,7 @@ def llama3_tok(tok):
     """SmolLM2's vocabulary with the Llama 3 pre-tokenizer, prepending BOS (Llama style)."""
     from tokenizers import Tokenizer as HFTok
 
-    from jsae.models.tokenizer import Tokenizer, _pre_tokenizer
+    from jsae.models._tokenizer import Tokenizer, _pre_tokenizer
 
     backend = HFTok.from_str(tok.backend.to_str())
     backend.pre_tokenizer = _pre_tokenizer("llama3")
@@ -87,7 +87,7 @@ def llama3_tok(tok):
 
 def test_smollm2_gguf_has_no_bos(tok):
     from jsae.models import smollm2_gguf_path
-    from jsae.models.gguf_reader import open_gguf
+    from jsae.models._gguf_reader import open_gguf
 
     fields = open_gguf(smollm2_gguf_path()).fields  # the file itself, not jsae's reading of it
     assert fields["tokenizer.ggml.add_bos_token"].contents() is False and tok.add_bos is False

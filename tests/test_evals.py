@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsae.analysis.evals import activation_metrics, density_histogram, spliced_losses
+from jsae.analysis import activation_metrics, density_histogram, spliced_losses
 from jsae.models import forward, zero_ablate
 from jsae.models.hooks import edit
 from jsae.sae import ReLUSAE, concat, index, topk

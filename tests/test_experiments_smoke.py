@@ -87,7 +87,8 @@ def test_bench_stream_smoke(smollm2, monkeypatch):
 def test_bench_train_smoke():
     import argparse
 
-    from jsae.bench import saelens, train
+    from jsae.bench import _saelens as saelens
+    from jsae.bench import train
 
     ap = argparse.ArgumentParser()
     train.add_arguments(ap)

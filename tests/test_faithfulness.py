@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jsae.analysis._faithfulness import ablation_masks, faithfulness_curve, log_grid
 from jsae.analysis.circuits import metrics_with_heads_replaced, patching_effects, single_head_masks
-from jsae.analysis.faithfulness import ablation_masks, faithfulness_curve, log_grid
 from jsae.models import capture, edit, forward, load_hf_dir, patch
 from jsae.tasks import task_metric
 

@@ -261,7 +261,7 @@ def test_bad_input_and_incomplete_runs_give_one_clear_error(tmp_path):
 
 def eval_tokens(model_dir, context: int, max_sequences: int) -> list[np.ndarray]:
     """The sequences ``jsae eval`` reads by default (its built-in text in contexts of ``context`` tokens)."""
-    from jsae.analysis.max_activating import contexts_from_stream
+    from jsae.analysis import contexts_from_stream
     from jsae.commands.eval import SAMPLE_TEXT
     from jsae.models import Tokenizer
 

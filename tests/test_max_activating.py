@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsae.analysis.max_activating import (
+from jsae.analysis._max_activating import (
     contexts_from_stream,
     format_context,
     latent_activations,

@@ -4,9 +4,8 @@ import equinox as eqx
 import numpy as np
 import pytest
 
-from jsae.models import capture, forward, load_hf_dir
-from jsae.models.batched import map_batches, plan_buckets, split_tokens
-from jsae.models.errors import ModelError
+from jsae.models import ModelError, capture, forward, load_hf_dir
+from jsae.models._batched import map_batches, plan_buckets, split_tokens
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from jsae.models import (
+    HookError,
+    ModelError,
     ModelFileError,
     SequenceTooLongError,
     TokenOutOfRangeError,
@@ -18,7 +20,6 @@ from jsae.models import (
     load,
 )
 from jsae.models import hooks as H
-from jsae.models.errors import HookError, ModelError
 
 
 def test_unknown_name_lists_available():

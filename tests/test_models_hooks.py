@@ -244,8 +244,7 @@ def test_smollm2_patching_own_and_corrupted_activations(smollm2, hf_smollm2):
 
 
 def test_layer_range_and_unembed_match_hf(tiny, tokens):
-    from jsae.models import layer_range, unembed
-    from jsae.models.errors import ModelError
+    from jsae.models import ModelError, layer_range, unembed
 
     model, hf = tiny
     ref = hf_run(hf, tokens)

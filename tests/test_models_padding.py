@@ -5,8 +5,16 @@ import jax
 import numpy as np
 import pytest
 
-from jsae.models import TokenBatch, capture, forward, harvest, load_hf_dir, map_batches, pad_sequences
-from jsae.models.errors import TokenOutOfRangeError
+from jsae.models import (
+    TokenBatch,
+    TokenOutOfRangeError,
+    capture,
+    forward,
+    harvest,
+    load_hf_dir,
+    map_batches,
+    pad_sequences,
+)
 
 TEXTS = ["the cat sat on the mat and then the dog", "a", "the dog ran", "one two three four five six"]
 

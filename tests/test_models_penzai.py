@@ -25,7 +25,7 @@ from jsae.models import (
     to_penzai,
     zero_ablate,
 )
-from jsae.models.penzai import (
+from jsae.models._penzai import (
     HookPoint,
     ReplaceHeads,
     add_hook_points,

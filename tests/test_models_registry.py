@@ -34,7 +34,7 @@ def test_gguf_cache_is_keyed_by_file_hash(tmp_path, monkeypatch, smollm2):
     np.testing.assert_array_equal(np.asarray(model.blocks.W_Q), np.asarray(ref_model.blocks.W_Q))
     assert tok.encode("Hello world 123") == ref_tok.encode("Hello world 123")
     # a changed loader misses the cache: a new entry, converted again, never the stale one
-    from jsae.models import registry
+    from jsae.models import _registry as registry
 
     monkeypatch.setattr(registry, "loader_version", lambda: "0123456789ab")
     _, _, meta2 = load("smollm2-135m")
@@ -43,7 +43,7 @@ def test_gguf_cache_is_keyed_by_file_hash(tmp_path, monkeypatch, smollm2):
 
 
 def test_loader_version_follows_the_loader_source(tmp_path):
-    from jsae.models.registry import loader_version
+    from jsae.models._registry import loader_version
 
     f = tmp_path / "loader.py"
     f.write_text("x = 1\n")

@@ -14,7 +14,7 @@ import numpy as np
 
 from jsae.data import ContextStream, open_text
 from jsae.models import load_hf_dir
-from jsae.train.checkpoint import Checkpointer
+from jsae.train._checkpoint import Checkpointer
 
 HERE = Path(__file__).parent
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsae.analysis.probes import f1_per_class, fit_logistic, one_hot_targets, train_probe
+from jsae.analysis._probes import f1_per_class, fit_logistic, one_hot_targets, train_probe
 
 
 def separable_clusters(rng, n_per_class, n_classes=4, d=6, spread=0.3):

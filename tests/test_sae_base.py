@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsae.sae.base import geometric_median, initial_b_dec
+from jsae.sae._base import geometric_median, initial_b_dec
 
 
 def summed_distance(points: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from jsae.io import load_run, load_saelens_stack, save_run, save_saelens_stack
 from jsae.sae import registry
-from jsae.sae.base import (
+from jsae.sae._base import (
     SAE,
     BDecInit,
     Hyper,
@@ -32,7 +32,7 @@ from jsae.sae.base import (
     reconstruction_metrics,
     squared_error,
 )
-from jsae.sae.record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
+from jsae.sae._record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
 from jsae.train import TrainConfig, train
 
 # --- the architecture: what a new file jsae/sae/scaled_relu.py would hold ---------------------------

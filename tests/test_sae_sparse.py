@@ -1,4 +1,4 @@
-"""The sparse TopK-family path (jsae.sae.sparse) equals the dense one: loss, metrics, f and gradients,
+"""The sparse TopK-family path (jsae.sae._sparse) equals the dense one: loss, metrics, f and gradients,
 with and without dead latents (AuxK), and over a short training run."""
 
 import equinox as eqx

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jsae.analysis.steering import decoder_direction, generate, next_token_probs, steering_hooks
+from jsae.analysis import decoder_direction, generate, next_token_probs, steering_hooks
 from jsae.models import capture, forward
 from jsae.sae import ReLUSAE, concat
 

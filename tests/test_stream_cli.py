@@ -18,8 +18,7 @@ def _cfgs(run: Path) -> list[dict]:
 
 
 def test_cli_streams_text_then_caches_and_trains_from_the_cache(tiny_llama_tok, word_text, tmp_path, capsys):
-    from jsae.activations import parse_inputs
-    from jsae.activations.cache import open_cache
+    from jsae.activations import open_cache, parse_inputs
     from jsae.cli import main
     from jsae.data import ContextStream, open_text
     from jsae.models import harvest, load_hf_dir

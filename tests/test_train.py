@@ -8,8 +8,8 @@ import pytest
 
 from jsae.sae import index, relu, stack
 from jsae.train import TrainConfig, train
-from jsae.train.data import chunk_indices
-from jsae.train.schedules import lr_multiplier
+from jsae.train._data import chunk_indices
+from jsae.train._schedules import lr_multiplier
 
 
 def sparse_dictionary_data(key_seed: int, d: int, n_features: int, tokens: int, p: float = 0.04):
@@ -135,7 +135,7 @@ def test_non_finite_reads_bfloat16_bits_as_isfinite_does():
     largest finite values, subnormals, zeros)."""
     import ml_dtypes
 
-    from jsae.train.data import non_finite
+    from jsae.train._data import non_finite
 
     special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 3.3895e38, -3.3895e38, 1e-40, -1e-40, 1.0], np.float32)
     x = np.concatenate([special, np.random.default_rng(0).normal(size=1000).astype(np.float32) * 1e30])

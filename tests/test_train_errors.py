@@ -6,7 +6,7 @@ import pytest
 
 from jsae.sae import index, relu, stack
 from jsae.train import CheckpointError, TrainConfig, TrainingDiverged, train
-from jsae.train.checkpoint import Checkpointer
+from jsae.train._checkpoint import Checkpointer
 
 D, M = 4, 8
 
@@ -77,7 +77,7 @@ def test_diverging_sae_stops_with_its_index_and_step_and_keeps_checkpoint(tmp_pa
 
 
 def _template(cfg):
-    from jsae.train.step import init_state
+    from jsae.train import init_state
 
     return init_state(small_stack(), cfg, np.full(3, 1e-3, np.float32), np.ones(3, np.float32))
 

@@ -11,7 +11,7 @@ import pytest
 
 from jsae.sae import relu, stack, topk
 from jsae.train import TrainConfig, train
-from jsae.train.grouping import auto_group, group_size, step_bytes_per_sae
+from jsae.train._grouping import auto_group, group_size, step_bytes_per_sae
 
 
 def _leaves(result):

@@ -15,7 +15,7 @@ import pytest
 from jsae.sae import relu, stack, topk
 from jsae.synthetic import sparse_dictionary_data
 from jsae.train import CheckpointError, TrainConfig, init_sae_state, make_step, train
-from jsae.train.precision import resolve_compute_dtype
+from jsae.train._precision import resolve_compute_dtype
 
 D, N_FEATURES, M, K, STEPS = 32, 64, 128, 4, 600
 

@@ -4,8 +4,8 @@ on-disk activation cache for sweeps (``cache``: zarr v3 via tensorstore, checksu
 writes, shuffled streaming reads).
 """
 
-from jsae.activations.buffer import buffer_bytes, drain, exchange, exchange_key
-from jsae.activations.cache import (
+from jsae.activations._buffer import buffer_bytes, drain, exchange, exchange_key
+from jsae.activations._cache import (
     ActivationCache,
     CacheConfigError,
     CacheError,
@@ -16,8 +16,8 @@ from jsae.activations.cache import (
     open_cache,
     open_writer,
 )
-from jsae.activations.capture import capture_rows, capture_rows_and, capture_rows_jit, model_for
-from jsae.activations.points import TRAINABLE_POINTS, HookInput, input_width, last_layer, parse_inputs
+from jsae.activations._capture import capture_rows, capture_rows_and, capture_rows_jit, model_for
+from jsae.activations._points import TRAINABLE_POINTS, HookInput, input_width, last_layer, parse_inputs
 
 __all__ = [
     "HookInput",

@@ -13,8 +13,8 @@ The implementation is in private modules (``_absorption``, ``_absorption_run``, 
 """
 
 from jsae.analysis import circuits
-from jsae.analysis.absorption import paper_absorption, saebench_absorption
-from jsae.analysis.absorption_run import (
+from jsae.analysis._absorption import paper_absorption, saebench_absorption
+from jsae.analysis._absorption_run import (
     AbsorptionConfig,
     AbsorptionResult,
     ProbeData,
@@ -25,6 +25,21 @@ from jsae.analysis.absorption_run import (
     text_windows,
     train_relu_sweep,
     training_activations,
+)
+from jsae.analysis._codes import discretise, edge_scores, node_scores
+from jsae.analysis._dictionary import mean_max_cosine
+from jsae.analysis._evals import activation_metrics, density_histogram, hook_activations, hook_width, spliced_losses
+from jsae.analysis._faithfulness import FaithfulnessCurve, faithfulness_curve, log_grid
+from jsae.analysis._max_activating import ActivatingExample, contexts_from_stream, max_activating_examples
+from jsae.analysis._probes import LinearProbe, train_probe
+from jsae.analysis._sparse_probing import SparseProbingResult, k_sparse_probing
+from jsae.analysis._steering import decoder_direction, generate, next_token_probs, steering_hooks
+from jsae.analysis._toy_absorption import (
+    ToyHierarchy,
+    toy_absorption_scores,
+    toy_activations,
+    toy_features,
+    train_toy_saes,
 )
 from jsae.analysis.circuits import (
     METHODS,
@@ -39,21 +54,6 @@ from jsae.analysis.circuits import (
     harvest_task,
     reference_mask,
     run_comparison,
-)
-from jsae.analysis.codes import discretise, edge_scores, node_scores
-from jsae.analysis.dictionary import mean_max_cosine
-from jsae.analysis.evals import activation_metrics, density_histogram, hook_activations, hook_width, spliced_losses
-from jsae.analysis.faithfulness import FaithfulnessCurve, faithfulness_curve, log_grid
-from jsae.analysis.max_activating import ActivatingExample, contexts_from_stream, max_activating_examples
-from jsae.analysis.probes import LinearProbe, train_probe
-from jsae.analysis.sparse_probing import SparseProbingResult, k_sparse_probing
-from jsae.analysis.steering import decoder_direction, generate, next_token_probs, steering_hooks
-from jsae.analysis.toy_absorption import (
-    ToyHierarchy,
-    toy_absorption_scores,
-    toy_activations,
-    toy_features,
-    train_toy_saes,
 )
 
 __all__ = [

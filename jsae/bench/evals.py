@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsae.analysis.evals import spliced_losses
-from jsae.data.sample import SAMPLE_TEXT
-from jsae.io.run import write_json
+from jsae.analysis import spliced_losses
+from jsae.data import SAMPLE_TEXT
+from jsae.io import write_json
 from jsae.models import edit, forward, layer_range, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from jsae.bench import machine
-from jsae.io.run import write_json
+from jsae.io import write_json
 from jsae.models import forward, harvest, load
 from jsae.plots import grouped_bars
 from jsae.runtime import prepare_process

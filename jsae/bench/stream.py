@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsae.io.run import write_json
+from jsae.io import write_json
 
 PEAKS_TFLOPS = {"TPU v5e (bf16)": 197.0, "H100 SXM (bf16 dense)": 989.0}
 ASSUMED_UTILISATION = 0.4
@@ -91,7 +91,7 @@ def encode_and_select_rate(sae, x, k: int, reps: int) -> float:
     SAE mesh, the SAEs of a device one after another)."""
     from jax.sharding import PartitionSpec as P
 
-    from jsae.train.sharding import AXIS, pad_leading, padded_size, sae_mesh, shard_leading
+    from jsae.train import AXIS, pad_leading, padded_size, sae_mesh, shard_leading
 
     mesh = sae_mesh()
     n_pad = padded_size(x.shape[0], mesh)
@@ -120,13 +120,11 @@ SMOKE_SIZES = {"layers": 2, "d_sae": 32, "k": 4, "batch_size": 16, "contexts": (
 
 def run(args: argparse.Namespace) -> Path | None:
     """Run the benchmark; returns the JSON file written (None without ``--out``)."""
-    from jsae.activations import capture_rows_jit, model_for, parse_inputs
-    from jsae.activations.cache import create, open_cache
+    from jsae.activations import capture_rows_jit, create, model_for, open_cache, parse_inputs
     from jsae.bench import machine
     from jsae.data import ContextStream, open_text
     from jsae.models import layer_range, load
-    from jsae.pipeline import train_on_model
-    from jsae.pipeline.cached import train_from_cache
+    from jsae.pipeline import train_from_cache, train_on_model
     from jsae.runtime import prepare_process
     from jsae.sae.registry import init_stack
     from jsae.train import TrainConfig, train
@@ -166,7 +164,7 @@ def run(args: argparse.Namespace) -> Path | None:
     def make_sae(sample=None):
         return init_stack("topk", jax.random.key(0), n, d, m, k=k, data=sample)
 
-    from jsae.sae.auxk import use_sparse
+    from jsae.sae import use_sparse
     from jsae.sae.topk import TopKSAE
 
     probe = make_sae()

@@ -16,7 +16,7 @@ backward products), batched over the N SAEs as the vmapped trainer computes them
 devices, and nothing else. No trainer built from XLA dots can beat it; small per-SAE matrices (d=64) run
 far below the big-matmul peak.
 
-Architecture cases (``ARCH_SIZES``): ReLU, dense TopK and sparse TopK (``jsae.sae.sparse``; k=16) at
+Architecture cases (``ARCH_SIZES``): ReLU, dense TopK and sparse TopK (``jsae.sae._sparse``; k=16) at
 B=1024, d_in 64 and 576, d_sae 512, 2048 and 8192, all measured in the same run, each with ``arch``,
 ``sparse`` and ``sae_steps_per_s``; GFLOP/s there count the dense ReLU step's 10*B*d*m for every
 architecture (a sparse step does fewer FLOP: its figure is "dense-equivalent"). No latent dies in these
@@ -42,12 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jsae.bench import machine, saelens
-from jsae.io.run import write_json
+from jsae.bench import _saelens as saelens
+from jsae.bench import machine
+from jsae.io import write_json
 from jsae.runtime import prepare_process
 from jsae.sae import relu, stack, topk
-from jsae.train import TrainConfig, init_sae_state, make_optimizer, make_step, sae_mesh, train
-from jsae.train.sharding import AXIS
+from jsae.train import AXIS, TrainConfig, init_sae_state, make_optimizer, make_step, sae_mesh, train
 
 CASES = [
     {"name": "per-head tiny", "n_saes": 144, "d_in": 64, "d_sae": 256, "batch": 64},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from jsae.io.run import new_run_dir, write_json
+from jsae.io import new_run_dir, write_json
 
 
 def register(sub) -> None:
@@ -110,7 +110,7 @@ def load_saes(paths: list[str], layer: int) -> list[dict]:
 
 
 def run(args) -> None:
-    from jsae.analysis.absorption_run import (
+    from jsae.analysis import (
         AbsorptionConfig,
         evaluate_saes,
         plot_absorption,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import time
 
-from jsae.io.run import new_run_dir, write_json
+from jsae.io import new_run_dir, write_json
 
 BENCHMARKS = {
     "train": "N SAEs trained in one vmapped program vs a Python loop of jitted steps vs PyTorch",

@@ -29,7 +29,7 @@ def register(sub) -> None:
 def run(args) -> None:
     from jsae.activations import parse_inputs
     from jsae.models import load
-    from jsae.pipeline.cached import write_cache
+    from jsae.pipeline import write_cache
 
     if not args.model:
         raise ValueError("jsae cache needs --model NAME (e.g. smollm2-135m)")

@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from jsae.io.run import new_run_dir, write_json
+from jsae.io import new_run_dir, write_json
 
 TASK_NAMES = ("ioi", "greater_than", "docstring")
 DEFAULT_METHODS = ("sae_stack_paired", "sae_per_head_paired", "sae_shared", "attribution_patching", "random")

@@ -10,9 +10,9 @@ import time
 import jax
 import numpy as np
 
-from jsae.analysis.dictionary import mean_max_cosine
-from jsae.commands.common import add_train_options, metric_table, plot_l0_vs_ev, stack_and_config
-from jsae.io.run import new_run_dir, write_json
+from jsae.analysis import mean_max_cosine
+from jsae.commands._common import add_train_options, metric_table, plot_l0_vs_ev, stack_and_config
+from jsae.io import new_run_dir, write_json
 from jsae.synthetic import sparse_dictionary_data
 from jsae.train import train
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jsae.data.sample import SAMPLE_TEXT  # the built-in corpus: runs offline; pass --text for real evaluations
-from jsae.io.run import new_run_dir, write_json
+from jsae.data import SAMPLE_TEXT  # the built-in corpus: runs offline; pass --text for real evaluations
+from jsae.io import new_run_dir, write_json
 
 
 def register(sub) -> None:
@@ -109,7 +109,7 @@ def _load(args):
 
 def _hooks(records: list[dict], args, model_cfg) -> list[tuple[int, str, int | None]]:
     """``(layer, point, head)`` of every SAE: its own record, overridden by --layer/--hook/--head."""
-    from jsae.io.saelens import HEAD_POINTS, RESIDUAL_POINTS
+    from jsae.io import HEAD_POINTS, RESIDUAL_POINTS
 
     hooks = []
     for r in records:
@@ -149,7 +149,7 @@ def _label(hook: tuple[int, str, int | None]) -> str:
 
 
 def _tokens(tok, args) -> tuple[np.ndarray, np.ndarray]:
-    from jsae.analysis.max_activating import contexts_from_stream
+    from jsae.analysis import contexts_from_stream
 
     text = Path(args.text).read_text(encoding="utf-8") if args.text else SAMPLE_TEXT
     stream = tok.encode(text)
@@ -161,7 +161,7 @@ def _tokens(tok, args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _plot_density(freq: np.ndarray, path: Path) -> None:
-    from jsae.analysis.evals import density_histogram
+    from jsae.analysis import density_histogram
     from jsae.plots import figure, save
 
     counts, edges = density_histogram(freq)
@@ -179,8 +179,8 @@ def _plot_density(freq: np.ndarray, path: Path) -> None:
 def _evaluate(model, sae, hooks, tokens, lengths, args) -> tuple[dict[str, np.ndarray], list[str]]:
     """Activation metrics of every SAE on its own input and spliced losses where affordable: ``{name: [N]}``
     (NaN where not computed) and notes on what was skipped."""
-    from jsae.analysis.evals import activation_metrics, hook_activations, hook_width, spliced_losses
-    from jsae.io.saelens import HEAD_POINTS
+    from jsae.analysis import activation_metrics, hook_activations, hook_width, spliced_losses
+    from jsae.io import HEAD_POINTS
 
     n = sae.W_enc.shape[0]
     out: dict[str, np.ndarray] = {}
@@ -239,7 +239,7 @@ def _table(hooks, cols: dict[str, np.ndarray], max_rows: int = 24) -> str:
 
 
 def run(args) -> None:
-    from jsae.analysis.max_activating import max_activating_examples
+    from jsae.analysis import max_activating_examples
     from jsae.models import UnknownModelError, load
     from jsae.sae import index
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jsae.commands.common import add_train_options, metric_table, plot_l0_vs_ev, stack_and_config
-from jsae.io.run import new_run_dir, write_json
+from jsae.commands._common import add_train_options, metric_table, plot_l0_vs_ev, stack_and_config
+from jsae.io import new_run_dir, write_json
 
 STREAM_BATCH, ARRAY_BATCH = 1024, 256
 
@@ -127,8 +127,7 @@ def run(args) -> None:
 def _stream(args) -> None:
     from jsae.activations import input_width, parse_inputs
     from jsae.models import load
-    from jsae.pipeline import available_bytes, check_fits, estimate, plan, train_on_model
-    from jsae.pipeline.memory import n_params
+    from jsae.pipeline import available_bytes, check_fits, estimate, n_params, plan, train_on_model
 
     model, tok, meta = load(args.model)
     inputs = parse_inputs(model.cfg, args.points, heads=args.heads, layers=args.layers)
@@ -199,8 +198,8 @@ def _stream(args) -> None:
 
 
 def _from_cache(args) -> None:
-    from jsae.activations.cache import open_cache
-    from jsae.pipeline.cached import cached_inputs, train_from_cache
+    from jsae.activations import open_cache
+    from jsae.pipeline import cached_inputs, train_from_cache
 
     cache = open_cache(args.cache)
     inputs = cached_inputs(cache)
@@ -260,8 +259,7 @@ def open_contexts(args, tokenizer):
 
 
 def _finish(args, result, cfg, *, inputs, model_name, seconds: float, extra: dict) -> None:
-    from jsae.io import save_run
-    from jsae.io.run import UNKNOWN_INPUT
+    from jsae.io import UNKNOWN_INPUT, save_run
 
     print(metric_table(result.metrics))
     run = new_run_dir(args.out, "train")

@@ -10,14 +10,14 @@
 Nothing here imports the models or the trainer; ``grain`` is imported when a stream is iterated.
 """
 
-from .errors import DataError
-from .files import JsonlFile, ParquetFile, TxtFile
-from .hf import HFDataset
-from .paths import open_text
-from .pycorpus import PythonCorpus
-from .sample import SAMPLE_TEXT
-from .source import ConcatSource, Record, TextSource
-from .stream import ContextStream
+from ._errors import DataError
+from ._files import JsonlFile, ParquetFile, TxtFile
+from ._hf import HFDataset
+from ._paths import open_text
+from ._pycorpus import PythonCorpus
+from ._sample import SAMPLE_TEXT
+from ._source import ConcatSource, Record, TextSource
+from ._stream import ContextStream
 
 __all__ = [
     "ConcatSource",

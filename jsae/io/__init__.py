@@ -1,7 +1,7 @@
 """Reading and writing SAEs in formats shared with the PyTorch world (SAELens, Gemma Scope, Neuronpedia), and
 run directories of trained stacks (:func:`save_run` / :func:`load_run`)."""
 
-from jsae.io.run import (
+from jsae.io._run import (
     UNKNOWN_INPUT,
     RunFormatError,
     is_run_dir,
@@ -12,7 +12,7 @@ from jsae.io.run import (
     to_jsonable,
     write_json,
 )
-from jsae.io.saelens import (
+from jsae.io._saelens import (
     HEAD_POINTS,
     RESIDUAL_POINTS,
     SAELensFormatError,

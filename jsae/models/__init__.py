@@ -14,9 +14,9 @@ here) and :mod:`jsae.models.flax` (per-head outputs of flax models; needs the ``
 """
 
 from . import hooks
-from .batched import map_batches, split_tokens
-from .config import ModelConfig
-from .errors import (
+from ._batched import map_batches, split_tokens
+from ._config import ModelConfig
+from ._errors import (
     HookError,
     ModelError,
     ModelFileError,
@@ -25,8 +25,22 @@ from .errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
-from .harvest import harvest, head_means
-from .hf_config import config_from_hf
+from ._harvest import harvest, head_means
+from ._hf_config import config_from_hf
+from ._llama import read_gguf_config
+from ._penzai import (
+    HookPoint,
+    ReplaceHeads,
+    add_hook_points,
+    from_penzai,
+    from_penzai_edited,
+    penzai_logits,
+    to_penzai,
+)
+from ._registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
+from ._sharding import load_sharded, shard_model
+from ._tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
+from ._transformer import Blocks, Transformer, forward, layer_range, unembed, value_vectors
 from .hooks import (
     POINTS,
     Add,
@@ -42,12 +56,6 @@ from .hooks import (
     patch,
     zero_ablate,
 )
-from .llama import read_gguf_config
-from .penzai import HookPoint, ReplaceHeads, add_hook_points, from_penzai, from_penzai_edited, penzai_logits, to_penzai
-from .registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
-from .sharding import load_sharded, shard_model
-from .tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
-from .transformer import Blocks, Transformer, forward, layer_range, unembed, value_vectors
 
 __all__ = [
     "Add",

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .errors import HookError, ModelError
+from ._errors import HookError, ModelError
 
 
 def _flax():

@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .config import ModelConfig
-from .errors import HookError
+from ._config import ModelConfig
+from ._errors import HookError
 
 if TYPE_CHECKING:  # transformer imports hooks
-    from .transformer import Transformer
+    from ._transformer import Transformer
 
 POINTS: tuple[str, ...] = (
     "resid_pre",

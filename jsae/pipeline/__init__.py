@@ -7,10 +7,10 @@ the activation layer (capture + shuffle buffer) and the trainer's engine: the mo
 ``jsae.train.train``, and ``train_on_model`` / ``train_from_cache`` are each a source plus ``train``.
 """
 
-from .cached import cache_source, cached_inputs, train_from_cache, write_cache
-from .contexts import ArrayContexts, ContextBatches
-from .memory import MemoryEstimate, available_bytes, check_fits, estimate, n_params
-from .stream import ModelSource, StreamFeed, StreamPlan, plan, train_on_model
+from ._cached import cache_source, cached_inputs, train_from_cache, write_cache
+from ._contexts import ArrayContexts, ContextBatches
+from ._memory import MemoryEstimate, available_bytes, check_fits, estimate, n_params
+from ._stream import ModelSource, StreamFeed, StreamPlan, plan, train_on_model
 
 __all__ = [
     # text -> model -> SAEs

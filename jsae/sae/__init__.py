@@ -2,21 +2,21 @@
 
 Build one with ``jsae.sae.<arch>.init(key, d_in, d_sae, ...)`` or many with
 ``jsae.sae.stack(jsae.sae.<arch>.init, keys, d_in, d_sae, ...)``. Each architecture's module exports
-its record, ``ARCHITECTURE`` (a :class:`jsae.sae.record.Architecture`: name, ``init``, whether it takes
+its record, ``ARCHITECTURE`` (a :class:`jsae.sae.Architecture`: name, ``init``, whether it takes
 ``k``, default hyperparameters, SAELens conversion); ``jsae.sae.registry`` collects them
 (``registry.get(name)``, ``registry.of(sae)``, ``registry.register(record)``).
 """
 
 from jsae.sae import batchtopk, gated, jumprelu, matryoshka, registry, relu, topk
-from jsae.sae.auxk import use_sparse
-from jsae.sae.base import SAE, Hyper, Metrics, geometric_median, normalisation_scale, reconstruction_metrics
+from jsae.sae._auxk import use_sparse
+from jsae.sae._base import SAE, Hyper, Metrics, geometric_median, normalisation_scale, reconstruction_metrics
+from jsae.sae._record import Architecture, SAELensForm
+from jsae.sae._stack import concat, index, n_saes, stack, unstack
 from jsae.sae.batchtopk import BatchTopKSAE, to_jumprelu
 from jsae.sae.gated import GatedSAE
 from jsae.sae.jumprelu import JumpReLUSAE
 from jsae.sae.matryoshka import MatryoshkaSAE
-from jsae.sae.record import Architecture, SAELensForm
 from jsae.sae.relu import ReLUSAE
-from jsae.sae.stack import concat, index, n_saes, stack, unstack
 from jsae.sae.topk import TopKSAE
 
 __all__ = [

@@ -4,7 +4,7 @@ Training (``loss``), on a batch pre [B, d_sae]:
 
     f     = ReLU(TopK_{k*B}(flatten(pre)))        (exactly k*B entries kept per batch)
     x_hat = f W_dec + b_dec
-    loss  = mean_b ||x - x_hat||^2 + aux_coef * AuxK      (AuxK: see jsae.sae.auxk)
+    loss  = mean_b ||x - x_hat||^2 + aux_coef * AuxK      (AuxK: see jsae.sae._auxk)
 
 Inference (``encode``) uses one global threshold, a JumpReLU: ``f = pre * (pre > threshold)``. The
 threshold is a buffer, not a trained parameter: ``update_buffers(f)`` sets it to an EMA (decay
@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from jsae.sae import _sparse as sp
 from jsae.sae import jumprelu
-from jsae.sae import sparse as sp
-from jsae.sae.auxk import (
+from jsae.sae._auxk import (
     check_k,
     keep_top_k_flat,
     reconstruction_with_auxk,
@@ -43,9 +43,9 @@ from jsae.sae.auxk import (
     sparse_reconstruction_with_auxk,
     use_sparse,
 )
-from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows_if
+from jsae.sae._base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows_if
+from jsae.sae._record import Architecture, SAELensForm
 from jsae.sae.jumprelu import JumpReLUSAE
-from jsae.sae.record import Architecture, SAELensForm
 from jsae.sae.topk import resolve_b_dec_init
 
 
@@ -62,7 +62,7 @@ def batch_activation(pre: Float[Array, "B d_sae"], k: int) -> Float[Array, "B d_
 
 
 def batch_entries(pre: Float[Array, "B d_sae"], k: int):
-    """The training rule's active entries ``(rows, cols)`` for the sparse path (``jsae.sae.sparse``)."""
+    """The training rule's active entries ``(rows, cols)`` for the sparse path (``jsae.sae._sparse``)."""
     return sp.flat_topk_entries(pre, k * pre.shape[0])
 
 
@@ -155,7 +155,7 @@ def init(
       threshold_decay: EMA decay of the inference threshold (0 <= decay < 1).
       b_dec_init: default geometric median of ``data`` when given, else zeros.
       sparse: train on the active entries only (True), densely (False), or by size (None, see
-        ``jsae.sae.auxk.use_sparse``).
+        ``jsae.sae.use_sparse``).
     """
     return BatchTopKSAE(
         **init_fields(key, d_in, d_sae, k, k_aux, threshold_decay, data, b_dec_init, apply_b_dec_to_input, sparse)

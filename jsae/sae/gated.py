@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from jsae.sae.base import (
+from jsae.sae._base import (
     SAE,
     BDecInit,
     Hyper,
@@ -40,7 +40,7 @@ from jsae.sae.base import (
     squared_error,
     unit_rows_if,
 )
-from jsae.sae.record import Architecture, SAELensForm, saelens_b_dec_to_input
+from jsae.sae._record import Architecture, SAELensForm, saelens_b_dec_to_input
 
 
 @final

@@ -26,9 +26,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from jsae.sae import sparse as sp
-from jsae.sae.auxk import active_latents, auxk_loss, sparse_auxk, use_sparse
-from jsae.sae.base import SAE, BDecInit, Hyper, matmul, reconstruction_metrics, squared_error, unit_rows_if
+from jsae.sae import _sparse as sp
+from jsae.sae._auxk import active_latents, auxk_loss, sparse_auxk, use_sparse
+from jsae.sae._base import SAE, BDecInit, Hyper, matmul, reconstruction_metrics, squared_error, unit_rows_if
+from jsae.sae._record import Architecture
 from jsae.sae.batchtopk import (
     batch_activation,
     batch_entries,
@@ -38,7 +39,6 @@ from jsae.sae.batchtopk import (
     to_saelens,
     updated_threshold,
 )
-from jsae.sae.record import Architecture
 
 __all__ = ["ARCHITECTURE", "MatryoshkaSAE", "init", "to_jumprelu"]
 
@@ -67,7 +67,7 @@ class MatryoshkaSAE(SAE):
         prefixes = self.prefixes or (self.d_sae,)
         metrics = {}
         x_hat, start = self.b_dec, 0
-        if use_sparse(self.sparse, self.d_sae, self.k, self.d_in):  # the active entries only (jsae.sae.sparse)
+        if use_sparse(self.sparse, self.d_sae, self.k, self.d_in):  # the active entries only (jsae.sae._sparse)
             a = active_latents(self, x, dead, lambda pre: batch_entries(pre, self.k), self.k_aux)
             for m in prefixes:
                 part = jnp.where((a.cols >= start) & (a.cols < m), a.f_vals, 0.0)

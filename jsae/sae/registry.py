@@ -1,4 +1,4 @@
-"""Architectures by name: the records (``jsae.sae.record.Architecture``) of jsae's architectures and of
+"""Architectures by name: the records (``jsae.sae.Architecture``) of jsae's architectures and of
 any registered with :func:`register`.
 
 jsae's own are found, not listed: every module of ``jsae/sae`` that exports ``ARCHITECTURE`` is one, so
@@ -17,9 +17,9 @@ from types import ModuleType
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from jsae.sae.base import SAE
-from jsae.sae.record import Architecture
-from jsae.sae.stack import stack
+from jsae.sae._base import SAE
+from jsae.sae._record import Architecture
+from jsae.sae._stack import stack
 
 _FIRST = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")  # the CLI's order; others after
 
@@ -44,10 +44,10 @@ _RECORDS: dict[str, Architecture] = {}
 
 def register(record: Architecture) -> Architecture:
     """Add an architecture: afterwards the CLI helpers, the trainer's hyperparameter defaults and
-    ``jsae.io.saelens`` know it. Registering the same record again is a no-op; another record under a
+    ``jsae.io._saelens`` know it. Registering the same record again is a no-op; another record under a
     taken name, class or SAELens architecture name raises a ValueError. Returns the record."""
     if not isinstance(record, Architecture):
-        raise TypeError(f"register takes a jsae.sae.record.Architecture, got {type(record).__name__}")
+        raise TypeError(f"register takes a jsae.sae.Architecture, got {type(record).__name__}")
     if _RECORDS.get(record.name) is record:
         return record
     for other in _RECORDS.values():
@@ -88,7 +88,7 @@ def of(sae: SAE | type) -> Architecture:
             return record
     raise TypeError(
         f"{cls.__module__}.{cls.__name__} is not a registered SAE architecture: give its module a record "
-        "(jsae.sae.record.Architecture) and pass it to jsae.sae.registry.register"
+        "(jsae.sae.Architecture) and pass it to jsae.sae.registry.register"
     )
 
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from jsae.sae.base import (
+from jsae.sae._base import (
     SAE,
     BDecInit,
     Hyper,
@@ -32,7 +32,7 @@ from jsae.sae.base import (
     squared_error,
     unit_rows_if,
 )
-from jsae.sae.record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
+from jsae.sae._record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
 
 
 @final

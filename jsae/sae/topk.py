@@ -2,7 +2,7 @@
 
     f     = ReLU(TopK((x - b_dec) W_enc + b_enc))    (exactly k entries kept per token)
     x_hat = f W_dec + b_dec
-    loss  = mean_b ||x - x_hat||^2 + aux_coef * AuxK      (AuxK: see jsae.sae.auxk)
+    loss  = mean_b ||x - x_hat||^2 + aux_coef * AuxK      (AuxK: see jsae.sae._auxk)
 
 Hyperparameters (``hp``): ``aux_coef`` (default 1/32, Gao et al.'s alpha). There is no sparsity
 coefficient: k sets the sparsity. Decoder rows have unit norm (init and ``constrain``). The AuxK term
@@ -12,7 +12,7 @@ activations, ``TrainConfig(normalise_activations=True)``, to keep the paper's ba
 
 Training can run sparse (``sparse=True``; ``None`` picks by ``auxk.use_sparse``): only the k active
 latents' decoder rows are decoded and only their encoder columns and decoder rows get gradients
-(``jsae.sae.sparse``). Same values as the dense loss up to float rounding; ``sparse=False`` keeps
+(``jsae.sae._sparse``). Same values as the dense loss up to float rounding; ``sparse=False`` keeps
 the dense products.
 """
 
@@ -25,8 +25,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from jsae.sae import sparse as sp
-from jsae.sae.auxk import (
+from jsae.sae import _sparse as sp
+from jsae.sae._auxk import (
     check_k,
     keep_top_k,
     reconstruction_with_auxk,
@@ -34,8 +34,8 @@ from jsae.sae.auxk import (
     sparse_reconstruction_with_auxk,
     use_sparse,
 )
-from jsae.sae.base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows_if
-from jsae.sae.record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
+from jsae.sae._base import SAE, BDecInit, Hyper, init_tied_weights, initial_b_dec, unit_rows_if
+from jsae.sae._record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
 
 
 @final
@@ -94,7 +94,7 @@ def init(
       b_dec_init: "zeros", "mean" or "geometric_median" (default: geometric median of ``data`` when
         given, else zeros).
       sparse: train on the active latents only (True), densely (False), or by size (None, see
-        ``jsae.sae.auxk.use_sparse``).
+        ``jsae.sae.use_sparse``).
     """
     k = check_k(k, d_sae)
     W_enc, W_dec = init_tied_weights(key, d_in, d_sae, 1.0)

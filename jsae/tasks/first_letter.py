@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jsae.models.tokenizer import Tokenizer
+from jsae.models import Tokenizer
 
 LETTERS = string.ascii_uppercase
 TEMPLATE = "{word} has the first letter:"

@@ -8,23 +8,23 @@
 """
 
 from jsae.runtime import use_cpu_cores
+from jsae.train._checkpoint import CheckpointError
+from jsae.train._config import TrainConfig
 from jsae.train._fit import fit
-from jsae.train._source import ArraySource, Chunk, Feed, IteratorSource, Source, as_source
-from jsae.train.checkpoint import CheckpointError
-from jsae.train.config import TrainConfig
-from jsae.train.grouping import free_device_bytes, group_size
-from jsae.train.loop import TrainingDiverged, TrainResult, train
-from jsae.train.optim import make_optimizer, set_hyperparams
-from jsae.train.sharding import AXIS, PerformanceWarning, pad_leading, replicate, sae_mesh
-from jsae.train.step import (
-    LossFn,
-    TrainState,
-    init_sae_state,
-    init_state,
-    make_stack_step,
-    make_step,
-    sae_loss,
+from jsae.train._grouping import free_device_bytes, group_size
+from jsae.train._loop import TrainingDiverged, TrainResult, train
+from jsae.train._optim import make_optimizer, set_hyperparams
+from jsae.train._sharding import (
+    AXIS,
+    PerformanceWarning,
+    pad_leading,
+    padded_size,
+    replicate,
+    sae_mesh,
+    shard_leading,
 )
+from jsae.train._source import ArraySource, Chunk, Feed, IteratorSource, Source, as_source
+from jsae.train._step import LossFn, TrainState, init_sae_state, init_state, make_stack_step, make_step, sae_loss
 
 __all__ = [
     # the engine and its sources
@@ -58,6 +58,8 @@ __all__ = [
     "PerformanceWarning",
     "AXIS",
     "pad_leading",
+    "padded_size",
+    "shard_leading",
     "replicate",
     "free_device_bytes",
 ]

@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
-from jsae.sae import registry
-from jsae.sae.base import SAE
-from jsae.train import data as data_mod
-from jsae.train.config import TrainConfig, per_sae_array
-from jsae.train.step import LossFn, TrainState, init_state, run_chunk
+from jsae.sae import SAE, registry
+from jsae.train import _data as data_mod
+from jsae.train._config import TrainConfig, per_sae_array
+from jsae.train._step import LossFn, TrainState, init_state, run_chunk
 
 
 def fit(

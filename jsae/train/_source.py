@@ -33,9 +33,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int, PyTree
 
-from jsae.train import data as data_mod
-from jsae.train.config import TrainConfig
-from jsae.train.sharding import AXIS, pad_leading, replicate, shard_leading
+from jsae.train import _data as data_mod
+from jsae.train._config import TrainConfig
+from jsae.train._sharding import AXIS, pad_leading, replicate, shard_leading
 
 
 class Feed(Protocol):

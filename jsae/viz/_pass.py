@@ -21,8 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 from jsae.activations import HookInput, capture_rows_and, model_for
 from jsae.models import Transformer, map_batches, value_vectors
-from jsae.sae.base import SAE
-from jsae.train.sharding import AXIS, pad_leading, padded_size, sae_mesh, shard_leading
+from jsae.sae import SAE
+from jsae.train import AXIS, pad_leading, padded_size, sae_mesh, shard_leading
 
 from ._arrays import (
     HIST_EDGES,

@@ -5,7 +5,7 @@ activation difference (no SAE) and random scores.
 One compiled program evaluates ``K`` head masks on ``B`` prompts (``lax.map`` over the masks, a few of them
 vectorised per forward). Activation patching of every head is the identity matrix of masks with the
 corrupted run's cache as the value; a faithfulness curve is the complements of top-k sets
-(:mod:`jsae.analysis.faithfulness`). Per-prompt metrics give each head's effect a standard error, so a
+(:mod:`jsae.analysis._faithfulness`). Per-prompt metrics give each head's effect a standard error, so a
 reference built from many prompts says which heads are certain.
 """
 

@@ -15,9 +15,9 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
-from jsae.analysis import codes as codes_mod
+from jsae.analysis import _codes as codes_mod
 from jsae.analysis.circuits._scores import HeadScores
-from jsae.sae.base import SAE
+from jsae.sae import SAE
 from jsae.sae.registry import init_stack
 from jsae.train import TrainConfig, fit, group_size, train
 
@@ -36,7 +36,7 @@ class SAECodeConfig:
       ``sparsity_coef = l1 * d_in``.
     epochs: full-batch Adam steps (500); lr (1e-3). n_train: training prompts, half positive and half
       negative (10). ensemble_l1 / ensemble_seeds: the ensemble's grid (member 0 is the paper's SAE).
-    node_score: "raw", "softmax" or "normalised" (see :func:`jsae.analysis.codes.node_scores`).
+    node_score: "raw", "softmax" or "normalised" (see :func:`jsae.analysis.node_scores`).
     per_head_d_sae: latents of each per-head SAE (10 training rows per head do not need 200 latents,
       and ``H x d x 200`` parameters make Adam memory-bound).
     per_head_l1: lambda of the per-head SAEs. Each head's activations are first standardised
@@ -369,9 +369,9 @@ def sae_code_scores(
       ``"sae_per_head"`` (one SAE per head, all trained at once), ``"sae_ensemble"`` (shared SAEs over
       seeds x L1 values, mean of each member's scores normalised to max 1), ``"sae_edges"`` (shared SAE,
       heads ranked by their mean normalised edge score over all partners, see
-      :func:`jsae.analysis.codes.heads_from_edges`); ``"sae_shared_paired"`` / ``"sae_per_head_paired"``
+      :func:`jsae.analysis._codes.heads_from_edges`); ``"sae_shared_paired"`` / ``"sae_per_head_paired"``
       (jsae additions: the same SAEs, heads scored by the fraction of clean/corrupted prompt pairs whose
-      code changes, :func:`jsae.analysis.codes.paired_code_changes`; need ``pair``).
+      code changes, :func:`jsae.analysis._codes.paired_code_changes`; need ``pair``).
     pair: ``[n_pos]`` the corrupted row of each positive row (:attr:`TaskActivations.pair`).
     """
     if method not in SAE_METHODS:
