@@ -21,18 +21,22 @@ import pytest
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from jsae.io import load_run, load_saelens_stack, save_run, save_saelens_stack
-from jsae.sae import registry
-from jsae.sae._base import (
+from jsae.sae import (
+    BASE_TENSORS,
     SAE,
+    Architecture,
     BDecInit,
     Hyper,
+    SAELensForm,
+    base_tensors,
     decoder_norms,
     init_tied_weights,
     initial_b_dec,
     reconstruction_metrics,
+    registry,
+    saelens_b_dec_to_input,
     squared_error,
 )
-from jsae.sae._record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
 from jsae.train import TrainConfig, train
 
 # --- the architecture: what a new file jsae/sae/scaled_relu.py would hold ---------------------------

@@ -37,6 +37,7 @@ from ._penzai import (
     penzai_logits,
     to_penzai,
 )
+from ._penzai import head_mask as penzai_head_mask
 from ._registry import available, cache_dir, load, load_gguf, load_hf_dir, smollm2_gguf_path
 from ._sharding import load_sharded, shard_model
 from ._tokenizer import PAD, TokenBatch, Tokenizer, pad_sequences
@@ -109,6 +110,7 @@ __all__ = [
     "smollm2_gguf_path",
     "split_tokens",
     "to_penzai",
+    "penzai_head_mask",
     "unembed",
     "value_vectors",
     "zero_ablate",

@@ -822,7 +822,7 @@ def _edits_as_hooks(cfg: ModelConfig, edits: list[_Edit]) -> HookSpec:
             raise UnsupportedArchitectureError(
                 f"the ReplaceHeads after hook point {e.point!r} of block {e.layer} has a mask of axes "
                 f"{getattr(mask, 'named_shape', type(mask).__name__)}; jsae converts a mask of axes "
-                f"{{'heads': {cfg.n_heads}}} (make it with jsae.models._penzai.head_mask)"
+                f"{{'heads': {cfg.n_heads}}} (make it with jsae.models.penzai_head_mask)"
             )
         width = "projection" if e.point == "z" else "embedding"
         axes = ("batch", "seq", "heads", width)

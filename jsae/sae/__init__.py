@@ -9,8 +9,20 @@ its record, ``ARCHITECTURE`` (a :class:`jsae.sae.Architecture`: name, ``init``, 
 
 from jsae.sae import batchtopk, gated, jumprelu, matryoshka, registry, relu, topk
 from jsae.sae._auxk import use_sparse
-from jsae.sae._base import SAE, Hyper, Metrics, geometric_median, normalisation_scale, reconstruction_metrics
-from jsae.sae._record import Architecture, SAELensForm
+from jsae.sae._base import (
+    SAE,
+    BDecInit,
+    Hyper,
+    Metrics,
+    decoder_norms,
+    geometric_median,
+    init_tied_weights,
+    initial_b_dec,
+    normalisation_scale,
+    reconstruction_metrics,
+    squared_error,
+)
+from jsae.sae._record import BASE_TENSORS, Architecture, SAELensForm, base_tensors, saelens_b_dec_to_input
 from jsae.sae._stack import concat, index, n_saes, stack, unstack
 from jsae.sae.batchtopk import BatchTopKSAE, to_jumprelu
 from jsae.sae.gated import GatedSAE
@@ -48,4 +60,13 @@ __all__ = [
     "normalisation_scale",
     "reconstruction_metrics",
     "use_sparse",
+    # the kit for writing an architecture of your own (docs/ARCHITECTURE.md, "Adding an architecture")
+    "BDecInit",
+    "decoder_norms",
+    "init_tied_weights",
+    "initial_b_dec",
+    "squared_error",
+    "BASE_TENSORS",
+    "base_tensors",
+    "saelens_b_dec_to_input",
 ]
