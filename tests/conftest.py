@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from sae_testing import x64  # noqa: F401  (a fixture: tests take it by name as an argument)
@@ -12,11 +11,6 @@ from sae_testing import x64  # noqa: F401  (a fixture: tests take it by name as 
 from jsae.runtime import prepare_process
 
 prepare_process()  # as the CLI: one CPU device per core (stacks train sharded), persistent compile cache
-# ... except that the pytest process itself does not write or read the persistent cache: in a full run
-# (jax 0.10.2, CPU) XLA segfaulted serialising, and on a later run deserialising, the bf16 training
-# program of test_train_precision, though that file alone passes. Tests that start subprocesses (the CLI,
-# notebooks, experiments) still use the cache as users do.
-jax.config.update("jax_enable_compilation_cache", False)
 
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
