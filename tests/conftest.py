@@ -12,6 +12,20 @@ from jsae.runtime import prepare_process
 
 prepare_process()  # as the CLI: one CPU device per core (stacks train sharded), persistent compile cache
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test file. XLA:CPU maps about three memory regions
+    per loaded executable and never unmaps them while JAX caches it; one pytest process of this suite loads
+    over 20,000 programs, and at the kernel's limit of 65,530 maps per process (``vm.max_map_count``) XLA
+    segfaults or aborts in whatever it maps next. Later files read their programs back from the persistent
+    compilation cache."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
 

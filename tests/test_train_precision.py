@@ -5,10 +5,6 @@ Trained from the same seed, the bfloat16 run must explain as much variance as th
 0.01) and recover the same true directions (max cosine to a learned decoder row > 0.9)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,28 +26,6 @@ def recovered(W_dec, features):
     return (features @ W.T).max(axis=-1)
 
 
-ISOLATED = "JSAE_TEST_ISOLATED"
-
-
-def test_bf16_training_matches_float32_in_its_own_process():
-    """The test below, in a fresh Python process: in full-suite runs (jax 0.10.2, CPU) XLA segfaulted
-    compiling its bf16 training program after the earlier tests, while the file alone passes."""
-    env = {**os.environ, ISOLATED: "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        f"{__file__}::test_bf16_training_matches_float32_on_a_known_dictionary",
-    ]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "2 passed" in p.stdout, p.stdout[-2000:]
-
-
-@pytest.mark.skipif(not os.environ.get(ISOLATED), reason="runs in its own process, from the test above")
 @pytest.mark.parametrize("sparse", [False, True])
 def test_bf16_training_matches_float32_on_a_known_dictionary(sparse):
     x, feats = sparse_dictionary_data(jax.random.key(0), 2, D, N_FEATURES, 8192, p_active=0.05)
