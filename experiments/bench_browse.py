@@ -7,7 +7,8 @@
 Both sides read the same tokens (contexts of 128 from the offline corpus) in batches of the same size and are
 compiled before they are timed (compile times are reported apart):
 
-- forward: ``forward(model, tokens)`` with logits, the plain model pass (``jsae.models.map_batches``);
+- forward: ``forward(model, tokens)`` with logits, the plain model pass (``jsae.models.map_batches``), timed
+  before and after the page (the mean is the reference, so a drift of the machine's speed moves both sides);
 - page: ``jsae.viz.feature_data`` (the forward of ``jsae.activations.capture_rows_and`` capturing every head's
   ``z`` with the attention patterns and the residual stream on one device; every SAE encoded and decoded, the
   running top-k with source attributions, firing counts, histograms and explained variance merged on the
@@ -84,19 +85,22 @@ def main() -> None:
     warm = slice(0, 2 * args.batch_contexts)  # two batches: compiles every program of the full run
     ins = [i.to_json() for i in inputs]
 
-    _, fwd_compile = timed(map_batches, _plain_forward, model, tokens[warm], lengths[warm], **batch)
-    _, fwd = timed(map_batches, _plain_forward, model, tokens, lengths, **batch)
-
     def page_pass(rows):
         return feature_data(model, sae, ins, rows, latents=args.latents, k=10, batch_size=args.batch_contexts)
 
+    _, fwd_compile = timed(map_batches, _plain_forward, model, tokens[warm], lengths[warm], **batch)
     _, page_compile = timed(page_pass, tokens[warm])
+    # the forward is timed before and after the page (its mean is the reference), so a machine whose speed
+    # drifts during the run moves both sides alike
+    _, fwd_before = timed(map_batches, _plain_forward, model, tokens, lengths, **batch)
     data, page = timed(page_pass, tokens)
     t = time.perf_counter()
     html = render_html(
         page_payload(data, tokens, lengths, lambda i: tok.decode([i]), title="bench", info={"model": "smollm2-135m"})
     )
     render = time.perf_counter() - t
+    _, fwd_after = timed(map_batches, _plain_forward, model, tokens, lengths, **batch)
+    fwd = (fwd_before + fwd_after) / 2
     ratio = (page + render) / fwd
     result = {
         "heads": len(inputs),
@@ -105,6 +109,7 @@ def main() -> None:
         "context": tokens.shape[1],
         "batch_contexts": args.batch_contexts,
         "forward_s": fwd,
+        "forward_before_after_s": [fwd_before, fwd_after],
         "page_pass_s": page,
         "render_s": render,
         "ratio_page_to_forward": ratio,
@@ -117,7 +122,8 @@ def main() -> None:
     }
     print(
         f"{len(inputs)} heads x {args.latents} latents over {n_tokens:,} tokens ({jax.default_backend()}): "
-        f"forward {fwd:.2f} s, page pass {page:.2f} s + render {render:.2f} s -> ratio {ratio:.2f} (target < 2); "
+        f"forward {fwd:.2f} s (mean of {fwd_before:.2f} before and {fwd_after:.2f} after), "
+        f"page pass {page:.2f} s + render {render:.2f} s -> ratio {ratio:.2f} (target < 2); "
         f"HTML {result['html_mb']:.1f} MB"
     )
     if not args.smoke:
