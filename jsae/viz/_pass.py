@@ -38,7 +38,9 @@ from ._arrays import (
 
 RESIDUAL_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_POINTS = ("z", "result")
-SAE_CHUNK = 32  # SAEs encoded at once inside the pass (bounds the [chunk, B, T, d_sae] intermediate)
+# SAEs encoded at once inside the pass: one at a time keeps each SAE's [B * T, d_sae] intermediates in cache
+# (at 8,192 tokens of 270 heads, 2-core EPYC: pass 31.7 s one at a time, 33.1-35.6 s in chunks of 32)
+SAE_CHUNK: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
