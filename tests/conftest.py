@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from sae_testing import x64  # noqa: F401  (a fixture: tests take it by name as an argument)
@@ -17,12 +18,10 @@ prepare_process()  # as the CLI: one CPU device per core (stacks train sharded),
 def _free_compiled_programs():
     """Drop JAX's in-memory compiled programs after each test file. XLA:CPU maps about three memory regions
     per loaded executable and never unmaps them while JAX caches it; one pytest process of this suite loads
-    over 20,000 programs, and at the kernel's limit of 65,530 maps per process (``vm.max_map_count``) XLA
-    segfaults or aborts in whatever it maps next. Later files read their programs back from the persistent
-    compilation cache."""
+    tens of thousands of programs, and at the kernel's limit of 65,530 maps per process
+    (``vm.max_map_count``) XLA segfaults or aborts in whatever it maps next. Later files read their programs
+    back from the persistent compilation cache."""
     yield
-    import jax
-
     jax.clear_caches()
 
 
